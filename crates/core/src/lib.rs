@@ -1,0 +1,31 @@
+//! # keyrotor-core
+//!
+//! The heart of keyrotor: the domain, the configuration, the planner and the rotation protocol,
+//! written against ports (traits) so that the same code runs in the CLI, in Lambda, and against
+//! in-memory fakes in tests. No SDK in here.
+//!
+//! # Layout
+//!
+//! - [`domain`]: values built only by parsing (`AccessKeyId`, `IamUserName`, `OrgUrl`, …).
+//! - [`config`]: the TOML file, parsed once into those values; errors name file, line, field.
+//! - [`ports`]: what the protocol needs from IAM, Secrets Manager, SSM, STS, Azure DevOps, Slack.
+//! - [`secret_value`]: the JSON keyrotor keeps in the secret, intent records, legacy values.
+//! - [`plan`]: `plan(snapshot, policy, now, run, force)`, a pure function.
+//! - [`protocol`]: one function per step, each re-reading the real state it acts on.
+//! - [`engine`]: runs the steps for many targets, compensates, reports.
+//! - [`report`]: what a run did; exit codes.
+//! - [`invariants`]: the seven invariants, checked by tests over a view of the world.
+//! - [`secrets`]: resolves `ssm:`, `secretsmanager:` and `env:` references.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod invariants;
+pub mod plan;
+pub mod ports;
+pub mod protocol;
+pub mod report;
+pub mod secret_value;
+pub mod secrets;

@@ -1,0 +1,370 @@
+//! The planner: a pure function of a [`Snapshot`], the [`Policy`], the clock and the run id.
+//!
+//! It decides what a run does for one target, and refuses what is unsafe. Everything it needs is
+//! in the snapshot, which `inspect` reads from the systems themselves: IAM's keys (read first),
+//! the secret's stages (read second, so an intent written before a key was created is always
+//! seen when the key is), and each endpoint's username.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Policy;
+use crate::domain::{AccessKeyId, IamUserName, KeyStatus};
+use crate::ports::{Endpoint, KeyInfo};
+use crate::secret_value::Content;
+
+/// One labelled version of the secret, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageInfo {
+    /// The version id.
+    pub version: String,
+    /// What it holds.
+    pub content: Content,
+}
+
+/// The state of one target, as read by `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The IAM user.
+    pub user: IamUserName,
+    /// Its keys.
+    pub keys: Vec<KeyInfo>,
+    /// Whether the secret exists.
+    pub secret_exists: bool,
+    /// AWSCURRENT.
+    pub current: Option<StageInfo>,
+    /// AWSPENDING.
+    pub pending: Option<StageInfo>,
+    /// AWSPREVIOUS.
+    pub previous: Option<StageInfo>,
+    /// The endpoints (one per distinct connection).
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Snapshot {
+    /// The key with this id.
+    pub fn key(&self, id: &AccessKeyId) -> Option<&KeyInfo> {
+        self.keys.iter().find(|k| &k.id == id)
+    }
+
+    fn staged(stage: &Option<StageInfo>) -> Option<&AccessKeyId> {
+        match stage {
+            Some(StageInfo { content: Content::Key { id, .. }, .. }) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The key id at AWSCURRENT, when it holds keyrotor's JSON.
+    pub fn current_key(&self) -> Option<&AccessKeyId> {
+        Self::staged(&self.current)
+    }
+    /// The key id at AWSPENDING, when it holds keyrotor's JSON.
+    pub fn pending_key(&self) -> Option<&AccessKeyId> {
+        Self::staged(&self.pending)
+    }
+    /// The key id at AWSPREVIOUS, when it holds keyrotor's JSON.
+    pub fn previous_key(&self) -> Option<&AccessKeyId> {
+        Self::staged(&self.previous)
+    }
+}
+
+/// What the run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Create a new key and rotate it in.
+    Rotate,
+    /// Finish the rotation whose key is at AWSPENDING.
+    Resume,
+    /// The key is young enough; only tidy up.
+    NothingDue,
+    /// Another run holds the intent lease: stand aside.
+    Busy,
+    /// Unsafe: a person must act.
+    Refuse,
+    /// The secret holds something keyrotor does not manage.
+    Invalid,
+}
+
+/// The plan for one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// What the run does.
+    pub decision: Decision,
+    /// One sentence for people.
+    pub reason: String,
+    /// The key the endpoints hold now (to be retired).
+    pub old_key: Option<AccessKeyId>,
+    /// The key being rotated in (when resuming).
+    pub new_key: Option<AccessKeyId>,
+    /// Never-used keys nobody holds: deleted by `cleanup`.
+    pub orphans: Vec<AccessKeyId>,
+    /// A retired key deleted by `cleanup` to make room for the new one.
+    pub make_room: Option<AccessKeyId>,
+    /// A previous key whose retirement is unfinished (Active, or Inactive past its grace).
+    pub finish_retire: Option<AccessKeyId>,
+    /// Whether finishing that retirement deletes the key (its grace period is over).
+    pub finish_retire_delete: bool,
+    /// AWSPENDING holds an expired intent or a deleted key: `cleanup` takes the label off.
+    pub clear_pending: bool,
+}
+
+impl Plan {
+    fn new(decision: Decision, reason: impl Into<String>) -> Self {
+        Self {
+            decision,
+            reason: reason.into(),
+            old_key: None,
+            new_key: None,
+            orphans: Vec::new(),
+            make_room: None,
+            finish_retire: None,
+            finish_retire_delete: false,
+            clear_pending: false,
+        }
+    }
+
+    /// Whether the plan changes anything at all.
+    pub fn changes_anything(&self) -> bool {
+        matches!(self.decision, Decision::Rotate | Decision::Resume)
+            || !self.orphans.is_empty()
+            || self.make_room.is_some()
+            || self.finish_retire.is_some()
+            || self.clear_pending
+    }
+}
+
+fn when(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Human form of a duration, in whole units.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 86_400 {
+        format!("{}d {}h", s / 86_400, (s % 86_400) / 3600)
+    } else if s >= 3600 {
+        format!("{}h {}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m {}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Decides what a run does. Pure: the same inputs give the same plan.
+pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: bool) -> Plan {
+    let refuse = |reason: String| Plan::new(Decision::Refuse, reason);
+    let user = &s.user;
+
+    // Connections keyrotor cannot rotate.
+    for e in &s.endpoints {
+        if let Some(reason) = e.unrotatable_reason() {
+            return refuse(reason);
+        }
+    }
+
+    // The secret must be keyrotor's, legacy, or absent; and name this user's keys.
+    for (label, stage) in [("AWSCURRENT", &s.current), ("AWSPREVIOUS", &s.previous)] {
+        match stage.as_ref().map(|st| &st.content) {
+            Some(Content::Foreign) if label == "AWSCURRENT" => {
+                return Plan::new(
+                    Decision::Invalid,
+                    "the secret holds something that is not an access key (neither keyrotor's \
+                     JSON nor a bare secret access key)",
+                );
+            }
+            Some(Content::Key { user_name, id }) if user_name != user.as_str() => {
+                return Plan::new(
+                    Decision::Invalid,
+                    format!(
+                        "the secret's {label} holds key {id} of IAM user '{user_name}', not of '{user}'"
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    // What the endpoints hold.
+    let mut held = BTreeSet::new();
+    for e in &s.endpoints {
+        let Some(id) = e.key_id() else {
+            return refuse(format!(
+                "service connection '{}' holds no access key id (its username is empty or not a key id)",
+                e.name
+            ));
+        };
+        match s.key(&id) {
+            None => {
+                return refuse(format!(
+                    "service connection '{}' holds key {id}, which is not a key of IAM user '{user}'",
+                    e.name
+                ));
+            }
+            Some(k) if k.status == KeyStatus::Inactive => {
+                return refuse(format!(
+                    "service connection '{}' holds key {id}, which is Inactive: its pipelines fail \
+                     now; activate the key or point the connection at an active one",
+                    e.name
+                ));
+            }
+            Some(_) => {
+                held.insert(id);
+            }
+        }
+    }
+
+    // AWSPENDING: a live intent of another run, a key to resume, or a stale label.
+    let mut p = Plan::new(Decision::Rotate, "");
+    let mut pending: Option<&AccessKeyId> = None;
+    match s.pending.as_ref().map(|st| &st.content) {
+        Some(Content::Intent { run_id: holder, expires_at }) => {
+            if holder != run_id && *expires_at > now {
+                let mut b = Plan::new(
+                    Decision::Busy,
+                    format!(
+                        "another run ({holder}) is creating a key for this user; its intent holds \
+                         until {}",
+                        when(*expires_at)
+                    ),
+                );
+                b.old_key = held.iter().next().cloned();
+                return b;
+            }
+            if holder != run_id {
+                p.clear_pending = true;
+            }
+        }
+        Some(Content::Key { id, .. }) => {
+            if s.key(id).is_some() {
+                pending = Some(id);
+            } else {
+                p.clear_pending = true;
+            }
+        }
+        Some(Content::Legacy | Content::Foreign) => p.clear_pending = true,
+        None => {}
+    }
+
+    // Keys that nobody holds and no stage names.
+    let staged: BTreeSet<&AccessKeyId> = [s.current_key(), s.pending_key(), s.previous_key()]
+        .into_iter()
+        .flatten()
+        .collect();
+    for k in &s.keys {
+        if held.contains(&k.id) || staged.contains(&k.id) {
+            continue;
+        }
+        if let Some(used) = k.last_used {
+            return refuse(format!(
+                "key {} of IAM user '{user}' is held by no service connection and kept in no \
+                 secret stage, but was last used {}: keyrotor will not delete a key something \
+                 else may use; delete it or add its connection to the config",
+                k.id,
+                when(used)
+            ));
+        }
+        p.orphans.push(k.id.clone());
+    }
+
+    // Resume the rotation at AWSPENDING.
+    if let Some(new) = pending {
+        if s.key(new).is_some_and(|k| k.status == KeyStatus::Inactive) {
+            return refuse(format!(
+                "the key being rotated in ({new}) is Inactive; someone deactivated it mid-rotation"
+            ));
+        }
+        let old = held
+            .iter()
+            .find(|id| *id != new)
+            .or_else(|| s.current_key().filter(|id| *id != new && s.key(id).is_some()))
+            .or_else(|| {
+                s.keys
+                    .iter()
+                    .map(|k| &k.id)
+                    .find(|id| *id != new && !p.orphans.contains(id))
+            })
+            .cloned();
+        if held.len() > 2 || held.iter().any(|h| h != new && Some(h) != old.as_ref()) {
+            return refuse("service connections hold more than two different keys".into());
+        }
+        p.decision = Decision::Resume;
+        p.reason = format!("resuming the rotation to {new} left unfinished by an earlier run");
+        p.new_key = Some(new.clone());
+        p.old_key = old;
+        return p;
+    }
+
+    // No rotation in progress: every endpoint must hold the same key.
+    if held.len() > 1 {
+        let list: Vec<String> = held.iter().map(|k| k.masked()).collect();
+        return refuse(format!(
+            "the service connections hold different keys ({}) and no rotation is in progress: \
+             two active keys are in use; point every connection at one key first",
+            list.join(", ")
+        ));
+    }
+    let Some(in_use) = held.into_iter().next() else {
+        return refuse("the target has no service connection".into());
+    };
+    let in_use_info = s.key(&in_use).cloned();
+    p.old_key = Some(in_use.clone());
+
+    // The other key, if any (IAM allows two).
+    let other = s
+        .keys
+        .iter()
+        .find(|k| k.id != in_use && !p.orphans.contains(&k.id))
+        .cloned();
+    let grace_over = in_use_info
+        .as_ref()
+        .is_some_and(|k| now.duration_since(k.created).unwrap_or_default() >= policy.delete_old_key_after);
+    if let Some(o) = &other {
+        let is_previous = s.previous_key() == Some(&o.id);
+        let is_current = s.current_key() == Some(&o.id);
+        if o.status == KeyStatus::Active && !is_previous {
+            return refuse(format!(
+                "IAM user '{user}' has two active keys: {in_use} held by the service connections \
+                 and {}{}; retire one by hand first",
+                o.id,
+                if is_current { " named by the secret's AWSCURRENT" } else { "" }
+            ));
+        }
+        if o.status == KeyStatus::Active || grace_over {
+            p.finish_retire = Some(o.id.clone());
+            p.finish_retire_delete = grace_over;
+        }
+    }
+
+    let age = in_use_info
+        .as_ref()
+        .map(|k| now.duration_since(k.created).unwrap_or_default())
+        .unwrap_or_default();
+    if age < policy.min_key_age && !force {
+        p.decision = Decision::NothingDue;
+        p.reason = format!(
+            "key {in_use} is {} old, younger than min_key_age ({}); next rotation due in {}",
+            human(age),
+            human(policy.min_key_age),
+            human(policy.min_key_age - age)
+        );
+        return p;
+    }
+
+    // Rotate: any other key goes first, to make room (IAM allows two keys).
+    if let Some(o) = other {
+        p.finish_retire = None;
+        p.make_room = Some(o.id);
+    }
+    p.decision = Decision::Rotate;
+    p.reason = if force && age < policy.min_key_age {
+        format!("key {in_use} is {} old; rotation forced", human(age))
+    } else {
+        format!(
+            "key {in_use} is {} old, at least min_key_age ({})",
+            human(age),
+            human(policy.min_key_age)
+        )
+    };
+    p
+}

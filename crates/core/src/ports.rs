@@ -1,0 +1,284 @@
+//! The ports: what the protocol needs from IAM, Secrets Manager, SSM, STS, Azure DevOps and
+//! Slack. Adapters (`keyrotor-aws`, `keyrotor-ado`, `keyrotor-notify`) implement them; the
+//! in-memory fakes of `keyrotor-testkit` implement them with the same rules for fast tests.
+//!
+//! Errors carry a [`PortErrorKind`] shaped by what the caller decides (retry, stand aside,
+//! refuse, give up) and a message that must never contain a secret.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::domain::{
+    AccessKeyId, EndpointRef, IamUserName, KeyStatus, OrgUrl, ProjectName, SecretName,
+};
+use crate::report::RunReport;
+
+/// What the caller should do about a failed port call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortErrorKind {
+    /// Throttling, 5xx, a timeout, a dropped connection: the adapter already retried; a later
+    /// attempt may work.
+    Retryable,
+    /// The thing named does not exist.
+    NotFound,
+    /// IAM's two-keys-per-user limit.
+    LimitExceeded,
+    /// A credential was refused (a wrong PAT, a key IAM does not accept yet).
+    Unauthorized,
+    /// The caller is not allowed to do this (missing permission or scope).
+    Forbidden,
+    /// The request was rejected as invalid; retrying will not help.
+    Invalid,
+    /// The thing exists but is not something keyrotor may change.
+    Refused,
+    /// Anything else that is permanent.
+    Failed,
+}
+
+/// A failed port call. The message is for people: never a secret, key ids masked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PortError {
+    /// What the caller should do.
+    pub kind: PortErrorKind,
+    /// One readable sentence.
+    pub message: String,
+}
+
+impl PortError {
+    /// A new error; key ids in the message are masked.
+    pub fn new(kind: PortErrorKind, message: impl AsRef<str>) -> Self {
+        Self {
+            kind,
+            message: crate::domain::mask_key_ids(message.as_ref()),
+        }
+    }
+    /// Whether a later attempt may work.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == PortErrorKind::Retryable
+    }
+}
+
+/// Shorthand for port results.
+pub type PortResult<T> = Result<T, PortError>;
+
+/// An IAM access key as IAM lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key id.
+    pub id: AccessKeyId,
+    /// Active or Inactive.
+    pub status: KeyStatus,
+    /// When IAM created it.
+    pub created: SystemTime,
+    /// When it last signed a request, if ever (`GetAccessKeyLastUsed`).
+    pub last_used: Option<SystemTime>,
+}
+
+/// A key just created: the only moment IAM shows its secret.
+pub struct NewKey {
+    /// Its id, status and dates.
+    pub info: KeyInfo,
+    /// The secret access key.
+    pub secret: SecretString,
+}
+
+/// IAM access keys of one user.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// The user's keys with their last use. `NotFound` if the user does not exist.
+    async fn list_keys(&self, user: &IamUserName) -> PortResult<Vec<KeyInfo>>;
+    /// `CreateAccessKey`. `LimitExceeded` if the user already has two keys.
+    async fn create_key(&self, user: &IamUserName) -> PortResult<NewKey>;
+    /// `UpdateAccessKey`.
+    async fn set_status(
+        &self,
+        user: &IamUserName,
+        key: &AccessKeyId,
+        status: KeyStatus,
+    ) -> PortResult<()>;
+    /// `DeleteAccessKey`. `NotFound` if it is already gone.
+    async fn delete_key(&self, user: &IamUserName, key: &AccessKeyId) -> PortResult<()>;
+}
+
+/// The staging labels keyrotor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// What pipelines should use.
+    Current,
+    /// A key being rotated in (or an intent record before it is created).
+    Pending,
+    /// The key before the current one.
+    Previous,
+}
+
+impl Stage {
+    /// The Secrets Manager label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Current => "AWSCURRENT",
+            Self::Pending => "AWSPENDING",
+            Self::Previous => "AWSPREVIOUS",
+        }
+    }
+}
+
+/// One version of a secret with its staging labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretVersion {
+    /// The version id.
+    pub id: String,
+    /// Its labels.
+    pub stages: Vec<String>,
+}
+
+/// A Secrets Manager secret.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// The versions that carry a label; `None` if the secret does not exist.
+    async fn versions(&self, name: &SecretName) -> PortResult<Option<Vec<SecretVersion>>>;
+    /// The value at a stage, read with an explicit `VersionStage`; `None` if no version has
+    /// that label (or the secret does not exist).
+    async fn read(&self, name: &SecretName, stage: Stage)
+    -> PortResult<Option<(String, SecretString)>>;
+    /// The value of one version, by id; `None` if there is no such version.
+    async fn read_version(&self, name: &SecretName, version: &str) -> PortResult<Option<SecretString>>;
+    /// Creates the secret with no value. `Ok` if it exists already.
+    async fn create(&self, name: &SecretName, description: &str) -> PortResult<()>;
+    /// `PutSecretValue` with this `ClientRequestToken` (which becomes the version id) and the
+    /// one label `stage` (moved from whichever version had it). Returns the version id.
+    async fn put(
+        &self,
+        name: &SecretName,
+        token: &str,
+        value: &SecretString,
+        stage: Stage,
+    ) -> PortResult<String>;
+    /// `UpdateSecretVersionStage`: put `stage` on `to` (if any), taking it off `from` (if any).
+    async fn move_stage(
+        &self,
+        name: &SecretName,
+        stage: Stage,
+        to: Option<&str>,
+        from: Option<&str>,
+    ) -> PortResult<()>;
+}
+
+/// SSM Parameter Store.
+#[async_trait]
+pub trait Parameters: Send + Sync {
+    /// A parameter's value, decrypted. `NotFound` if it does not exist.
+    async fn get_secure(&self, name: &str) -> PortResult<SecretString>;
+}
+
+/// STS, signed with a given key.
+#[async_trait]
+pub trait CallerIdentity: Send + Sync {
+    /// `GetCallerIdentity` signed with this key: the ARN it belongs to. `Unauthorized` while
+    /// IAM does not accept the key yet.
+    async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<String>;
+}
+
+/// Where one service connection lives: enough to GET and PUT it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointHandle {
+    /// The organization.
+    pub org: OrgUrl,
+    /// A project it is shared into (used for GET).
+    pub project: ProjectName,
+    /// Its id.
+    pub id: String,
+}
+
+/// What keyrotor needs to know of a service connection. The password is never read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where it lives.
+    pub handle: EndpointHandle,
+    /// Its name.
+    pub name: String,
+    /// `type` (`AWS` for the AWS Toolkit).
+    pub kind: String,
+    /// `authorization.scheme`.
+    pub scheme: String,
+    /// `authorization.parameters.username`: the access key id it holds, if any.
+    pub username: Option<String>,
+    /// `authorization.parameters.useOIDC == "true"`.
+    pub uses_oidc: bool,
+    /// `isReady`.
+    pub is_ready: bool,
+}
+
+impl Endpoint {
+    /// Why keyrotor may not rotate this connection's key, if it may not.
+    pub fn unrotatable_reason(&self) -> Option<String> {
+        if !self.kind.eq_ignore_ascii_case("aws") {
+            Some(format!(
+                "service connection '{}' is of type '{}', not AWS: there is no AWS key to rotate",
+                self.name, self.kind
+            ))
+        } else if self.uses_oidc {
+            Some(format!(
+                "service connection '{}' uses OIDC (useOIDC = true): it holds no key to rotate",
+                self.name
+            ))
+        } else if !self.scheme.eq_ignore_ascii_case("UsernamePassword") {
+            Some(format!(
+                "service connection '{}' uses the '{}' scheme, not UsernamePassword",
+                self.name, self.scheme
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The key id it holds, if the username parses as one.
+    pub fn key_id(&self) -> Option<AccessKeyId> {
+        self.username
+            .as_deref()
+            .and_then(|u| AccessKeyId::parse(u).ok())
+    }
+}
+
+/// Azure DevOps service connections.
+#[async_trait]
+pub trait ServiceConnections: Send + Sync {
+    /// Finds a connection by name in a project, or by id. `NotFound` if none matches;
+    /// `Invalid` if a name matches more than one.
+    async fn find(&self, org: &OrgUrl, r: &EndpointRef) -> PortResult<Endpoint>;
+    /// The connection as it is now; `None` when the service answers `null` for the id.
+    async fn get(&self, handle: &EndpointHandle) -> PortResult<Option<Endpoint>>;
+    /// Updates the credentials in place: GET, then PUT the full object with the new username
+    /// and password, every other field kept. Never deletes and re-creates.
+    async fn set_credentials(
+        &self,
+        handle: &EndpointHandle,
+        key: &AccessKeyId,
+        secret: &SecretString,
+    ) -> PortResult<()>;
+}
+
+/// Where run reports go (Slack).
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Posts one message for the whole run.
+    async fn notify(&self, report: &RunReport) -> PortResult<()>;
+}
+
+/// The wall clock (key ages, grace periods, intent expiry).
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}

@@ -1,0 +1,653 @@
+//! In-memory fakes of every port, for fast unit and crash tests of the core.
+//!
+//! They enforce the real services' rules: IAM's two keys per user (`LimitExceeded`), the secret
+//! shown only at creation, a propagation delay before STS accepts a new key, Secrets Manager's
+//! staging-label rules (a label on another version needs `RemoveFromVersionId`; a reused
+//! `ClientRequestToken` with another value is refused), Azure DevOps' `null` for an unknown id
+//! and a GET that never returns the password.
+//!
+//! A [`Tripwire`] simulates a process killed at the n-th port call (before or after the call
+//! takes effect); after it fires, every call fails, as nothing runs in a dead process. After
+//! every change the world is checked against the invariants that must hold at every instant;
+//! violations are recorded for the test to assert on.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use keyrotor_core::config::{Policy, Target};
+use keyrotor_core::domain::{
+    AccessKeyId, EndpointRef, EndpointSelector, IamUserName, KeyStatus, OrgUrl, ProjectName,
+    SecretName,
+};
+use keyrotor_core::invariants::{World, WorldEndpoint, WorldKey};
+use keyrotor_core::ports::{
+    CallerIdentity, Clock, Endpoint, EndpointHandle, KeyInfo, KeyStore, NewKey, Notifier,
+    Parameters, PortError, PortErrorKind, PortResult, SecretStore, SecretVersion,
+    ServiceConnections, Stage,
+};
+use keyrotor_core::protocol::Ports;
+use keyrotor_core::report::RunReport;
+use secrecy::{ExposeSecret, SecretString};
+
+/// A fake IAM key.
+#[derive(Debug, Clone)]
+pub struct FakeKey {
+    /// Id.
+    pub id: String,
+    /// Secret.
+    pub secret: String,
+    /// Active?
+    pub active: bool,
+    /// Created (wall clock).
+    pub created: SystemTime,
+    /// Last used.
+    pub used: Option<SystemTime>,
+    /// When STS starts accepting it (tokio time).
+    pub valid_from: tokio::time::Instant,
+}
+
+/// A fake secret version.
+#[derive(Debug, Clone)]
+pub struct FakeVersion {
+    /// Version id (= ClientRequestToken).
+    pub id: String,
+    /// Value.
+    pub value: String,
+    /// Labels.
+    pub stages: Vec<String>,
+}
+
+/// A fake service connection.
+#[derive(Debug, Clone)]
+pub struct FakeEndpoint {
+    /// Organization URL.
+    pub org: String,
+    /// Projects it is shared into.
+    pub projects: Vec<String>,
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Type (`AWS`).
+    pub kind: String,
+    /// Scheme.
+    pub scheme: String,
+    /// `username`.
+    pub username: Option<String>,
+    /// `password` (never returned by GET).
+    pub password: Option<String>,
+    /// `useOIDC`.
+    pub oidc: bool,
+}
+
+/// The whole fake world.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Wall clock.
+    pub now: Option<SystemTime>,
+    /// IAM: user → keys.
+    pub users: BTreeMap<String, Vec<FakeKey>>,
+    /// Secrets Manager: name → versions (`None` when it exists with no versions yet).
+    pub secrets: BTreeMap<String, Vec<FakeVersion>>,
+    /// SSM parameters.
+    pub params: BTreeMap<String, String>,
+    /// ADO endpoints.
+    pub endpoints: Vec<FakeEndpoint>,
+    /// Keys created by keyrotor during the test.
+    pub created: Vec<String>,
+    /// Successful `CreateAccessKey` calls.
+    pub creates: u32,
+    /// `LimitExceeded` answers.
+    pub limit_exceeded: u32,
+    /// Mutations made.
+    pub mutations: u32,
+    /// Port calls made.
+    pub calls: u64,
+    /// Invariant violations seen after a change.
+    pub violations: Vec<String>,
+    /// How long STS takes to accept a new key.
+    pub propagation: Duration,
+    /// How the next PUTs to ADO answer, in order: `None` works, `Some(e)` fails (then all work).
+    pub ado_put_script: std::collections::VecDeque<Option<PortError>>,
+    /// Kill switch.
+    pub tripwire: Tripwire,
+    /// Notifications received.
+    pub notifications: Vec<RunReport>,
+    /// Yield to the scheduler at every call (interleaves concurrent runs).
+    pub yield_every_call: bool,
+    key_counter: u64,
+}
+
+/// Simulates a kill at the n-th port call.
+#[derive(Debug, Default, Clone)]
+pub struct Tripwire {
+    /// Fire at this call number (1-based).
+    pub at: Option<u64>,
+    /// Let the fatal call take effect before dying (the answer is lost).
+    pub after_effect: bool,
+    /// Fired already.
+    pub fired: bool,
+}
+
+const ACCOUNT: &str = "123456789012";
+
+fn dead() -> PortError {
+    PortError::new(PortErrorKind::Failed, "the process was killed")
+}
+
+/// The fake world, shared by every fake port.
+#[derive(Debug, Default, Clone)]
+pub struct Fakes(Arc<Mutex<State>>);
+
+enum Gate {
+    Go,
+    DieAfter,
+}
+
+impl Fakes {
+    /// An empty world; the clock starts at a fixed instant.
+    pub fn new() -> Self {
+        let f = Self::default();
+        f.state().now = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000));
+        f
+    }
+
+    /// Locks the state (tests read and change it directly).
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ports, all backed by this world.
+    pub fn ports(&self) -> Ports {
+        let me = Arc::new(self.clone());
+        Ports { iam: me.clone(), secrets: me.clone(), sts: me.clone(), ado: me.clone(), clock: me }
+    }
+
+    /// Moves the wall clock.
+    pub fn advance(&self, d: Duration) {
+        let mut s = self.state();
+        s.now = Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH) + d);
+    }
+
+    /// Adds a key to a user, as if created `age` ago outside keyrotor. Returns (id, secret).
+    pub fn add_key(&self, user: &str, age: Duration) -> (String, String) {
+        let mut s = self.state();
+        let now = s.now.unwrap_or(SystemTime::UNIX_EPOCH);
+        let k = s.new_key(now - age);
+        let out = (k.id.clone(), k.secret.clone());
+        s.users.entry(user.into()).or_default().push(k);
+        out
+    }
+
+    /// Adds an AWS endpoint holding a key.
+    pub fn add_endpoint(&self, org: &str, project: &str, name: &str, key: Option<(&str, &str)>) -> String {
+        let mut s = self.state();
+        let id = format!("00000000-0000-0000-0000-{:012}", s.endpoints.len() + 1);
+        s.endpoints.push(FakeEndpoint {
+            org: org.into(),
+            projects: vec![project.into()],
+            id: id.clone(),
+            name: name.into(),
+            kind: "AWS".into(),
+            scheme: "UsernamePassword".into(),
+            username: key.map(|k| k.0.into()),
+            password: key.map(|k| k.1.into()),
+            oidc: false,
+        });
+        id
+    }
+
+    /// Sets a secret's AWSCURRENT value (creating the secret).
+    pub fn set_secret(&self, name: &str, value: &str) {
+        let mut s = self.state();
+        let versions = s.secrets.entry(name.into()).or_default();
+        for v in versions.iter_mut() {
+            v.stages.retain(|l| l != "AWSCURRENT");
+        }
+        versions.push(FakeVersion { id: uuid::Uuid::new_v4().to_string(), value: value.into(), stages: vec!["AWSCURRENT".into()] });
+    }
+
+    /// The world as the invariants see it, for one target.
+    pub fn world(&self, user: &str, secret: &str) -> World {
+        self.state().world(user, secret)
+    }
+
+    fn gate(&self) -> Result<Gate, PortError> {
+        let mut s = self.state();
+        if s.tripwire.fired {
+            return Err(dead());
+        }
+        s.calls += 1;
+        if s.tripwire.at == Some(s.calls) {
+            s.tripwire.fired = true;
+            if s.tripwire.after_effect {
+                return Ok(Gate::DieAfter);
+            }
+            return Err(dead());
+        }
+        Ok(Gate::Go)
+    }
+
+    /// Runs one port call through the tripwire.
+    async fn call<T>(&self, f: impl FnOnce(&mut State) -> PortResult<T>) -> PortResult<T> {
+        if self.state().yield_every_call {
+            tokio::task::yield_now().await;
+        }
+        let gate = self.gate()?;
+        let r = f(&mut self.state());
+        match gate {
+            Gate::Go => r,
+            Gate::DieAfter => Err(dead()),
+        }
+    }
+}
+
+impl State {
+    fn now(&self) -> SystemTime {
+        self.now.unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    fn new_key(&mut self, created: SystemTime) -> FakeKey {
+        self.key_counter += 1;
+        let n = self.key_counter;
+        FakeKey {
+            id: format!("AKIAFAKE{n:012}"),
+            secret: format!("fakeSecret{n:04}/{}", "x".repeat(26)),
+            active: true,
+            created,
+            used: None,
+            valid_from: tokio::time::Instant::now() + self.propagation,
+        }
+    }
+
+    fn mutated(&mut self) {
+        self.mutations += 1;
+        let users: Vec<String> = self.users.keys().cloned().collect();
+        let secrets: Vec<String> = self.secrets.keys().cloned().collect();
+        if let (Some(u), Some(sec)) = (users.first(), secrets.first()) {
+            if users.len() == 1 && secrets.len() == 1 {
+                if let Err(v) = self.world(u, sec).always() {
+                    self.violations.push(v);
+                }
+            }
+        }
+    }
+
+    /// The world as the invariants see it.
+    pub fn world(&self, user: &str, secret: &str) -> World {
+        let keys = self.users.get(user).cloned().unwrap_or_default();
+        let mut stages = BTreeMap::new();
+        for v in self.secrets.get(secret).into_iter().flatten() {
+            for l in &v.stages {
+                stages.insert(l.clone(), v.value.clone());
+            }
+        }
+        World {
+            keys: keys
+                .iter()
+                .map(|k| WorldKey { id: k.id.clone(), active: k.active, secret: Some(k.secret.clone()), used: k.used.is_some() })
+                .collect(),
+            stages,
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| WorldEndpoint { name: e.name.clone(), username: e.username.clone(), password: e.password.clone() })
+                .collect(),
+            created: self.created.clone(),
+        }
+    }
+
+    fn keys_of(&mut self, user: &IamUserName) -> PortResult<&mut Vec<FakeKey>> {
+        self.users.get_mut(user.as_str()).ok_or_else(|| {
+            PortError::new(PortErrorKind::NotFound, format!("The user with name {user} cannot be found."))
+        })
+    }
+
+    fn endpoint_view(e: &FakeEndpoint, org: &OrgUrl, project: &ProjectName) -> Endpoint {
+        Endpoint {
+            handle: EndpointHandle { org: org.clone(), project: project.clone(), id: e.id.clone() },
+            name: e.name.clone(),
+            kind: e.kind.clone(),
+            scheme: e.scheme.clone(),
+            username: e.username.clone(),
+            uses_oidc: e.oidc,
+            is_ready: true,
+        }
+    }
+}
+
+#[async_trait]
+impl KeyStore for Fakes {
+    async fn list_keys(&self, user: &IamUserName) -> PortResult<Vec<KeyInfo>> {
+        self.call(|s| {
+            Ok(s.keys_of(user)?
+                .iter()
+                .map(|k| KeyInfo {
+                    id: AccessKeyId::parse(&k.id).expect("fake ids parse"),
+                    status: if k.active { KeyStatus::Active } else { KeyStatus::Inactive },
+                    created: k.created,
+                    last_used: k.used,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn create_key(&self, user: &IamUserName) -> PortResult<NewKey> {
+        self.call(|s| {
+            let now = s.now();
+            if s.keys_of(user)?.len() >= 2 {
+                s.limit_exceeded += 1;
+                return Err(PortError::new(PortErrorKind::LimitExceeded, "Cannot exceed quota for AccessKeysPerUser: 2"));
+            }
+            let k = s.new_key(now);
+            let out = NewKey {
+                info: KeyInfo { id: AccessKeyId::parse(&k.id).expect("fake ids parse"), status: KeyStatus::Active, created: now, last_used: None },
+                secret: SecretString::from(k.secret.clone()),
+            };
+            s.created.push(k.id.clone());
+            s.creates += 1;
+            s.keys_of(user)?.push(k);
+            s.mutated();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_status(&self, user: &IamUserName, key: &AccessKeyId, status: KeyStatus) -> PortResult<()> {
+        self.call(|s| {
+            let k = s.keys_of(user)?.iter_mut().find(|k| k.id == key.as_str()).ok_or_else(|| {
+                PortError::new(PortErrorKind::NotFound, "The Access Key cannot be found.")
+            })?;
+            k.active = status == KeyStatus::Active;
+            s.mutated();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_key(&self, user: &IamUserName, key: &AccessKeyId) -> PortResult<()> {
+        self.call(|s| {
+            let keys = s.keys_of(user)?;
+            let before = keys.len();
+            keys.retain(|k| k.id != key.as_str());
+            if keys.len() == before {
+                return Err(PortError::new(PortErrorKind::NotFound, "The Access Key cannot be found."));
+            }
+            s.mutated();
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn no_secret(name: &SecretName) -> PortError {
+    PortError::new(PortErrorKind::NotFound, format!("Secrets Manager can't find the specified secret {name}."))
+}
+
+#[async_trait]
+impl SecretStore for Fakes {
+    async fn versions(&self, name: &SecretName) -> PortResult<Option<Vec<SecretVersion>>> {
+        self.call(|s| {
+            Ok(s.secrets.get(name.as_str()).map(|vs| {
+                vs.iter()
+                    .filter(|v| !v.stages.is_empty())
+                    .map(|v| SecretVersion { id: v.id.clone(), stages: v.stages.clone() })
+                    .collect()
+            }))
+        })
+        .await
+    }
+
+    async fn read(&self, name: &SecretName, stage: Stage) -> PortResult<Option<(String, SecretString)>> {
+        self.call(|s| {
+            Ok(s.secrets.get(name.as_str()).and_then(|vs| {
+                vs.iter()
+                    .find(|v| v.stages.iter().any(|l| l == stage.label()))
+                    .map(|v| (v.id.clone(), SecretString::from(v.value.clone())))
+            }))
+        })
+        .await
+    }
+
+    async fn read_version(&self, name: &SecretName, version: &str) -> PortResult<Option<SecretString>> {
+        self.call(|s| {
+            Ok(s.secrets
+                .get(name.as_str())
+                .and_then(|vs| vs.iter().find(|v| v.id == version))
+                .map(|v| SecretString::from(v.value.clone())))
+        })
+        .await
+    }
+
+    async fn create(&self, name: &SecretName, _description: &str) -> PortResult<()> {
+        self.call(|s| {
+            if !s.secrets.contains_key(name.as_str()) {
+                s.secrets.insert(name.to_string(), Vec::new());
+                s.mutated();
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put(&self, name: &SecretName, token: &str, value: &SecretString, stage: Stage) -> PortResult<String> {
+        self.call(|s| {
+            let vs = s.secrets.get_mut(name.as_str()).ok_or_else(|| no_secret(name))?;
+            if let Some(v) = vs.iter().find(|v| v.id == token) {
+                if v.value == value.expose_secret() {
+                    return Ok(token.to_owned());
+                }
+                return Err(PortError::new(PortErrorKind::Invalid, "You can't modify an existing version, you can only create a new version."));
+            }
+            for v in vs.iter_mut() {
+                v.stages.retain(|l| l != stage.label());
+            }
+            vs.push(FakeVersion { id: token.into(), value: value.expose_secret().to_owned(), stages: vec![stage.label().into()] });
+            s.mutated();
+            Ok(token.to_owned())
+        })
+        .await
+    }
+
+    async fn move_stage(&self, name: &SecretName, stage: Stage, to: Option<&str>, from: Option<&str>) -> PortResult<()> {
+        self.call(|s| {
+            let vs = s.secrets.get_mut(name.as_str()).ok_or_else(|| no_secret(name))?;
+            let label = stage.label();
+            let holder = vs.iter().find(|v| v.stages.iter().any(|l| l == label)).map(|v| v.id.clone());
+            if to.is_some() && to == holder.as_deref() {
+                return Ok(());
+            }
+            if let Some(f) = from {
+                if holder.as_deref() != Some(f) {
+                    return Err(PortError::new(PortErrorKind::Invalid, format!("The parameter RemoveFromVersionId can't be {f}: the label is not on it")));
+                }
+            } else if holder.is_some() && to.is_some() {
+                return Err(PortError::new(PortErrorKind::Invalid, "The staging label is attached to another version: RemoveFromVersionId is required"));
+            }
+            if let Some(t) = to {
+                if !vs.iter().any(|v| v.id == t) {
+                    return Err(PortError::new(PortErrorKind::NotFound, "version not found"));
+                }
+            }
+            for v in vs.iter_mut() {
+                if Some(v.id.as_str()) == from {
+                    v.stages.retain(|l| l != label);
+                    if stage == Stage::Current && to.is_some() {
+                        // Secrets Manager moves AWSPREVIOUS to the old AWSCURRENT itself.
+                        v.stages.push("AWSPREVIOUS".into());
+                    }
+                }
+            }
+            if stage == Stage::Current && to.is_some() && from.is_some() {
+                for v in vs.iter_mut() {
+                    if Some(v.id.as_str()) != from {
+                        v.stages.retain(|l| l != "AWSPREVIOUS");
+                    }
+                }
+            }
+            if let Some(t) = to {
+                if let Some(v) = vs.iter_mut().find(|v| v.id == t) {
+                    v.stages.push(label.into());
+                }
+            }
+            s.mutated();
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Parameters for Fakes {
+    async fn get_secure(&self, name: &str) -> PortResult<SecretString> {
+        self.call(|s| {
+            s.params
+                .get(name)
+                .map(|v| SecretString::from(v.clone()))
+                .ok_or_else(|| PortError::new(PortErrorKind::NotFound, format!("parameter {name} does not exist")))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl CallerIdentity for Fakes {
+    async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<String> {
+        self.call(|s| {
+            let now = s.now();
+            let nowi = tokio::time::Instant::now();
+            for (user, keys) in s.users.iter_mut() {
+                if let Some(k) = keys.iter_mut().find(|k| k.id == key.as_str()) {
+                    if k.active && k.secret == secret.expose_secret() && nowi >= k.valid_from {
+                        k.used = Some(now);
+                        return Ok(format!("arn:aws:iam::{ACCOUNT}:user/{user}"));
+                    }
+                    break;
+                }
+            }
+            Err(PortError::new(PortErrorKind::Unauthorized, "The security token included in the request is invalid."))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ServiceConnections for Fakes {
+    async fn find(&self, org: &OrgUrl, r: &EndpointRef) -> PortResult<Endpoint> {
+        self.call(|s| {
+            let matches: Vec<&FakeEndpoint> = s
+                .endpoints
+                .iter()
+                .filter(|e| e.org == org.as_str() && e.projects.iter().any(|p| p == r.project.as_str()))
+                .filter(|e| match &r.by {
+                    EndpointSelector::Name(n) => &e.name == n,
+                    EndpointSelector::Id(id) => &e.id == id,
+                })
+                .collect();
+            match matches.as_slice() {
+                [] => Err(PortError::new(PortErrorKind::NotFound, format!("no service connection {r} in {org}"))),
+                [e] => Ok(State::endpoint_view(e, org, &r.project)),
+                _ => Err(PortError::new(PortErrorKind::Invalid, format!("{} service connections are named {r}", matches.len()))),
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, h: &EndpointHandle) -> PortResult<Option<Endpoint>> {
+        self.call(|s| {
+            Ok(s.endpoints
+                .iter()
+                .find(|e| e.org == h.org.as_str() && e.id == h.id && e.projects.iter().any(|p| p == h.project.as_str()))
+                .map(|e| State::endpoint_view(e, &h.org, &h.project)))
+        })
+        .await
+    }
+
+    async fn set_credentials(&self, h: &EndpointHandle, key: &AccessKeyId, secret: &SecretString) -> PortResult<()> {
+        self.call(|s| {
+            if let Some(Some(e)) = s.ado_put_script.pop_front() {
+                return Err(e);
+            }
+            let e = s
+                .endpoints
+                .iter_mut()
+                .find(|e| e.org == h.org.as_str() && e.id == h.id)
+                .ok_or_else(|| PortError::new(PortErrorKind::NotFound, "endpoint not found"))?;
+            e.username = Some(key.as_str().to_owned());
+            e.password = Some(secret.expose_secret().to_owned());
+            s.mutated();
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Notifier for Fakes {
+    async fn notify(&self, report: &RunReport) -> PortResult<()> {
+        self.state().notifications.push(report.clone());
+        Ok(())
+    }
+}
+
+impl Clock for Fakes {
+    fn now(&self) -> SystemTime {
+        self.state().now()
+    }
+}
+
+/// A ready-made scenario: one user with one key of a given age, held by `endpoints` AWS
+/// connections, and a secret at AWSCURRENT holding it (keyrotor's JSON).
+pub struct Scenario {
+    /// The world.
+    pub fakes: Fakes,
+    /// The target.
+    pub target: Target,
+    /// The policy (propagation waits short, no grace).
+    pub policy: Policy,
+    /// The key the endpoints hold at the start.
+    pub initial_key: (String, String),
+}
+
+/// The organization URL scenarios use.
+pub const ORG: &str = "https://dev.azure.com/contoso";
+
+impl Scenario {
+    /// `endpoints` connections holding a 10-day-old key; the secret holds it as keyrotor's JSON.
+    pub fn new(endpoints: usize) -> Self {
+        let fakes = Fakes::new();
+        let key = fakes.add_key("pipeline", Duration::from_secs(10 * 86400));
+        let mut refs = Vec::new();
+        for i in 0..endpoints {
+            let name = format!("aws-{i}");
+            fakes.add_endpoint(ORG, "Platform", &name, Some((&key.0, &key.1)));
+            refs.push(EndpointRef { project: ProjectName::parse("Platform").unwrap(), by: EndpointSelector::Name(name) });
+        }
+        let created = fakes.state().users["pipeline"][0].created;
+        let json = keyrotor_core::secret_value::key_value(
+            &AccessKeyId::parse(&key.0).unwrap(),
+            &SecretString::from(key.1.clone()),
+            "pipeline",
+            created,
+        );
+        fakes.set_secret("pipeline-key", json.expose_secret());
+        fakes.state().propagation = Duration::from_secs(8);
+        let target = Target {
+            name: keyrotor_core::domain::TargetName::parse("platform").unwrap(),
+            iam_user: IamUserName::parse("pipeline").unwrap(),
+            secret: SecretName::parse("pipeline-key").unwrap(),
+            organization: OrgUrl::parse(ORG).unwrap(),
+            endpoints: refs,
+        };
+        let policy = Policy { verify_interval: Duration::from_secs(2), ..Policy::default() };
+        Self { fakes, target, policy, initial_key: key }
+    }
+
+    /// The world as the invariants see it.
+    pub fn world(&self) -> World {
+        self.fakes.world("pipeline", "pipeline-key")
+    }
+}

@@ -1,0 +1,15 @@
+//! # keyrotor-testkit
+//!
+//! Local stand-ins for keyrotor's tests, sandbox and benchmarks.
+//!
+//! # Layout
+//!
+//! - [`fakes`]: in-memory fakes of every port that enforce the real services' rules, with a
+//!   tripwire that kills a run at any port call (crash tests).
+//! - [`moto`]: installs (once, pinned, in a virtualenv) and starts moto in server mode on a
+//!   free loopback port; stops it when dropped, or when the test process dies.
+
+#![warn(missing_docs)]
+
+pub mod fakes;
+pub mod moto;

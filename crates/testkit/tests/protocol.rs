@@ -1,0 +1,324 @@
+//! The protocol against the in-memory fakes: rotation, refusal, resumption, compensation, a
+//! crash at every port call, and two runs racing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyrotor_core::domain::{KeyStatus, RunId};
+use keyrotor_core::engine::{self, Observer, RunOptions};
+use keyrotor_core::ports::{PortError, PortErrorKind};
+use keyrotor_core::report::{Outcome, Step, TargetReport};
+use keyrotor_testkit::fakes::{Scenario, Tripwire};
+
+fn quiet() -> Observer {
+    Arc::new(|_| {})
+}
+
+fn opts() -> RunOptions {
+    RunOptions { run_id: RunId::new(), force: false, dry_run: false, origin: "test".into() }
+}
+
+async fn run(sc: &Scenario) -> TargetReport {
+    engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &opts(), &quiet()).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_due_key_is_rotated_and_every_invariant_holds() {
+    let sc = Scenario::new(2);
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    sc.world().after_success().unwrap();
+    let st = sc.fakes.state();
+    assert!(st.violations.is_empty(), "{:?}", st.violations);
+    assert_eq!(st.creates, 1);
+    assert_eq!(st.limit_exceeded, 0);
+    let keys = &st.users["pipeline"];
+    assert_eq!(keys.len(), 1, "no grace: the old key is deleted");
+    assert_ne!(keys[0].id, sc.initial_key.0);
+    assert_eq!(r.steps, vec![Step::Inspect, Step::Create, Step::Verify, Step::Push, Step::Confirm, Step::Promote, Step::Retire]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_run_right_after_a_success_changes_nothing() {
+    let sc = Scenario::new(1);
+    assert_eq!(run(&sc).await.outcome, Outcome::Rotated);
+    let before = sc.fakes.state().mutations;
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
+    assert!(r.reason.unwrap().contains("younger than min_key_age"));
+    assert_eq!(sc.fakes.state().mutations, before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grace_period_keeps_the_old_key_inactive_until_a_later_run() {
+    let mut sc = Scenario::new(1);
+    sc.policy.delete_old_key_after = Duration::from_secs(86400);
+    assert_eq!(run(&sc).await.outcome, Outcome::Rotated);
+    {
+        let st = sc.fakes.state();
+        let keys = &st.users["pipeline"];
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().any(|k| k.id == sc.initial_key.0 && !k.active));
+    }
+    sc.world().after_success().unwrap();
+    assert_eq!(run(&sc).await.outcome, Outcome::NothingDue);
+    assert_eq!(sc.fakes.state().users["pipeline"].len(), 2, "still in grace");
+    sc.fakes.advance(Duration::from_secs(86400));
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::NothingDue);
+    assert!(r.reason.unwrap().contains("finished retiring"));
+    assert_eq!(sc.fakes.state().users["pipeline"].len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_run_without_a_secret_adopts_the_key_ado_holds() {
+    let sc = Scenario::new(1);
+    sc.fakes.state().secrets.clear();
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    sc.world().after_success().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_legacy_secret_with_a_bare_secret_key_is_adopted() {
+    let sc = Scenario::new(1);
+    sc.fakes.state().secrets.clear();
+    sc.fakes.set_secret("pipeline-key", &sc.initial_key.1);
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    sc.world().after_success().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oidc_endpoint_is_refused_and_nothing_changes() {
+    let sc = Scenario::new(1);
+    sc.fakes.state().endpoints[0].oidc = true;
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert!(r.error.unwrap().contains("OIDC"));
+    assert_eq!(sc.fakes.state().mutations, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_non_aws_endpoint_is_refused() {
+    let sc = Scenario::new(1);
+    sc.fakes.state().endpoints[0].kind = "azurerm".into();
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert!(r.error.unwrap().contains("not AWS"));
+    assert_eq!(sc.fakes.state().mutations, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_active_keys_both_in_use_are_refused() {
+    let sc = Scenario::new(2);
+    let other = sc.fakes.add_key("pipeline", Duration::from_secs(86400));
+    {
+        let mut st = sc.fakes.state();
+        st.endpoints[1].username = Some(other.0.clone());
+        st.endpoints[1].password = Some(other.1.clone());
+    }
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert!(r.error.unwrap().contains("two active keys"));
+    assert_eq!(sc.fakes.state().mutations, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_key_that_was_used_is_refused_not_deleted() {
+    let sc = Scenario::new(1);
+    sc.fakes.add_key("pipeline", Duration::from_secs(86400));
+    sc.fakes.state().users.get_mut("pipeline").unwrap()[1].used = Some(std::time::SystemTime::UNIX_EPOCH);
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert!(r.error.unwrap().contains("was last used"));
+    assert_eq!(sc.fakes.state().users["pipeline"].len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_never_used_orphan_is_deleted_before_rotating() {
+    let sc = Scenario::new(1);
+    sc.fakes.add_key("pipeline", Duration::from_secs(3600));
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    assert!(r.steps.contains(&Step::Cleanup));
+    assert_eq!(sc.fakes.state().limit_exceeded, 0, "invariant 4: no LimitExceeded from our leftovers");
+    sc.world().after_success().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_user_is_invalid() {
+    let sc = Scenario::new(1);
+    sc.fakes.state().users.clear();
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert!(r.error.unwrap().contains("pipeline"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_secret_that_holds_something_else_is_invalid() {
+    let sc = Scenario::new(1);
+    sc.fakes.set_secret("pipeline-key", "{\"database\":\"postgres\"}");
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert_eq!(sc.fakes.state().creates, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_iam_never_accepts_is_deleted_and_the_old_one_kept() {
+    let mut sc = Scenario::new(1);
+    sc.fakes.state().propagation = Duration::from_secs(100_000);
+    sc.policy.verify_timeout = Duration::from_secs(30);
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(r.failed_step, Some(Step::Verify));
+    assert!(r.compensation.unwrap().contains("was deleted"));
+    let st = sc.fakes.state();
+    assert_eq!(st.users["pipeline"].len(), 1);
+    assert_eq!(st.users["pipeline"][0].id, sc.initial_key.0);
+    assert!(st.violations.is_empty(), "{:?}", st.violations);
+    drop(st);
+    sc.world().pipelines_work().unwrap();
+    assert!(!sc.world().stages.contains_key("AWSPENDING"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_push_failure_puts_switched_endpoints_back_on_the_old_key() {
+    let sc = Scenario::new(3);
+    let denied = PortError::new(PortErrorKind::Forbidden, "Access denied: needs Service Connections (manage)");
+    sc.fakes.state().ado_put_script = [None, Some(denied)].into_iter().collect();
+    let fakes = sc.fakes.clone();
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+    assert_eq!(r.failed_step, Some(Step::Push));
+    let c = r.compensation.unwrap();
+    assert!(c.contains("was deleted"), "{c}");
+    let st = fakes.state();
+    assert!(st.endpoints.iter().all(|e| e.username.as_deref() == Some(sc.initial_key.0.as_str())));
+    assert_eq!(st.users["pipeline"].len(), 1);
+    assert!(st.violations.is_empty(), "{:?}", st.violations);
+}
+
+/// Runs until the target converges (advancing the clock past the intent lease when a dead run's
+/// intent holds it off), checking invariants after every run.
+async fn converge(sc: &Scenario, label: &str) {
+    for attempt in 0..4 {
+        let r = run(sc).await;
+        sc.world().always().unwrap_or_else(|v| panic!("{label}, rerun {attempt}: {v}"));
+        match r.outcome {
+            Outcome::Rotated | Outcome::NothingDue => {
+                sc.world().after_success().unwrap_or_else(|v| panic!("{label}, after rerun {attempt}: {v} ({r:?})"));
+                let before = sc.fakes.state().mutations;
+                let again = run(sc).await;
+                assert_eq!(again.outcome, Outcome::NothingDue, "{label}: invariant 6 ({again:?})");
+                assert_eq!(sc.fakes.state().mutations, before, "{label}: invariant 6");
+                return;
+            }
+            Outcome::Busy => sc.fakes.advance(sc.policy.intent_lease + Duration::from_secs(1)),
+            _ => panic!("{label}: rerun {attempt} ended {:?}: {:?}", r.outcome, r.error),
+        }
+    }
+    panic!("{label}: did not converge in 4 reruns");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_every_port_call_is_recovered_by_the_next_run() {
+    // Count the calls of a clean run.
+    let clean = Scenario::new(2);
+    assert_eq!(run(&clean).await.outcome, Outcome::Rotated);
+    let total = clean.fakes.state().calls;
+    assert!(total > 20, "a rotation makes {total} calls");
+
+    let mut steps_hit = std::collections::BTreeSet::new();
+    for at in 1..=total {
+        for after_effect in [false, true] {
+            let sc = Scenario::new(2);
+            let world = sc.fakes.clone();
+            let seen = Arc::new(std::sync::Mutex::new(None));
+            let seen2 = seen.clone();
+            let observer: Observer = Arc::new(move |e| {
+                if e.phase == keyrotor_core::engine::Phase::Started && !world.state().tripwire.fired {
+                    *seen2.lock().unwrap() = Some(e.step);
+                }
+            });
+            sc.fakes.state().tripwire = Tripwire { at: Some(at), after_effect, fired: false };
+            let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &opts(), &observer).await;
+            let label = format!("crash at call {at} ({}) in {:?}", if after_effect { "after effect" } else { "before effect" }, seen.lock().unwrap());
+            assert!(sc.fakes.state().tripwire.fired, "{label}: the tripwire did not fire ({r:?})");
+            if let Some(step) = *seen.lock().unwrap() {
+                steps_hit.insert(step);
+            }
+            {
+                let st = sc.fakes.state();
+                assert!(st.violations.is_empty(), "{label}: {:?}", st.violations);
+            }
+            sc.world().always().unwrap_or_else(|v| panic!("{label}: {v}"));
+            sc.fakes.state().tripwire = Tripwire::default();
+            converge(&sc, &label).await;
+            let st = sc.fakes.state();
+            assert!(st.violations.is_empty(), "{label}: {:?}", st.violations);
+            assert_eq!(st.limit_exceeded, 0, "{label}: invariant 4");
+        }
+    }
+    for step in [Step::Inspect, Step::Create, Step::Verify, Step::Push, Step::Confirm, Step::Promote, Step::Retire] {
+        assert!(steps_hit.contains(&step), "no crash landed in {step}: {steps_hit:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_during_cleanup_is_recovered_too() {
+    // A scenario whose clean run needs cleanup (an orphan and a retired key to make room).
+    let build = || {
+        let mut sc = Scenario::new(1);
+        sc.policy.delete_old_key_after = Duration::from_secs(3600);
+        sc
+    };
+    let sc = build();
+    assert_eq!(run(&sc).await.outcome, Outcome::Rotated);
+    sc.fakes.advance(Duration::from_secs(7 * 86400));
+    let start = sc.fakes.state().calls;
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated);
+    assert!(r.steps.contains(&Step::Cleanup));
+    let total = sc.fakes.state().calls - start;
+    for at in 1..=total {
+        let sc = build();
+        assert_eq!(run(&sc).await.outcome, Outcome::Rotated);
+        sc.fakes.advance(Duration::from_secs(7 * 86400));
+        let base = sc.fakes.state().calls;
+        sc.fakes.state().tripwire = Tripwire { at: Some(base + at), after_effect: at % 2 == 0, fired: false };
+        let _ = run(&sc).await;
+        sc.world().always().unwrap_or_else(|v| panic!("crash at {at}: {v}"));
+        sc.fakes.state().tripwire = Tripwire::default();
+        converge(&sc, &format!("second rotation, crash at {at}")).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_runs_racing_never_both_create_a_key() {
+    for head_start in 0..40u32 {
+        let sc = Scenario::new(2);
+        sc.fakes.state().yield_every_call = true;
+        let a = run(&sc);
+        let b = async {
+            for _ in 0..head_start {
+                tokio::task::yield_now().await;
+            }
+            run(&sc).await
+        };
+        let (ra, rb) = futures::join!(a, b);
+        let st = sc.fakes.state();
+        assert_eq!(st.creates, 1, "head start {head_start}: {:?} / {:?}", ra, rb);
+        assert!(st.violations.is_empty(), "head start {head_start}: {:?}", st.violations);
+        drop(st);
+        let outcomes = [ra.outcome, rb.outcome];
+        assert!(outcomes.contains(&Outcome::Rotated), "head start {head_start}: {outcomes:?} {:?} {:?}", ra.error, rb.error);
+        for o in outcomes {
+            assert!(matches!(o, Outcome::Rotated | Outcome::Busy | Outcome::NothingDue), "head start {head_start}: {o:?} {:?} {:?}", ra, rb);
+        }
+        sc.fakes.state().yield_every_call = false;
+        converge(&sc, &format!("race with head start {head_start}")).await;
+        assert!(sc.fakes.state().users["pipeline"].iter().all(|k| k.active || sc.policy.delete_old_key_after > Duration::ZERO));
+        let _ = KeyStatus::Active;
+    }
+}

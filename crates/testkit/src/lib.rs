@@ -8,8 +8,12 @@
 //!   tripwire that kills a run at any port call (crash tests).
 //! - [`moto`]: installs (once, pinned, in a virtualenv) and starts moto in server mode on a
 //!   free loopback port; stops it when dropped, or when the test process dies.
+//! - [`ado`]: an emulator of Azure DevOps' service-endpoint API (library and `ado-emulator`).
+//! - [`slack`]: a Slack incoming-webhook sink (library and `slack-sink`).
 
 #![warn(missing_docs)]
 
+pub mod ado;
 pub mod fakes;
 pub mod moto;
+pub mod slack;

@@ -1,0 +1,1 @@
+//! Azure DevOps service-endpoint client (to be written).

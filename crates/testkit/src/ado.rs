@@ -1,0 +1,1 @@
+//! The Azure DevOps service-endpoint emulator (to be written).

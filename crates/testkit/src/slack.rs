@@ -1,0 +1,1 @@
+//! The Slack webhook sink (to be written).

@@ -1,1 +1,41 @@
-//! Azure DevOps service-endpoint client (to be written).
+//! # keyrotor-ado
+//!
+//! Azure DevOps service-endpoint REST client: keyrotor's [`ServiceConnections`] adapter.
+//!
+//! [`AdoClient`] finds a service connection by name or id, reads it, and changes its AWS key
+//! **in place**: it GETs the whole `ServiceEndpoint` object, changes only
+//! `authorization.parameters.username` and `.password`, and PUTs the object back to the same
+//! id (`PUT {org}/_apis/serviceendpoint/endpoints/{id}?api-version=7.1`). Deleting and
+//! re-creating would give a new id and drop every pipeline authorization, so it never does.
+//!
+//! The facts it relies on (`shared/ado/SERVICE-ENDPOINTS.md`): an unknown id answers 200 with
+//! `null`; lists answer `{"count", "value"}`; the password always comes back `null`, and a
+//! `null` sent back keeps the stored value (which is how `sessionToken` survives); a bad PAT
+//! can come back as a 203 HTML sign-in page or a 302, so every request sends
+//! `X-TFS-FedAuthRedirect: Suppress` and any non-JSON answer is an authentication failure.
+//!
+//! Errors are [`PortError`]s: 429 (after `Retry-After`), 5xx, timeouts and dropped connections
+//! are retried with capped exponential backoff and become `Retryable` when the bounds run out;
+//! 401 is `Unauthorized`, 403 `Forbidden`, 404 `NotFound`, other 4xx `Invalid`. A message
+//! quotes only the service's own `message`, never a request body; the PAT and the secret
+//! being written are scrubbed from it and key ids are masked.
+//!
+//! # Layout
+//!
+//! - `client`: [`AdoClient`], [`AdoOptions`] and the [`ServiceConnections`] implementation.
+//! - `transport`: one request with the PAT, retries, and the mapping of answers to errors.
+//! - `endpoint`: the `ServiceEndpoint` JSON read into the core's `Endpoint`, and edited.
+//! - `audit`: [`AdoClient::list_aws_endpoints`], every AWS connection of an organization.
+//!
+//! [`ServiceConnections`]: keyrotor_core::ports::ServiceConnections
+//! [`PortError`]: keyrotor_core::ports::PortError
+
+#![warn(missing_docs)]
+
+mod audit;
+mod client;
+mod endpoint;
+mod transport;
+
+pub use audit::{AdoProject, AuditEndpoint};
+pub use client::{API_VERSION, AdoClient, AdoOptions};

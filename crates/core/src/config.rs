@@ -182,7 +182,12 @@ impl Ctx<'_> {
         self.text[..end].bytes().filter(|b| *b == b'\n').count() + 1
     }
 
-    fn error(&self, span: Option<Range<usize>>, field: &str, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.to_owned(),
             line: span.map(|s| self.line_of(s)),
@@ -274,7 +279,11 @@ impl Config {
         let d = Policy::default();
         let policy = Policy {
             min_key_age: cx.duration(&p.min_key_age, "policy.min_key_age", d.min_key_age)?,
-            verify_timeout: cx.duration(&p.verify_timeout, "policy.verify_timeout", d.verify_timeout)?,
+            verify_timeout: cx.duration(
+                &p.verify_timeout,
+                "policy.verify_timeout",
+                d.verify_timeout,
+            )?,
             verify_consecutive: cx.count(
                 &p.verify_consecutive,
                 "policy.verify_consecutive",
@@ -292,8 +301,12 @@ impl Config {
                 d.delete_old_key_after,
             )?,
             intent_lease: cx.duration(&p.intent_lease, "policy.intent_lease", d.intent_lease)?,
-            concurrency: cx.count(&p.concurrency, "policy.concurrency", 1..65, d.concurrency as i64)?
-                as usize,
+            concurrency: cx.count(
+                &p.concurrency,
+                "policy.concurrency",
+                1..65,
+                d.concurrency as i64,
+            )? as usize,
         };
 
         let mut targets = Vec::with_capacity(raw.target.len());
@@ -327,12 +340,20 @@ impl Config {
                 let project = cx.parse(&e.project, &fe("project"), ProjectName::parse)?;
                 let by = match (&e.name, &e.id) {
                     (Some(n), None) => EndpointSelector::Name(cx.parse(n, &fe("name"), |s| {
-                        if s.trim().is_empty() { Err("the name is empty") } else { Ok(s.to_owned()) }
+                        if s.trim().is_empty() {
+                            Err("the name is empty")
+                        } else {
+                            Ok(s.to_owned())
+                        }
                     })?),
                     (None, Some(id)) => EndpointSelector::Id(cx.parse(id, &fe("id"), |s| {
-                        let ok = s.len() == 36
-                            && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-                        if ok { Ok(s.to_ascii_lowercase()) } else { Err("an endpoint id is a GUID") }
+                        let ok =
+                            s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+                        if ok {
+                            Ok(s.to_ascii_lowercase())
+                        } else {
+                            Err("an endpoint id is a GUID")
+                        }
                     })?),
                     _ => {
                         return Err(cx.error(
@@ -352,7 +373,13 @@ impl Config {
                 }
                 endpoints.push(r);
             }
-            targets.push(Target { name, iam_user, secret, organization, endpoints });
+            targets.push(Target {
+                name,
+                iam_user,
+                secret,
+                organization,
+                endpoints,
+            });
         }
         if targets.is_empty() {
             return Err(ConfigError {
@@ -362,7 +389,14 @@ impl Config {
                 message: "the config has no [[target]]".into(),
             });
         }
-        Ok(Self { aws_region, organization, pat, slack_webhook, policy, targets })
+        Ok(Self {
+            aws_region,
+            organization,
+            pat,
+            slack_webhook,
+            policy,
+            targets,
+        })
     }
 
     /// The targets named (all when `names` is empty). An unknown name is an error.
@@ -418,7 +452,10 @@ endpoints = [ { project = "Platform", name = "aws-prod" } ]
     fn defaults_apply_when_policy_is_absent() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.policy, Policy::default());
-        assert_eq!(c.targets[0].organization.as_str(), "https://dev.azure.com/contoso");
+        assert_eq!(
+            c.targets[0].organization.as_str(),
+            "https://dev.azure.com/contoso"
+        );
         assert!(c.slack_webhook.is_none());
     }
 

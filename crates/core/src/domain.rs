@@ -338,8 +338,14 @@ impl RunId {
     /// Parses a run id given from outside (an execution name): 1 to 64 of `[A-Za-z0-9_-]`.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let ok = (1..=64).contains(&raw.len())
-            && raw.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
-        if ok { Ok(Self(raw.into())) } else { err("a run id is 1 to 64 of A-Z a-z 0-9 - _") }
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if ok {
+            Ok(Self(raw.into()))
+        } else {
+            err("a run id is 1 to 64 of A-Z a-z 0-9 - _")
+        }
     }
     /// The id.
     pub fn as_str(&self) -> &str {
@@ -423,7 +429,10 @@ mod tests {
             SecretRef::parse("ssm:/a/b").unwrap(),
             SecretRef::Ssm("/a/b".into())
         );
-        assert_eq!(SecretRef::parse("env:PAT").unwrap(), SecretRef::Env("PAT".into()));
+        assert_eq!(
+            SecretRef::parse("env:PAT").unwrap(),
+            SecretRef::Env("PAT".into())
+        );
         assert_eq!(
             SecretRef::parse("secretsmanager:x/y").unwrap(),
             SecretRef::SecretsManager("x/y".into())

@@ -63,10 +63,18 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn emit(&self, step: Step, phase: Phase) {
-        (self.observer)(&Event { target: self.target.name.to_string(), step, phase });
+        (self.observer)(&Event {
+            target: self.target.name.to_string(),
+            step,
+            phase,
+        });
     }
 
-    async fn step<T>(&mut self, step: Step, fut: impl Future<Output = Result<T, StepError>>) -> Result<T, StepError> {
+    async fn step<T>(
+        &mut self,
+        step: Step,
+        fut: impl Future<Output = Result<T, StepError>>,
+    ) -> Result<T, StepError> {
         self.emit(step, Phase::Started);
         tracing::info!(target_name = %self.target.name, run_id = %self.opts.run_id, step = step.name(), "step started");
         let r = fut.await;
@@ -108,11 +116,20 @@ impl Runner<'_> {
 
     async fn go(&mut self) {
         let (ports, target, policy) = (self.ports, self.target, self.policy);
-        let snap = match self.step(Step::Inspect, protocol::inspect(ports, target)).await {
+        let snap = match self
+            .step(Step::Inspect, protocol::inspect(ports, target))
+            .await
+        {
             Ok(s) => s,
             Err(e) => return self.fail(&e),
         };
-        let p = plan::plan(&snap, policy, ports.clock.now(), self.opts.run_id.as_str(), self.opts.force);
+        let p = plan::plan(
+            &snap,
+            policy,
+            ports.clock.now(),
+            self.opts.run_id.as_str(),
+            self.opts.force,
+        );
         self.report.old_key = p.old_key.as_ref().map(|k| k.masked());
         self.report.new_key = p.new_key.as_ref().map(|k| k.masked());
         self.report.endpoints = endpoint_reports(&snap.endpoints);
@@ -129,14 +146,21 @@ impl Runner<'_> {
                 self.report.failed_step = Some(Step::Inspect);
                 self.report.error = Some(p.reason.clone());
                 self.report.next_step = Some(match outcome {
-                    Outcome::Refused => "fix what the reason names, then run keyrotor again; nothing was changed".into(),
+                    Outcome::Refused => {
+                        "fix what the reason names, then run keyrotor again; nothing was changed"
+                            .into()
+                    }
                     _ => "correct the configuration or the secret; nothing was changed".into(),
                 });
             }
             return;
         }
         if self.opts.dry_run {
-            self.report.outcome = if p.decision == Decision::NothingDue { Outcome::NothingDue } else { Outcome::Rotated };
+            self.report.outcome = if p.decision == Decision::NothingDue {
+                Outcome::NothingDue
+            } else {
+                Outcome::Rotated
+            };
             return;
         }
 
@@ -144,7 +168,14 @@ impl Runner<'_> {
         progress.old_key = p.old_key.clone();
         let tidy = p.clear_pending || !p.orphans.is_empty() || p.make_room.is_some();
         if tidy {
-            let r = protocol::cleanup(ports, target, &self.opts.run_id, p.clear_pending, &p.orphans, p.make_room.as_ref());
+            let r = protocol::cleanup(
+                ports,
+                target,
+                &self.opts.run_id,
+                p.clear_pending,
+                &p.orphans,
+                p.make_room.as_ref(),
+            );
             match self.step(Step::Cleanup, r).await {
                 Ok(notes) if !notes.is_empty() => self.note(&notes.join("; ")),
                 Ok(_) => {}
@@ -153,7 +184,14 @@ impl Runner<'_> {
         }
         if p.decision == Decision::NothingDue {
             if let Some(old) = &p.finish_retire {
-                let r = protocol::retire(ports, target, policy, Some(old), None, Some(p.finish_retire_delete));
+                let r = protocol::retire(
+                    ports,
+                    target,
+                    policy,
+                    Some(old),
+                    None,
+                    Some(p.finish_retire_delete),
+                );
                 match self.step(Step::Retire, r).await {
                     Ok(()) => self.note(&format!("finished retiring the previous key {old}")),
                     Err(e) => return self.fail(&e),
@@ -165,7 +203,8 @@ impl Runner<'_> {
 
         if let Err(e) = self.rotate(&mut progress).await {
             self.fail(&e);
-            let undo = progress.new_key.is_none() || (e.step <= Step::Confirm && e.kind != StepErrorKind::Busy);
+            let undo = progress.new_key.is_none()
+                || (e.step <= Step::Confirm && e.kind != StepErrorKind::Busy);
             if undo {
                 match protocol::compensate(ports, target, &progress).await {
                     Compensation::Nothing => {}
@@ -175,7 +214,10 @@ impl Runner<'_> {
             } else {
                 self.report.compensation = Some(format!(
                     "every connection holds the new key {}; the old key is kept; the next run finishes {}",
-                    progress.new_key.as_ref().map_or_else(String::new, |k| k.masked()),
+                    progress
+                        .new_key
+                        .as_ref()
+                        .map_or_else(String::new, |k| k.masked()),
                     e.step
                 ));
             }
@@ -201,14 +243,29 @@ impl Runner<'_> {
 
     async fn rotate(&mut self, progress: &mut Progress) -> Result<(), StepError> {
         let (ports, target, policy) = (self.ports, self.target, self.policy);
-        self.step(Step::Create, protocol::create(ports, target, policy, progress)).await?;
+        self.step(
+            Step::Create,
+            protocol::create(ports, target, policy, progress),
+        )
+        .await?;
         self.report.new_key = progress.new_key.as_ref().map(|k| k.masked());
-        self.step(Step::Verify, protocol::verify(ports, target, policy, progress, policy.verify_timeout)).await?;
-        self.step(Step::Push, protocol::push(ports, target, progress)).await?;
-        self.step(Step::Confirm, protocol::confirm(ports, target, progress)).await?;
-        self.step(Step::Promote, protocol::promote(ports, target, progress)).await?;
+        self.step(
+            Step::Verify,
+            protocol::verify(ports, target, policy, progress, policy.verify_timeout),
+        )
+        .await?;
+        self.step(Step::Push, protocol::push(ports, target, progress))
+            .await?;
+        self.step(Step::Confirm, protocol::confirm(ports, target, progress))
+            .await?;
+        self.step(Step::Promote, protocol::promote(ports, target, progress))
+            .await?;
         let (old, new) = (progress.old_key.clone(), progress.new_key.clone());
-        self.step(Step::Retire, protocol::retire(ports, target, policy, old.as_ref(), new.as_ref(), None)).await?;
+        self.step(
+            Step::Retire,
+            protocol::retire(ports, target, policy, old.as_ref(), new.as_ref(), None),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -228,16 +285,35 @@ fn next_step_for(e: &StepError) -> String {
         (StepErrorKind::Busy, _) => "nothing to do: the other run finishes the rotation".into(),
         (StepErrorKind::Invalid, _) => "correct the configuration; nothing was changed".into(),
         (StepErrorKind::Refused, _) => "fix what the error names, then run keyrotor again".into(),
-        (StepErrorKind::NotPropagated, _) => "check IAM (policies that deny the user, SCPs), then run keyrotor again".into(),
-        (_, Step::Inspect | Step::Cleanup | Step::Create) => "fix the cause and run keyrotor again; pipelines were not affected".into(),
-        (_, Step::Verify | Step::Push | Step::Confirm) => "fix the cause (Azure DevOps access, the PAT) and run keyrotor again".into(),
+        (StepErrorKind::NotPropagated, _) => {
+            "check IAM (policies that deny the user, SCPs), then run keyrotor again".into()
+        }
+        (_, Step::Inspect | Step::Cleanup | Step::Create) => {
+            "fix the cause and run keyrotor again; pipelines were not affected".into()
+        }
+        (_, Step::Verify | Step::Push | Step::Confirm) => {
+            "fix the cause (Azure DevOps access, the PAT) and run keyrotor again".into()
+        }
         _ => "run keyrotor again: it resumes from where this run stopped".into(),
     }
 }
 
 /// Rotates one target.
-pub async fn run_target(ports: &Ports, policy: &Policy, target: &Target, opts: &RunOptions, observer: &Observer) -> TargetReport {
-    let runner = Runner { ports, policy, target, opts, observer, report: TargetReport::new(target.name.as_str(), Outcome::Failed) };
+pub async fn run_target(
+    ports: &Ports,
+    policy: &Policy,
+    target: &Target,
+    opts: &RunOptions,
+    observer: &Observer,
+) -> TargetReport {
+    let runner = Runner {
+        ports,
+        policy,
+        target,
+        opts,
+        observer,
+        report: TargetReport::new(target.name.as_str(), Outcome::Failed),
+    };
     runner.run().await
 }
 

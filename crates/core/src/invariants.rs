@@ -49,7 +49,10 @@ fn stored(world: &World, label: &str) -> Option<(String, String)> {
     let v = world.stages.get(label)?;
     let k = secret_value::parse_key(&SecretString::from(v.clone()))?;
     use secrecy::ExposeSecret;
-    Some((k.id.as_str().to_owned(), k.secret.expose_secret().to_owned()))
+    Some((
+        k.id.as_str().to_owned(),
+        k.secret.expose_secret().to_owned(),
+    ))
 }
 
 impl World {
@@ -61,17 +64,28 @@ impl World {
     /// password it stores is that key's secret.
     pub fn pipelines_work(&self) -> Result<(), String> {
         for e in &self.endpoints {
-            let Some(u) = &e.username else { return Err(format!("endpoint '{}' holds no key", e.name)) };
+            let Some(u) = &e.username else {
+                return Err(format!("endpoint '{}' holds no key", e.name));
+            };
             let Some(k) = self.key(u) else {
-                return Err(mask_key_ids(&format!("endpoint '{}' holds {u}, which does not exist", e.name)));
+                return Err(mask_key_ids(&format!(
+                    "endpoint '{}' holds {u}, which does not exist",
+                    e.name
+                )));
             };
             if !k.active {
-                return Err(mask_key_ids(&format!("endpoint '{}' holds {u}, which is Inactive", e.name)));
+                return Err(mask_key_ids(&format!(
+                    "endpoint '{}' holds {u}, which is Inactive",
+                    e.name
+                )));
             }
-            if let (Some(s), Some(p)) = (&k.secret, &e.password) {
-                if s != p {
-                    return Err(mask_key_ids(&format!("endpoint '{}' holds {u} with a password that is not its secret", e.name)));
-                }
+            if let (Some(s), Some(p)) = (&k.secret, &e.password)
+                && s != p
+            {
+                return Err(mask_key_ids(&format!(
+                    "endpoint '{}' holds {u} with a password that is not its secret",
+                    e.name
+                )));
             }
         }
         Ok(())
@@ -87,15 +101,22 @@ impl World {
             .collect();
         for id in &self.created {
             let Some(k) = self.key(id) else { continue };
-            let recoverable = staged.iter().any(|(sid, s)| sid == id && k.secret.as_ref().is_none_or(|ks| ks == s));
+            let recoverable = staged
+                .iter()
+                .any(|(sid, s)| sid == id && k.secret.as_ref().is_none_or(|ks| ks == s));
             if recoverable {
                 continue;
             }
-            let held = self.endpoints.iter().any(|e| e.username.as_deref() == Some(id));
+            let held = self
+                .endpoints
+                .iter()
+                .any(|e| e.username.as_deref() == Some(id));
             if allow_window && !held && !k.used {
                 continue;
             }
-            return Err(mask_key_ids(&format!("key {id} exists but its secret is in no stage of the secret")));
+            return Err(mask_key_ids(&format!(
+                "key {id} exists but its secret is in no stage of the secret"
+            )));
         }
         Ok(())
     }
@@ -105,19 +126,30 @@ impl World {
     pub fn converged(&self) -> Result<(), String> {
         let active: Vec<&WorldKey> = self.keys.iter().filter(|k| k.active).collect();
         if active.len() != 1 {
-            return Err(format!("{} active keys, expected exactly one", active.len()));
+            return Err(format!(
+                "{} active keys, expected exactly one",
+                active.len()
+            ));
         }
         let a = &active[0];
         match stored(self, "AWSCURRENT") {
             Some((id, _)) if id == a.id => {}
-            _ => return Err(mask_key_ids(&format!("AWSCURRENT does not hold the active key {}", a.id))),
+            _ => {
+                return Err(mask_key_ids(&format!(
+                    "AWSCURRENT does not hold the active key {}",
+                    a.id
+                )));
+            }
         }
         if self.stages.contains_key("AWSPENDING") {
             return Err("AWSPENDING is still set".into());
         }
         for e in &self.endpoints {
             if e.username.as_deref() != Some(a.id.as_str()) {
-                return Err(mask_key_ids(&format!("endpoint '{}' does not hold the active key {}", e.name, a.id)));
+                return Err(mask_key_ids(&format!(
+                    "endpoint '{}' does not hold the active key {}",
+                    e.name, a.id
+                )));
             }
         }
         if self.keys.len() > 2 {
@@ -128,7 +160,11 @@ impl World {
 
     /// Invariant 4: never a third key.
     pub fn at_most_two_keys(&self) -> Result<(), String> {
-        if self.keys.len() > 2 { Err(format!("{} keys exist", self.keys.len())) } else { Ok(()) }
+        if self.keys.len() > 2 {
+            Err(format!("{} keys exist", self.keys.len()))
+        } else {
+            Ok(())
+        }
     }
 
     /// Invariants 1, 2 (with the crash window allowed) and 4: what must hold at every instant.

@@ -49,7 +49,10 @@ impl Snapshot {
 
     fn staged(stage: &Option<StageInfo>) -> Option<&AccessKeyId> {
         match stage {
-            Some(StageInfo { content: Content::Key { id, .. }, .. }) => Some(id),
+            Some(StageInfo {
+                content: Content::Key { id, .. },
+                ..
+            }) => Some(id),
             _ => None,
         }
     }
@@ -218,7 +221,10 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
     let mut p = Plan::new(Decision::Rotate, "");
     let mut pending: Option<&AccessKeyId> = None;
     match s.pending.as_ref().map(|st| &st.content) {
-        Some(Content::Intent { run_id: holder, expires_at }) => {
+        Some(Content::Intent {
+            run_id: holder,
+            expires_at,
+        }) => {
             if holder != run_id && *expires_at > now {
                 let mut b = Plan::new(
                     Decision::Busy,
@@ -277,7 +283,10 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
         let old = held
             .iter()
             .find(|id| *id != new)
-            .or_else(|| s.current_key().filter(|id| *id != new && s.key(id).is_some()))
+            .or_else(|| {
+                s.current_key()
+                    .filter(|id| *id != new && s.key(id).is_some())
+            })
             .or_else(|| {
                 s.keys
                     .iter()
@@ -316,9 +325,9 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
         .iter()
         .find(|k| k.id != in_use && !p.orphans.contains(&k.id))
         .cloned();
-    let grace_over = in_use_info
-        .as_ref()
-        .is_some_and(|k| now.duration_since(k.created).unwrap_or_default() >= policy.delete_old_key_after);
+    let grace_over = in_use_info.as_ref().is_some_and(|k| {
+        now.duration_since(k.created).unwrap_or_default() >= policy.delete_old_key_after
+    });
     if let Some(o) = &other {
         let is_previous = s.previous_key() == Some(&o.id);
         let is_current = s.current_key() == Some(&o.id);
@@ -327,7 +336,11 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
                 "IAM user '{user}' has two active keys: {in_use} held by the service connections \
                  and {}{}; retire one by hand first",
                 o.id,
-                if is_current { " named by the secret's AWSCURRENT" } else { "" }
+                if is_current {
+                    " named by the secret's AWSCURRENT"
+                } else {
+                    ""
+                }
             ));
         }
         if o.status == KeyStatus::Active || grace_over {

@@ -141,10 +141,17 @@ pub trait SecretStore: Send + Sync {
     async fn versions(&self, name: &SecretName) -> PortResult<Option<Vec<SecretVersion>>>;
     /// The value at a stage, read with an explicit `VersionStage`; `None` if no version has
     /// that label (or the secret does not exist).
-    async fn read(&self, name: &SecretName, stage: Stage)
-    -> PortResult<Option<(String, SecretString)>>;
+    async fn read(
+        &self,
+        name: &SecretName,
+        stage: Stage,
+    ) -> PortResult<Option<(String, SecretString)>>;
     /// The value of one version, by id; `None` if there is no such version.
-    async fn read_version(&self, name: &SecretName, version: &str) -> PortResult<Option<SecretString>>;
+    async fn read_version(
+        &self,
+        name: &SecretName,
+        version: &str,
+    ) -> PortResult<Option<SecretString>>;
     /// Creates the secret with no value. `Ok` if it exists already.
     async fn create(&self, name: &SecretName, description: &str) -> PortResult<()>;
     /// `PutSecretValue` with this `ClientRequestToken` (which becomes the version id) and the

@@ -68,7 +68,11 @@ pub struct StepError {
 
 impl StepError {
     pub(crate) fn new(step: Step, kind: StepErrorKind, message: impl Into<String>) -> Self {
-        Self { step, kind, message: crate::domain::mask_key_ids(&message.into()) }
+        Self {
+            step,
+            kind,
+            message: crate::domain::mask_key_ids(&message.into()),
+        }
     }
 
     /// A port error met in a step. `context` says what was being done.
@@ -136,7 +140,10 @@ async fn stage_info(
         .secrets
         .read(&target.secret, stage)
         .await?
-        .map(|(version, value)| StageInfo { version, content: secret_value::classify(&value) }))
+        .map(|(version, value)| StageInfo {
+            version,
+            content: secret_value::classify(&value),
+        }))
 }
 
 /// Finds every configured endpoint; one shared into several projects counts once.
@@ -144,9 +151,10 @@ pub async fn resolve_endpoints(ports: &Ports, target: &Target) -> Result<Vec<End
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for r in &target.endpoints {
-        let e = ports.ado.find(&target.organization, r).await.map_err(|e| {
-            StepError::port(Step::Inspect, &format!("service connection {r}"), e)
-        })?;
+        let e =
+            ports.ado.find(&target.organization, r).await.map_err(|e| {
+                StepError::port(Step::Inspect, &format!("service connection {r}"), e)
+            })?;
         if seen.insert((e.handle.org.clone(), e.handle.id.clone())) {
             out.push(e);
         }
@@ -215,10 +223,20 @@ pub async fn cleanup(
     let now = ports.clock.now();
     let mut done = Vec::new();
     if clear_pending {
-        let keys = ports.iam.list_keys(&target.iam_user).await.map_err(at(step, "listing keys"))?;
-        if let Some(info) = stage_info(ports, target, Stage::Pending).await.map_err(at(step, "reading AWSPENDING"))? {
+        let keys = ports
+            .iam
+            .list_keys(&target.iam_user)
+            .await
+            .map_err(at(step, "listing keys"))?;
+        if let Some(info) = stage_info(ports, target, Stage::Pending)
+            .await
+            .map_err(at(step, "reading AWSPENDING"))?
+        {
             let stale = match &info.content {
-                Content::Intent { run_id: r, expires_at } => r != run_id.as_str() && *expires_at <= now,
+                Content::Intent {
+                    run_id: r,
+                    expires_at,
+                } => r != run_id.as_str() && *expires_at <= now,
                 Content::Key { id, .. } => !keys.iter().any(|k| &k.id == id),
                 Content::Legacy | Content::Foreign => true,
             };
@@ -235,13 +253,23 @@ pub async fn cleanup(
     for id in orphans {
         // Keys first, then the stages: a key created after our first read is announced by an
         // intent record that this second read sees.
-        let keys = ports.iam.list_keys(&target.iam_user).await.map_err(at(step, "listing keys"))?;
-        let Some(k) = keys.iter().find(|k| &k.id == id) else { continue };
+        let keys = ports
+            .iam
+            .list_keys(&target.iam_user)
+            .await
+            .map_err(at(step, "listing keys"))?;
+        let Some(k) = keys.iter().find(|k| &k.id == id) else {
+            continue;
+        };
         if k.last_used.is_some() {
             continue;
         }
-        let stages = staged_keys(ports, target).await.map_err(at(step, "reading the secret"))?;
-        let referenced = stages.iter().any(|(_, s)| matches!(&s.content, Content::Key { id: i, .. } if i == id));
+        let stages = staged_keys(ports, target)
+            .await
+            .map_err(at(step, "reading the secret"))?;
+        let referenced = stages
+            .iter()
+            .any(|(_, s)| matches!(&s.content, Content::Key { id: i, .. } if i == id));
         let live_intent = stages.iter().any(|(stage, s)| {
             *stage == Stage::Pending
                 && matches!(&s.content, Content::Intent { run_id: r, expires_at } if r != run_id.as_str() && *expires_at > now)
@@ -257,7 +285,9 @@ pub async fn cleanup(
             continue;
         }
         match ports.iam.delete_key(&target.iam_user, id).await {
-            Ok(()) => done.push(format!("deleted orphan key {id} (never used, held by nobody)")),
+            Ok(()) => done.push(format!(
+                "deleted orphan key {id} (never used, held by nobody)"
+            )),
             Err(e) if e.kind == PortErrorKind::NotFound => {}
             Err(e) => return Err(StepError::port(step, "deleting an orphan key", e)),
         }
@@ -277,16 +307,27 @@ async fn retire_key(
     delete: bool,
     step: Step,
 ) -> Result<(), StepError> {
-    let endpoints = resolve_endpoints(ports, target).await.map_err(|e| StepError { step, ..e })?;
+    let endpoints = resolve_endpoints(ports, target)
+        .await
+        .map_err(|e| StepError { step, ..e })?;
     if let Some(e) = endpoints.iter().find(|e| e.key_id().as_ref() == Some(id)) {
         return Err(StepError::new(
             step,
             StepErrorKind::Refused,
-            format!("key {id} is still held by service connection '{}'; it stays Active", e.name),
+            format!(
+                "key {id} is still held by service connection '{}'; it stays Active",
+                e.name
+            ),
         ));
     }
-    let keys = ports.iam.list_keys(&target.iam_user).await.map_err(at(step, "listing keys"))?;
-    let Some(k) = keys.iter().find(|k| &k.id == id) else { return Ok(()) };
+    let keys = ports
+        .iam
+        .list_keys(&target.iam_user)
+        .await
+        .map_err(at(step, "listing keys"))?;
+    let Some(k) = keys.iter().find(|k| &k.id == id) else {
+        return Ok(());
+    };
     if k.status == KeyStatus::Active {
         ports
             .iam
@@ -336,10 +377,22 @@ pub async fn create(
 ) -> Result<(), StepError> {
     let step = Step::Create;
     let now = ports.clock.now();
-    let keys = ports.iam.list_keys(&target.iam_user).await.map_err(at(step, "listing keys"))?;
-    let exists = ports.secrets.versions(&target.secret).await.map_err(at(step, "reading the secret"))?.is_some();
+    let keys = ports
+        .iam
+        .list_keys(&target.iam_user)
+        .await
+        .map_err(at(step, "listing keys"))?;
+    let exists = ports
+        .secrets
+        .versions(&target.secret)
+        .await
+        .map_err(at(step, "reading the secret"))?
+        .is_some();
     if exists {
-        if let Some(info) = stage_info(ports, target, Stage::Pending).await.map_err(at(step, "reading AWSPENDING"))? {
+        if let Some(info) = stage_info(ports, target, Stage::Pending)
+            .await
+            .map_err(at(step, "reading AWSPENDING"))?
+        {
             match info.content {
                 Content::Key { id, .. } if keys.iter().any(|k| k.id == id) => {
                     progress.new_key = Some(id);
@@ -361,33 +414,45 @@ pub async fn create(
     } else {
         ports
             .secrets
-            .create(&target.secret, "Access key of an Azure DevOps AWS service connection, rotated by keyrotor")
+            .create(
+                &target.secret,
+                "Access key of an Azure DevOps AWS service connection, rotated by keyrotor",
+            )
             .await
             .map_err(at(step, "creating the secret"))?;
     }
-    if let Some(old) = &progress.old_key {
-        if !keys.iter().any(|k| &k.id == old && k.status == KeyStatus::Active) {
-            return Err(StepError::new(
-                step,
-                StepErrorKind::Busy,
-                format!("key {old} changed since inspect; another run has rotated this user"),
-            ));
-        }
+    if let Some(old) = &progress.old_key
+        && !keys
+            .iter()
+            .any(|k| &k.id == old && k.status == KeyStatus::Active)
+    {
+        return Err(StepError::new(
+            step,
+            StepErrorKind::Busy,
+            format!("key {old} changed since inspect; another run has rotated this user"),
+        ));
     }
     if keys.len() >= 2 {
         return Err(StepError::new(
             step,
             StepErrorKind::Busy,
-            format!("IAM user '{}' already has two keys; another run may be rotating it", target.iam_user),
+            format!(
+                "IAM user '{}' already has two keys; another run may be rotating it",
+                target.iam_user
+            ),
         ));
     }
 
     // The intent record: announces the key about to exist, so no other run takes it for an orphan.
     let intent = secret_value::intent_value(progress.run_id.as_str(), now + policy.intent_lease);
     let token = progress.run_id.token("intent");
-    let version = with_retries(3, || ports.secrets.put(&target.secret, &token, &intent, Stage::Pending))
-        .await
-        .map_err(at(step, "writing the intent record"))?;
+    let version = with_retries(3, || {
+        ports
+            .secrets
+            .put(&target.secret, &token, &intent, Stage::Pending)
+    })
+    .await
+    .map_err(at(step, "writing the intent record"))?;
     progress.intent_version = Some(version.clone());
     let pending = ports
         .secrets
@@ -395,7 +460,11 @@ pub async fn create(
         .await
         .map_err(at(step, "reading AWSPENDING back"))?;
     if pending.as_ref().map(|(v, _)| v) != Some(&version) {
-        return Err(StepError::new(step, StepErrorKind::Busy, "another run took AWSPENDING first; standing aside"));
+        return Err(StepError::new(
+            step,
+            StepErrorKind::Busy,
+            "another run took AWSPENDING first; standing aside",
+        ));
     }
 
     let new = match ports.iam.create_key(&target.iam_user).await {
@@ -404,14 +473,27 @@ pub async fn create(
             return Err(StepError::new(
                 step,
                 StepErrorKind::Busy,
-                format!("IAM user '{}' has two keys already; another run is rotating it", target.iam_user),
+                format!(
+                    "IAM user '{}' has two keys already; another run is rotating it",
+                    target.iam_user
+                ),
             ));
         }
         Err(e) => return Err(StepError::port(step, "creating the access key", e)),
     };
-    let value = secret_value::key_value(&new.info.id, &new.secret, target.iam_user.as_str(), new.info.created);
+    let value = secret_value::key_value(
+        &new.info.id,
+        &new.secret,
+        target.iam_user.as_str(),
+        new.info.created,
+    );
     let token = progress.run_id.token("key");
-    let stored = with_retries(4, || ports.secrets.put(&target.secret, &token, &value, Stage::Pending)).await;
+    let stored = with_retries(4, || {
+        ports
+            .secrets
+            .put(&target.secret, &token, &value, Stage::Pending)
+    })
+    .await;
     match stored {
         Ok(version) => {
             progress.new_key = Some(new.info.id);
@@ -426,7 +508,11 @@ pub async fn create(
                 Ok(()) => "the new key was deleted",
                 Err(_) => "deleting the new key failed too; the next run's cleanup deletes it",
             };
-            Err(StepError::new(step, StepErrorKind::Failed, format!("storing the new key failed ({}); {what}", e.message)))
+            Err(StepError::new(
+                step,
+                StepErrorKind::Failed,
+                format!("storing the new key failed ({}); {what}", e.message),
+            ))
         }
     }
 }
@@ -441,9 +527,19 @@ async fn pending_secret(
     step: Step,
 ) -> Result<(AccessKeyId, SecretString), StepError> {
     let fail = |m: String| StepError::new(step, StepErrorKind::Failed, m);
-    let new = progress.new_key.clone().ok_or_else(|| fail("no new key in this run's progress".into()))?;
-    let mine = progress.pending_version.clone().ok_or_else(|| fail("no pending version in this run's progress".into()))?;
-    let holder = ports.secrets.read(&target.secret, Stage::Pending).await.map_err(at(step, "reading AWSPENDING"))?;
+    let new = progress
+        .new_key
+        .clone()
+        .ok_or_else(|| fail("no new key in this run's progress".into()))?;
+    let mine = progress
+        .pending_version
+        .clone()
+        .ok_or_else(|| fail("no pending version in this run's progress".into()))?;
+    let holder = ports
+        .secrets
+        .read(&target.secret, Stage::Pending)
+        .await
+        .map_err(at(step, "reading AWSPENDING"))?;
     let value = match holder {
         Some((v, value)) if v == mine => value,
         other => {
@@ -485,12 +581,16 @@ pub async fn verify(
     loop {
         match ports.sts.caller_arn(&id, &secret).await {
             Ok(arn) => {
-                let ok = arn.contains(":user/") && arn.rsplit('/').next() == Some(target.iam_user.as_str());
+                let ok = arn.contains(":user/")
+                    && arn.rsplit('/').next() == Some(target.iam_user.as_str());
                 if !ok {
                     return Err(StepError::new(
                         step,
                         StepErrorKind::Failed,
-                        format!("the new key belongs to {arn}, not to IAM user '{}'", target.iam_user),
+                        format!(
+                            "the new key belongs to {arn}, not to IAM user '{}'",
+                            target.iam_user
+                        ),
                     ));
                 }
                 streak += 1;
@@ -498,7 +598,12 @@ pub async fn verify(
                     return Ok(());
                 }
             }
-            Err(e) if matches!(e.kind, PortErrorKind::Unauthorized | PortErrorKind::Retryable) => {
+            Err(e)
+                if matches!(
+                    e.kind,
+                    PortErrorKind::Unauthorized | PortErrorKind::Retryable
+                ) =>
+            {
                 streak = 0;
                 last = e.message;
             }
@@ -508,7 +613,11 @@ pub async fn verify(
             return Err(StepError::new(
                 step,
                 StepErrorKind::NotPropagated,
-                format!("IAM did not accept the new key {id} {} times in a row within {} (last: {last})", policy.verify_consecutive, crate::plan::human(budget)),
+                format!(
+                    "IAM did not accept the new key {id} {} times in a row within {} (last: {last})",
+                    policy.verify_consecutive,
+                    crate::plan::human(budget)
+                ),
             ));
         }
         tokio::time::sleep(policy.verify_interval).await;
@@ -516,11 +625,18 @@ pub async fn verify(
 }
 
 /// **push**: every endpoint that does not hold the new key yet gets it, updated in place.
-pub async fn push(ports: &Ports, target: &Target, progress: &Progress) -> Result<Vec<String>, StepError> {
+pub async fn push(
+    ports: &Ports,
+    target: &Target,
+    progress: &Progress,
+) -> Result<Vec<String>, StepError> {
     let step = Step::Push;
     let (id, secret) = pending_secret(ports, target, progress, step).await?;
     let mut updated = Vec::new();
-    for e in resolve_endpoints(ports, target).await.map_err(|e| StepError { step, ..e })? {
+    for e in resolve_endpoints(ports, target)
+        .await
+        .map_err(|e| StepError { step, ..e })?
+    {
         if e.key_id().as_ref() == Some(&id) {
             continue;
         }
@@ -531,7 +647,13 @@ pub async fn push(ports: &Ports, target: &Target, progress: &Progress) -> Result
             .ado
             .set_credentials(&e.handle, &id, &secret)
             .await
-            .map_err(|err| StepError::port(step, &format!("updating service connection '{}'", e.name), err))?;
+            .map_err(|err| {
+                StepError::port(
+                    step,
+                    &format!("updating service connection '{}'", e.name),
+                    err,
+                )
+            })?;
         updated.push(e.name);
     }
     Ok(updated)
@@ -540,17 +662,48 @@ pub async fn push(ports: &Ports, target: &Target, progress: &Progress) -> Result
 /// **confirm**: every endpoint, read back, holds the new key and is ready.
 pub async fn confirm(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
     let step = Step::Confirm;
-    let new = progress.new_key.clone().ok_or_else(|| StepError::new(step, StepErrorKind::Failed, "no new key in this run's progress"))?;
-    for e in resolve_endpoints(ports, target).await.map_err(|e| StepError { step, ..e })? {
-        let now = ports.ado.get(&e.handle).await.map_err(at(step, "reading a service connection back"))?;
+    let new = progress.new_key.clone().ok_or_else(|| {
+        StepError::new(
+            step,
+            StepErrorKind::Failed,
+            "no new key in this run's progress",
+        )
+    })?;
+    for e in resolve_endpoints(ports, target)
+        .await
+        .map_err(|e| StepError { step, ..e })?
+    {
+        let now = ports
+            .ado
+            .get(&e.handle)
+            .await
+            .map_err(at(step, "reading a service connection back"))?;
         let Some(now) = now else {
-            return Err(StepError::new(step, StepErrorKind::Failed, format!("service connection '{}' is gone", e.name)));
+            return Err(StepError::new(
+                step,
+                StepErrorKind::Failed,
+                format!("service connection '{}' is gone", e.name),
+            ));
         };
         if now.key_id().as_ref() != Some(&new) {
-            return Err(StepError::new(step, StepErrorKind::Failed, format!("service connection '{}' does not hold the new key after the update", e.name)));
+            return Err(StepError::new(
+                step,
+                StepErrorKind::Failed,
+                format!(
+                    "service connection '{}' does not hold the new key after the update",
+                    e.name
+                ),
+            ));
         }
         if !now.is_ready {
-            return Err(StepError::new(step, StepErrorKind::Failed, format!("service connection '{}' is not ready after the update", e.name)));
+            return Err(StepError::new(
+                step,
+                StepErrorKind::Failed,
+                format!(
+                    "service connection '{}' is not ready after the update",
+                    e.name
+                ),
+            ));
         }
     }
     Ok(())
@@ -560,10 +713,13 @@ pub async fn confirm(ports: &Ports, target: &Target, progress: &Progress) -> Res
 /// is dropped. Stage moves are absolute, so a repeat does nothing new.
 pub async fn promote(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
     let step = Step::Promote;
-    let new_version = progress
-        .pending_version
-        .clone()
-        .ok_or_else(|| StepError::new(step, StepErrorKind::Failed, "no pending version in this run's progress"))?;
+    let new_version = progress.pending_version.clone().ok_or_else(|| {
+        StepError::new(
+            step,
+            StepErrorKind::Failed,
+            "no pending version in this run's progress",
+        )
+    })?;
     // A concurrent run finishing the same rotation may move a label between our read and our
     // move; the move then fails, and a fresh read shows whether the work is done.
     let mut attempts = 0;
@@ -578,17 +734,45 @@ pub async fn promote(ports: &Ports, target: &Target, progress: &Progress) -> Res
 }
 
 async fn promote_once(ports: &Ports, target: &Target, new_version: &str) -> Result<(), PortError> {
-    let versions = ports.secrets.versions(&target.secret).await?.unwrap_or_default();
-    let holder = |label: &str| versions.iter().find(|v| v.stages.iter().any(|s| s == label)).map(|v| v.id.clone());
+    let versions = ports
+        .secrets
+        .versions(&target.secret)
+        .await?
+        .unwrap_or_default();
+    let holder = |label: &str| {
+        versions
+            .iter()
+            .find(|v| v.stages.iter().any(|s| s == label))
+            .map(|v| v.id.clone())
+    };
     let current = holder("AWSCURRENT");
     if current.as_deref() != Some(new_version) {
         if let Some(old) = &current {
-            ports.secrets.move_stage(&target.secret, Stage::Previous, Some(old), holder("AWSPREVIOUS").as_deref()).await?;
+            ports
+                .secrets
+                .move_stage(
+                    &target.secret,
+                    Stage::Previous,
+                    Some(old),
+                    holder("AWSPREVIOUS").as_deref(),
+                )
+                .await?;
         }
-        ports.secrets.move_stage(&target.secret, Stage::Current, Some(new_version), current.as_deref()).await?;
+        ports
+            .secrets
+            .move_stage(
+                &target.secret,
+                Stage::Current,
+                Some(new_version),
+                current.as_deref(),
+            )
+            .await?;
     }
     if holder("AWSPENDING").as_deref() == Some(new_version) {
-        ports.secrets.move_stage(&target.secret, Stage::Pending, None, Some(new_version)).await?;
+        ports
+            .secrets
+            .move_stage(&target.secret, Stage::Pending, None, Some(new_version))
+            .await?;
     }
     Ok(())
 }
@@ -634,28 +818,57 @@ pub async fn compensate(ports: &Ports, target: &Target, progress: &Progress) -> 
     }
 }
 
-async fn compensate_inner(ports: &Ports, target: &Target, progress: &Progress) -> Result<Compensation, StepError> {
+async fn compensate_inner(
+    ports: &Ports,
+    target: &Target,
+    progress: &Progress,
+) -> Result<Compensation, StepError> {
     let step = Step::Report;
     let Some(new) = &progress.new_key else {
         if let Some(v) = &progress.intent_version {
             // Take our intent record off AWSPENDING if it is still there.
-            let pending = ports.secrets.read(&target.secret, Stage::Pending).await.map_err(at(step, "reading AWSPENDING"))?;
+            let pending = ports
+                .secrets
+                .read(&target.secret, Stage::Pending)
+                .await
+                .map_err(at(step, "reading AWSPENDING"))?;
             if pending.as_ref().map(|(pv, _)| pv) == Some(v) {
-                ports.secrets.move_stage(&target.secret, Stage::Pending, None, Some(v)).await.map_err(at(step, "clearing the intent record"))?;
+                ports
+                    .secrets
+                    .move_stage(&target.secret, Stage::Pending, None, Some(v))
+                    .await
+                    .map_err(at(step, "clearing the intent record"))?;
             }
         }
         return Ok(Compensation::Nothing);
     };
     let endpoints = resolve_endpoints(ports, target).await?;
-    let on_new: Vec<&Endpoint> = endpoints.iter().filter(|e| e.key_id().as_ref() == Some(new)).collect();
+    let on_new: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|e| e.key_id().as_ref() == Some(new))
+        .collect();
     if !on_new.is_empty() {
         // Put them back on the old key, when AWSCURRENT holds it with its secret.
-        let old = match ports.secrets.read(&target.secret, Stage::Current).await.map_err(at(step, "reading AWSCURRENT"))? {
-            Some((_, v)) => secret_value::parse_key(&v).filter(|k| Some(&k.id) == progress.old_key.as_ref()),
+        let old = match ports
+            .secrets
+            .read(&target.secret, Stage::Current)
+            .await
+            .map_err(at(step, "reading AWSCURRENT"))?
+        {
+            Some((_, v)) => {
+                secret_value::parse_key(&v).filter(|k| Some(&k.id) == progress.old_key.as_ref())
+            }
             None => None,
         };
-        let keys = ports.iam.list_keys(&target.iam_user).await.map_err(at(step, "listing keys"))?;
-        let old_active = old.as_ref().is_some_and(|o| keys.iter().any(|k| k.id == o.id && k.status == KeyStatus::Active));
+        let keys = ports
+            .iam
+            .list_keys(&target.iam_user)
+            .await
+            .map_err(at(step, "listing keys"))?;
+        let old_active = old.as_ref().is_some_and(|o| {
+            keys.iter()
+                .any(|k| k.id == o.id && k.status == KeyStatus::Active)
+        });
         let Some(old) = old.filter(|_| old_active) else {
             let names: Vec<&str> = on_new.iter().map(|e| e.name.as_str()).collect();
             return Ok(Compensation::Partial(format!(
@@ -664,7 +877,11 @@ async fn compensate_inner(ports: &Ports, target: &Target, progress: &Progress) -
             )));
         };
         for e in &on_new {
-            if let Err(err) = ports.ado.set_credentials(&e.handle, &old.id, &old.secret).await {
+            if let Err(err) = ports
+                .ado
+                .set_credentials(&e.handle, &old.id, &old.secret)
+                .await
+            {
                 return Ok(Compensation::Partial(format!(
                     "putting '{}' back on the old key failed ({}); connections may hold either key, both are kept Active",
                     e.name, err.message
@@ -672,9 +889,16 @@ async fn compensate_inner(ports: &Ports, target: &Target, progress: &Progress) -
             }
         }
         for e in &on_new {
-            let back = ports.ado.get(&e.handle).await.map_err(at(step, "reading a service connection back"))?;
+            let back = ports
+                .ado
+                .get(&e.handle)
+                .await
+                .map_err(at(step, "reading a service connection back"))?;
             if back.and_then(|b| b.key_id()).as_ref() != Some(&old.id) {
-                return Ok(Compensation::Partial(format!("'{}' did not take the old key back; both keys are kept Active", e.name)));
+                return Ok(Compensation::Partial(format!(
+                    "'{}' did not take the old key back; both keys are kept Active",
+                    e.name
+                )));
             }
         }
     }
@@ -684,13 +908,24 @@ async fn compensate_inner(ports: &Ports, target: &Target, progress: &Progress) -
         Err(e) => return Err(StepError::port(step, "deleting the new key", e)),
     }
     if let Some(v) = &progress.pending_version {
-        let pending = ports.secrets.read(&target.secret, Stage::Pending).await.map_err(at(step, "reading AWSPENDING"))?;
+        let pending = ports
+            .secrets
+            .read(&target.secret, Stage::Pending)
+            .await
+            .map_err(at(step, "reading AWSPENDING"))?;
         if pending.as_ref().map(|(pv, _)| pv) == Some(v) {
-            ports.secrets.move_stage(&target.secret, Stage::Pending, None, Some(v)).await.map_err(at(step, "clearing AWSPENDING"))?;
+            ports
+                .secrets
+                .move_stage(&target.secret, Stage::Pending, None, Some(v))
+                .await
+                .map_err(at(step, "clearing AWSPENDING"))?;
         }
     }
     Ok(Compensation::Compensated(format!(
         "the new key {new} was deleted; the old key {} is kept and every connection holds it",
-        progress.old_key.as_ref().map_or_else(|| "-".to_owned(), AccessKeyId::masked)
+        progress
+            .old_key
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), AccessKeyId::masked)
     )))
 }

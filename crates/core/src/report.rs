@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-
 /// The protocol's steps, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
     /// Read keys, secret stages, endpoints; plan.

@@ -108,17 +108,29 @@ pub fn parse_key(value: &SecretString) -> Option<StoredKey> {
 /// Classifies a value without keeping its secret.
 pub fn classify(value: &SecretString) -> Content {
     if let Some(k) = parse_key(value) {
-        return Content::Key { id: k.id, user_name: k.user_name };
+        return Content::Key {
+            id: k.id,
+            user_name: k.user_name,
+        };
     }
     let text = value.expose_secret().trim();
-    if let Ok(i) = serde_json::from_str::<IntentJson>(text) {
-        if let Ok(t) = humantime::parse_rfc3339_weak(&i.keyrotor_intent.expires_at) {
-            return Content::Intent { run_id: i.keyrotor_intent.run_id, expires_at: t };
-        }
+    if let Ok(i) = serde_json::from_str::<IntentJson>(text)
+        && let Ok(t) = humantime::parse_rfc3339_weak(&i.keyrotor_intent.expires_at)
+    {
+        return Content::Intent {
+            run_id: i.keyrotor_intent.run_id,
+            expires_at: t,
+        };
     }
     let legacy = (16..=128).contains(&text.len())
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || "/+=".contains(c));
-    if legacy { Content::Legacy } else { Content::Foreign }
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/+=".contains(c));
+    if legacy {
+        Content::Legacy
+    } else {
+        Content::Foreign
+    }
 }
 
 #[cfg(test)]
@@ -129,26 +141,52 @@ mod tests {
     #[test]
     fn a_key_round_trips_through_its_json() {
         let id = AccessKeyId::parse("AKIAIOSFODNN7EXAMPLE").unwrap();
-        let v = key_value(&id, &SecretString::from("s3cr3t/abc"), "u", SystemTime::UNIX_EPOCH);
+        let v = key_value(
+            &id,
+            &SecretString::from("s3cr3t/abc"),
+            "u",
+            SystemTime::UNIX_EPOCH,
+        );
         let k = parse_key(&v).unwrap();
         assert_eq!(k.id, id);
         assert_eq!(k.secret.expose_secret(), "s3cr3t/abc");
-        assert!(v.expose_secret().contains("\"CreateDate\":\"1970-01-01T00:00:00Z\""));
-        assert_eq!(classify(&v), Content::Key { id, user_name: "u".into() });
+        assert!(
+            v.expose_secret()
+                .contains("\"CreateDate\":\"1970-01-01T00:00:00Z\"")
+        );
+        assert_eq!(
+            classify(&v),
+            Content::Key {
+                id,
+                user_name: "u".into()
+            }
+        );
     }
 
     #[test]
     fn an_intent_round_trips() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let v = intent_value("run-1", t);
-        assert_eq!(classify(&v), Content::Intent { run_id: "run-1".into(), expires_at: t });
+        assert_eq!(
+            classify(&v),
+            Content::Intent {
+                run_id: "run-1".into(),
+                expires_at: t
+            }
+        );
     }
 
     #[test]
     fn a_bare_secret_key_is_legacy_and_other_json_is_foreign() {
         let legacy = SecretString::from("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
         assert_eq!(classify(&legacy), Content::Legacy);
-        assert_eq!(classify(&SecretString::from("{\"user\":\"x\"}")), Content::Foreign);
-        assert_eq!(classify(&SecretString::from("hello world")), Content::Foreign);
+        assert_eq!(
+            classify(&SecretString::from("{\"user\":\"x\"}")),
+            Content::Foreign
+        );
+        assert_eq!(
+            classify(&SecretString::from("hello world")),
+            Content::Foreign
+        );
     }
 }

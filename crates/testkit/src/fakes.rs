@@ -3,7 +3,7 @@
 //! They enforce the real services' rules: IAM's two keys per user (`LimitExceeded`), the secret
 //! shown only at creation, a propagation delay before STS accepts a new key, Secrets Manager's
 //! staging-label rules (a label on another version needs `RemoveFromVersionId`; a reused
-//! `ClientRequestToken` with another value is refused), Azure DevOps' `null` for an unknown id
+//! `ClientRequestToken` with another value is refused; the first version gets AWSCURRENT), Azure DevOps' `null` for an unknown id
 //! and a GET that never returns the password.
 //!
 //! A [`Tripwire`] simulates a process killed at the n-th port call (before or after the call
@@ -162,7 +162,13 @@ impl Fakes {
     /// The ports, all backed by this world.
     pub fn ports(&self) -> Ports {
         let me = Arc::new(self.clone());
-        Ports { iam: me.clone(), secrets: me.clone(), sts: me.clone(), ado: me.clone(), clock: me }
+        Ports {
+            iam: me.clone(),
+            secrets: me.clone(),
+            sts: me.clone(),
+            ado: me.clone(),
+            clock: me,
+        }
     }
 
     /// Moves the wall clock.
@@ -182,7 +188,13 @@ impl Fakes {
     }
 
     /// Adds an AWS endpoint holding a key.
-    pub fn add_endpoint(&self, org: &str, project: &str, name: &str, key: Option<(&str, &str)>) -> String {
+    pub fn add_endpoint(
+        &self,
+        org: &str,
+        project: &str,
+        name: &str,
+        key: Option<(&str, &str)>,
+    ) -> String {
         let mut s = self.state();
         let id = format!("00000000-0000-0000-0000-{:012}", s.endpoints.len() + 1);
         s.endpoints.push(FakeEndpoint {
@@ -206,7 +218,11 @@ impl Fakes {
         for v in versions.iter_mut() {
             v.stages.retain(|l| l != "AWSCURRENT");
         }
-        versions.push(FakeVersion { id: uuid::Uuid::new_v4().to_string(), value: value.into(), stages: vec!["AWSCURRENT".into()] });
+        versions.push(FakeVersion {
+            id: uuid::Uuid::new_v4().to_string(),
+            value: value.into(),
+            stages: vec!["AWSCURRENT".into()],
+        });
     }
 
     /// The world as the invariants see it, for one target.
@@ -266,12 +282,12 @@ impl State {
         self.mutations += 1;
         let users: Vec<String> = self.users.keys().cloned().collect();
         let secrets: Vec<String> = self.secrets.keys().cloned().collect();
-        if let (Some(u), Some(sec)) = (users.first(), secrets.first()) {
-            if users.len() == 1 && secrets.len() == 1 {
-                if let Err(v) = self.world(u, sec).always() {
-                    self.violations.push(v);
-                }
-            }
+        if let (Some(u), Some(sec)) = (users.first(), secrets.first())
+            && users.len() == 1
+            && secrets.len() == 1
+            && let Err(v) = self.world(u, sec).always()
+        {
+            self.violations.push(v);
         }
     }
 
@@ -287,13 +303,22 @@ impl State {
         World {
             keys: keys
                 .iter()
-                .map(|k| WorldKey { id: k.id.clone(), active: k.active, secret: Some(k.secret.clone()), used: k.used.is_some() })
+                .map(|k| WorldKey {
+                    id: k.id.clone(),
+                    active: k.active,
+                    secret: Some(k.secret.clone()),
+                    used: k.used.is_some(),
+                })
                 .collect(),
             stages,
             endpoints: self
                 .endpoints
                 .iter()
-                .map(|e| WorldEndpoint { name: e.name.clone(), username: e.username.clone(), password: e.password.clone() })
+                .map(|e| WorldEndpoint {
+                    name: e.name.clone(),
+                    username: e.username.clone(),
+                    password: e.password.clone(),
+                })
                 .collect(),
             created: self.created.clone(),
         }
@@ -301,13 +326,20 @@ impl State {
 
     fn keys_of(&mut self, user: &IamUserName) -> PortResult<&mut Vec<FakeKey>> {
         self.users.get_mut(user.as_str()).ok_or_else(|| {
-            PortError::new(PortErrorKind::NotFound, format!("The user with name {user} cannot be found."))
+            PortError::new(
+                PortErrorKind::NotFound,
+                format!("The user with name {user} cannot be found."),
+            )
         })
     }
 
     fn endpoint_view(e: &FakeEndpoint, org: &OrgUrl, project: &ProjectName) -> Endpoint {
         Endpoint {
-            handle: EndpointHandle { org: org.clone(), project: project.clone(), id: e.id.clone() },
+            handle: EndpointHandle {
+                org: org.clone(),
+                project: project.clone(),
+                id: e.id.clone(),
+            },
             name: e.name.clone(),
             kind: e.kind.clone(),
             scheme: e.scheme.clone(),
@@ -326,7 +358,11 @@ impl KeyStore for Fakes {
                 .iter()
                 .map(|k| KeyInfo {
                     id: AccessKeyId::parse(&k.id).expect("fake ids parse"),
-                    status: if k.active { KeyStatus::Active } else { KeyStatus::Inactive },
+                    status: if k.active {
+                        KeyStatus::Active
+                    } else {
+                        KeyStatus::Inactive
+                    },
                     created: k.created,
                     last_used: k.used,
                 })
@@ -340,11 +376,19 @@ impl KeyStore for Fakes {
             let now = s.now();
             if s.keys_of(user)?.len() >= 2 {
                 s.limit_exceeded += 1;
-                return Err(PortError::new(PortErrorKind::LimitExceeded, "Cannot exceed quota for AccessKeysPerUser: 2"));
+                return Err(PortError::new(
+                    PortErrorKind::LimitExceeded,
+                    "Cannot exceed quota for AccessKeysPerUser: 2",
+                ));
             }
             let k = s.new_key(now);
             let out = NewKey {
-                info: KeyInfo { id: AccessKeyId::parse(&k.id).expect("fake ids parse"), status: KeyStatus::Active, created: now, last_used: None },
+                info: KeyInfo {
+                    id: AccessKeyId::parse(&k.id).expect("fake ids parse"),
+                    status: KeyStatus::Active,
+                    created: now,
+                    last_used: None,
+                },
                 secret: SecretString::from(k.secret.clone()),
             };
             s.created.push(k.id.clone());
@@ -356,11 +400,20 @@ impl KeyStore for Fakes {
         .await
     }
 
-    async fn set_status(&self, user: &IamUserName, key: &AccessKeyId, status: KeyStatus) -> PortResult<()> {
+    async fn set_status(
+        &self,
+        user: &IamUserName,
+        key: &AccessKeyId,
+        status: KeyStatus,
+    ) -> PortResult<()> {
         self.call(|s| {
-            let k = s.keys_of(user)?.iter_mut().find(|k| k.id == key.as_str()).ok_or_else(|| {
-                PortError::new(PortErrorKind::NotFound, "The Access Key cannot be found.")
-            })?;
+            let k = s
+                .keys_of(user)?
+                .iter_mut()
+                .find(|k| k.id == key.as_str())
+                .ok_or_else(|| {
+                    PortError::new(PortErrorKind::NotFound, "The Access Key cannot be found.")
+                })?;
             k.active = status == KeyStatus::Active;
             s.mutated();
             Ok(())
@@ -374,7 +427,10 @@ impl KeyStore for Fakes {
             let before = keys.len();
             keys.retain(|k| k.id != key.as_str());
             if keys.len() == before {
-                return Err(PortError::new(PortErrorKind::NotFound, "The Access Key cannot be found."));
+                return Err(PortError::new(
+                    PortErrorKind::NotFound,
+                    "The Access Key cannot be found.",
+                ));
             }
             s.mutated();
             Ok(())
@@ -384,7 +440,10 @@ impl KeyStore for Fakes {
 }
 
 fn no_secret(name: &SecretName) -> PortError {
-    PortError::new(PortErrorKind::NotFound, format!("Secrets Manager can't find the specified secret {name}."))
+    PortError::new(
+        PortErrorKind::NotFound,
+        format!("Secrets Manager can't find the specified secret {name}."),
+    )
 }
 
 #[async_trait]
@@ -394,14 +453,21 @@ impl SecretStore for Fakes {
             Ok(s.secrets.get(name.as_str()).map(|vs| {
                 vs.iter()
                     .filter(|v| !v.stages.is_empty())
-                    .map(|v| SecretVersion { id: v.id.clone(), stages: v.stages.clone() })
+                    .map(|v| SecretVersion {
+                        id: v.id.clone(),
+                        stages: v.stages.clone(),
+                    })
                     .collect()
             }))
         })
         .await
     }
 
-    async fn read(&self, name: &SecretName, stage: Stage) -> PortResult<Option<(String, SecretString)>> {
+    async fn read(
+        &self,
+        name: &SecretName,
+        stage: Stage,
+    ) -> PortResult<Option<(String, SecretString)>> {
         self.call(|s| {
             Ok(s.secrets.get(name.as_str()).and_then(|vs| {
                 vs.iter()
@@ -412,7 +478,11 @@ impl SecretStore for Fakes {
         .await
     }
 
-    async fn read_version(&self, name: &SecretName, version: &str) -> PortResult<Option<SecretString>> {
+    async fn read_version(
+        &self,
+        name: &SecretName,
+        version: &str,
+    ) -> PortResult<Option<SecretString>> {
         self.call(|s| {
             Ok(s.secrets
                 .get(name.as_str())
@@ -433,26 +503,53 @@ impl SecretStore for Fakes {
         .await
     }
 
-    async fn put(&self, name: &SecretName, token: &str, value: &SecretString, stage: Stage) -> PortResult<String> {
+    async fn put(
+        &self,
+        name: &SecretName,
+        token: &str,
+        value: &SecretString,
+        stage: Stage,
+    ) -> PortResult<String> {
         self.call(|s| {
-            let vs = s.secrets.get_mut(name.as_str()).ok_or_else(|| no_secret(name))?;
+            let vs = s
+                .secrets
+                .get_mut(name.as_str())
+                .ok_or_else(|| no_secret(name))?;
             if let Some(v) = vs.iter().find(|v| v.id == token) {
                 if v.value == value.expose_secret() {
                     return Ok(token.to_owned());
                 }
-                return Err(PortError::new(PortErrorKind::Invalid, "You can't modify an existing version, you can only create a new version."));
+                return Err(PortError::new(
+                    PortErrorKind::Invalid,
+                    "You can't modify an existing version, you can only create a new version.",
+                ));
             }
             for v in vs.iter_mut() {
                 v.stages.retain(|l| l != stage.label());
             }
-            vs.push(FakeVersion { id: token.into(), value: value.expose_secret().to_owned(), stages: vec![stage.label().into()] });
+            let mut stages = vec![stage.label().to_owned()];
+            // The first version of a secret gets AWSCURRENT too, whatever was asked.
+            if stage != Stage::Current && vs.iter().all(|v| v.stages.is_empty()) {
+                stages.push("AWSCURRENT".into());
+            }
+            vs.push(FakeVersion {
+                id: token.into(),
+                value: value.expose_secret().to_owned(),
+                stages,
+            });
             s.mutated();
             Ok(token.to_owned())
         })
         .await
     }
 
-    async fn move_stage(&self, name: &SecretName, stage: Stage, to: Option<&str>, from: Option<&str>) -> PortResult<()> {
+    async fn move_stage(
+        &self,
+        name: &SecretName,
+        stage: Stage,
+        to: Option<&str>,
+        from: Option<&str>,
+    ) -> PortResult<()> {
         self.call(|s| {
             let vs = s.secrets.get_mut(name.as_str()).ok_or_else(|| no_secret(name))?;
             let label = stage.label();
@@ -467,11 +564,10 @@ impl SecretStore for Fakes {
             } else if holder.is_some() && to.is_some() {
                 return Err(PortError::new(PortErrorKind::Invalid, "The staging label is attached to another version: RemoveFromVersionId is required"));
             }
-            if let Some(t) = to {
-                if !vs.iter().any(|v| v.id == t) {
+            if let Some(t) = to
+                && !vs.iter().any(|v| v.id == t) {
                     return Err(PortError::new(PortErrorKind::NotFound, "version not found"));
                 }
-            }
             for v in vs.iter_mut() {
                 if Some(v.id.as_str()) == from {
                     v.stages.retain(|l| l != label);
@@ -488,11 +584,10 @@ impl SecretStore for Fakes {
                     }
                 }
             }
-            if let Some(t) = to {
-                if let Some(v) = vs.iter_mut().find(|v| v.id == t) {
+            if let Some(t) = to
+                && let Some(v) = vs.iter_mut().find(|v| v.id == t) {
                     v.stages.push(label.into());
                 }
-            }
             s.mutated();
             Ok(())
         })
@@ -507,7 +602,12 @@ impl Parameters for Fakes {
             s.params
                 .get(name)
                 .map(|v| SecretString::from(v.clone()))
-                .ok_or_else(|| PortError::new(PortErrorKind::NotFound, format!("parameter {name} does not exist")))
+                .ok_or_else(|| {
+                    PortError::new(
+                        PortErrorKind::NotFound,
+                        format!("parameter {name} does not exist"),
+                    )
+                })
         })
         .await
     }
@@ -528,7 +628,10 @@ impl CallerIdentity for Fakes {
                     break;
                 }
             }
-            Err(PortError::new(PortErrorKind::Unauthorized, "The security token included in the request is invalid."))
+            Err(PortError::new(
+                PortErrorKind::Unauthorized,
+                "The security token included in the request is invalid.",
+            ))
         })
         .await
     }
@@ -541,16 +644,24 @@ impl ServiceConnections for Fakes {
             let matches: Vec<&FakeEndpoint> = s
                 .endpoints
                 .iter()
-                .filter(|e| e.org == org.as_str() && e.projects.iter().any(|p| p == r.project.as_str()))
+                .filter(|e| {
+                    e.org == org.as_str() && e.projects.iter().any(|p| p == r.project.as_str())
+                })
                 .filter(|e| match &r.by {
                     EndpointSelector::Name(n) => &e.name == n,
                     EndpointSelector::Id(id) => &e.id == id,
                 })
                 .collect();
             match matches.as_slice() {
-                [] => Err(PortError::new(PortErrorKind::NotFound, format!("no service connection {r} in {org}"))),
+                [] => Err(PortError::new(
+                    PortErrorKind::NotFound,
+                    format!("no service connection {r} in {org}"),
+                )),
                 [e] => Ok(State::endpoint_view(e, org, &r.project)),
-                _ => Err(PortError::new(PortErrorKind::Invalid, format!("{} service connections are named {r}", matches.len()))),
+                _ => Err(PortError::new(
+                    PortErrorKind::Invalid,
+                    format!("{} service connections are named {r}", matches.len()),
+                )),
             }
         })
         .await
@@ -560,13 +671,22 @@ impl ServiceConnections for Fakes {
         self.call(|s| {
             Ok(s.endpoints
                 .iter()
-                .find(|e| e.org == h.org.as_str() && e.id == h.id && e.projects.iter().any(|p| p == h.project.as_str()))
+                .find(|e| {
+                    e.org == h.org.as_str()
+                        && e.id == h.id
+                        && e.projects.iter().any(|p| p == h.project.as_str())
+                })
                 .map(|e| State::endpoint_view(e, &h.org, &h.project)))
         })
         .await
     }
 
-    async fn set_credentials(&self, h: &EndpointHandle, key: &AccessKeyId, secret: &SecretString) -> PortResult<()> {
+    async fn set_credentials(
+        &self,
+        h: &EndpointHandle,
+        key: &AccessKeyId,
+        secret: &SecretString,
+    ) -> PortResult<()> {
         self.call(|s| {
             if let Some(Some(e)) = s.ado_put_script.pop_front() {
                 return Err(e);
@@ -624,7 +744,10 @@ impl Scenario {
         for i in 0..endpoints {
             let name = format!("aws-{i}");
             fakes.add_endpoint(ORG, "Platform", &name, Some((&key.0, &key.1)));
-            refs.push(EndpointRef { project: ProjectName::parse("Platform").unwrap(), by: EndpointSelector::Name(name) });
+            refs.push(EndpointRef {
+                project: ProjectName::parse("Platform").unwrap(),
+                by: EndpointSelector::Name(name),
+            });
         }
         let created = fakes.state().users["pipeline"][0].created;
         let json = keyrotor_core::secret_value::key_value(
@@ -642,8 +765,16 @@ impl Scenario {
             organization: OrgUrl::parse(ORG).unwrap(),
             endpoints: refs,
         };
-        let policy = Policy { verify_interval: Duration::from_secs(2), ..Policy::default() };
-        Self { fakes, target, policy, initial_key: key }
+        let policy = Policy {
+            verify_interval: Duration::from_secs(2),
+            ..Policy::default()
+        };
+        Self {
+            fakes,
+            target,
+            policy,
+            initial_key: key,
+        }
     }
 
     /// The world as the invariants see it.

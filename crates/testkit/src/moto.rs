@@ -33,7 +33,9 @@ pub fn venv_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let home = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
-    home.join(".cache").join("keyrotor").join(format!("moto-{MOTO_VERSION}"))
+    home.join(".cache")
+        .join("keyrotor")
+        .join(format!("moto-{MOTO_VERSION}"))
 }
 
 fn python(venv: &Path) -> PathBuf {
@@ -42,7 +44,10 @@ fn python(venv: &Path) -> PathBuf {
 
 fn works(py: &Path) -> bool {
     Command::new(py)
-        .args(["-c", &format!("import moto, werkzeug, flask; assert moto.__version__ == '{MOTO_VERSION}'")])
+        .args([
+            "-c",
+            &format!("import moto, werkzeug, flask; assert moto.__version__ == '{MOTO_VERSION}'"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -57,14 +62,19 @@ pub fn ensure_installed() -> Result<PathBuf> {
     if works(&py) {
         return Ok(py);
     }
-    let parent = venv.parent().context("the moto virtualenv has no parent folder")?;
+    let parent = venv
+        .parent()
+        .context("the moto virtualenv has no parent folder")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let lock = std::fs::File::create(parent.join(format!(".moto-{MOTO_VERSION}.lock")))?;
     lock.lock().context("locking the moto install")?;
     if works(&py) {
         return Ok(py);
     }
-    eprintln!("keyrotor-testkit: installing moto[server]=={MOTO_VERSION} into {} (once)", venv.display());
+    eprintln!(
+        "keyrotor-testkit: installing moto[server]=={MOTO_VERSION} into {} (once)",
+        venv.display()
+    );
     let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let status = Command::new(&python3)
         .args(["-m", "venv", "--clear"])
@@ -75,7 +85,13 @@ pub fn ensure_installed() -> Result<PathBuf> {
         bail!("{python3} -m venv {} failed", venv.display());
     }
     let status = Command::new(&py)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .arg(format!("moto[server]=={MOTO_VERSION}"))
         .stdout(Stdio::null())
         .status()
@@ -106,7 +122,9 @@ impl Moto {
             .context("starting moto")?;
         let stdout = child.stdout.take().context("moto's stdout")?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).context("reading moto's port")?;
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading moto's port")?;
         let port: u16 = match line.trim().parse() {
             Ok(p) => p,
             Err(_) => {
@@ -114,12 +132,18 @@ impl Moto {
                 bail!("moto did not start (it printed {line:?} instead of its port)");
             }
         };
-        Ok(Self { child, endpoint: format!("http://127.0.0.1:{port}") })
+        Ok(Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        })
     }
 
     /// `POST /moto-api/reset`: every service back to empty.
     pub async fn reset(&self) -> Result<()> {
-        let r = reqwest::Client::new().post(format!("{}/moto-api/reset", self.endpoint)).send().await?;
+        let r = reqwest::Client::new()
+            .post(format!("{}/moto-api/reset", self.endpoint))
+            .send()
+            .await?;
         if !r.status().is_success() {
             bail!("moto reset answered {}", r.status());
         }
@@ -142,7 +166,9 @@ impl Moto {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_credential_types::Credentials::new("testing", "testing", None, None, "moto"))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "testing", "testing", None, None, "moto",
+            ))
             .load()
             .await
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyrotor_core::domain::{KeyStatus, RunId};
+use keyrotor_core::domain::RunId;
 use keyrotor_core::engine::{self, Observer, RunOptions};
 use keyrotor_core::ports::{PortError, PortErrorKind};
 use keyrotor_core::report::{Outcome, Step, TargetReport};
@@ -15,7 +15,12 @@ fn quiet() -> Observer {
 }
 
 fn opts() -> RunOptions {
-    RunOptions { run_id: RunId::new(), force: false, dry_run: false, origin: "test".into() }
+    RunOptions {
+        run_id: RunId::new(),
+        force: false,
+        dry_run: false,
+        origin: "test".into(),
+    }
 }
 
 async fn run(sc: &Scenario) -> TargetReport {
@@ -35,7 +40,18 @@ async fn a_due_key_is_rotated_and_every_invariant_holds() {
     let keys = &st.users["pipeline"];
     assert_eq!(keys.len(), 1, "no grace: the old key is deleted");
     assert_ne!(keys[0].id, sc.initial_key.0);
-    assert_eq!(r.steps, vec![Step::Inspect, Step::Create, Step::Verify, Step::Push, Step::Confirm, Step::Promote, Step::Retire]);
+    assert_eq!(
+        r.steps,
+        vec![
+            Step::Inspect,
+            Step::Create,
+            Step::Verify,
+            Step::Push,
+            Step::Confirm,
+            Step::Promote,
+            Step::Retire
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -62,7 +78,11 @@ async fn a_grace_period_keeps_the_old_key_inactive_until_a_later_run() {
     }
     sc.world().after_success().unwrap();
     assert_eq!(run(&sc).await.outcome, Outcome::NothingDue);
-    assert_eq!(sc.fakes.state().users["pipeline"].len(), 2, "still in grace");
+    assert_eq!(
+        sc.fakes.state().users["pipeline"].len(),
+        2,
+        "still in grace"
+    );
     sc.fakes.advance(Duration::from_secs(86400));
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::NothingDue);
@@ -128,7 +148,8 @@ async fn two_active_keys_both_in_use_are_refused() {
 async fn an_unknown_key_that_was_used_is_refused_not_deleted() {
     let sc = Scenario::new(1);
     sc.fakes.add_key("pipeline", Duration::from_secs(86400));
-    sc.fakes.state().users.get_mut("pipeline").unwrap()[1].used = Some(std::time::SystemTime::UNIX_EPOCH);
+    sc.fakes.state().users.get_mut("pipeline").unwrap()[1].used =
+        Some(std::time::SystemTime::UNIX_EPOCH);
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::Refused);
     assert!(r.error.unwrap().contains("was last used"));
@@ -142,7 +163,11 @@ async fn a_never_used_orphan_is_deleted_before_rotating() {
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
     assert!(r.steps.contains(&Step::Cleanup));
-    assert_eq!(sc.fakes.state().limit_exceeded, 0, "invariant 4: no LimitExceeded from our leftovers");
+    assert_eq!(
+        sc.fakes.state().limit_exceeded,
+        0,
+        "invariant 4: no LimitExceeded from our leftovers"
+    );
     sc.world().after_success().unwrap();
 }
 
@@ -158,7 +183,8 @@ async fn an_unknown_user_is_invalid() {
 #[tokio::test(start_paused = true)]
 async fn a_secret_that_holds_something_else_is_invalid() {
     let sc = Scenario::new(1);
-    sc.fakes.set_secret("pipeline-key", "{\"database\":\"postgres\"}");
+    sc.fakes
+        .set_secret("pipeline-key", "{\"database\":\"postgres\"}");
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::Invalid);
     assert_eq!(sc.fakes.state().creates, 0);
@@ -185,7 +211,10 @@ async fn a_key_iam_never_accepts_is_deleted_and_the_old_one_kept() {
 #[tokio::test(start_paused = true)]
 async fn a_permanent_push_failure_puts_switched_endpoints_back_on_the_old_key() {
     let sc = Scenario::new(3);
-    let denied = PortError::new(PortErrorKind::Forbidden, "Access denied: needs Service Connections (manage)");
+    let denied = PortError::new(
+        PortErrorKind::Forbidden,
+        "Access denied: needs Service Connections (manage)",
+    );
     sc.fakes.state().ado_put_script = [None, Some(denied)].into_iter().collect();
     let fakes = sc.fakes.clone();
     let r = run(&sc).await;
@@ -194,7 +223,11 @@ async fn a_permanent_push_failure_puts_switched_endpoints_back_on_the_old_key() 
     let c = r.compensation.unwrap();
     assert!(c.contains("was deleted"), "{c}");
     let st = fakes.state();
-    assert!(st.endpoints.iter().all(|e| e.username.as_deref() == Some(sc.initial_key.0.as_str())));
+    assert!(
+        st.endpoints
+            .iter()
+            .all(|e| e.username.as_deref() == Some(sc.initial_key.0.as_str()))
+    );
     assert_eq!(st.users["pipeline"].len(), 1);
     assert!(st.violations.is_empty(), "{:?}", st.violations);
 }
@@ -204,18 +237,31 @@ async fn a_permanent_push_failure_puts_switched_endpoints_back_on_the_old_key() 
 async fn converge(sc: &Scenario, label: &str) {
     for attempt in 0..4 {
         let r = run(sc).await;
-        sc.world().always().unwrap_or_else(|v| panic!("{label}, rerun {attempt}: {v}"));
+        sc.world()
+            .always()
+            .unwrap_or_else(|v| panic!("{label}, rerun {attempt}: {v}"));
         match r.outcome {
             Outcome::Rotated | Outcome::NothingDue => {
-                sc.world().after_success().unwrap_or_else(|v| panic!("{label}, after rerun {attempt}: {v} ({r:?})"));
+                sc.world()
+                    .after_success()
+                    .unwrap_or_else(|v| panic!("{label}, after rerun {attempt}: {v} ({r:?})"));
                 let before = sc.fakes.state().mutations;
                 let again = run(sc).await;
-                assert_eq!(again.outcome, Outcome::NothingDue, "{label}: invariant 6 ({again:?})");
+                assert_eq!(
+                    again.outcome,
+                    Outcome::NothingDue,
+                    "{label}: invariant 6 ({again:?})"
+                );
                 assert_eq!(sc.fakes.state().mutations, before, "{label}: invariant 6");
                 return;
             }
-            Outcome::Busy => sc.fakes.advance(sc.policy.intent_lease + Duration::from_secs(1)),
-            _ => panic!("{label}: rerun {attempt} ended {:?}: {:?}", r.outcome, r.error),
+            Outcome::Busy => sc
+                .fakes
+                .advance(sc.policy.intent_lease + Duration::from_secs(1)),
+            _ => panic!(
+                "{label}: rerun {attempt} ended {:?}: {:?}",
+                r.outcome, r.error
+            ),
         }
     }
     panic!("{label}: did not converge in 4 reruns");
@@ -237,14 +283,37 @@ async fn a_crash_at_every_port_call_is_recovered_by_the_next_run() {
             let seen = Arc::new(std::sync::Mutex::new(None));
             let seen2 = seen.clone();
             let observer: Observer = Arc::new(move |e| {
-                if e.phase == keyrotor_core::engine::Phase::Started && !world.state().tripwire.fired {
+                if e.phase == keyrotor_core::engine::Phase::Started && !world.state().tripwire.fired
+                {
                     *seen2.lock().unwrap() = Some(e.step);
                 }
             });
-            sc.fakes.state().tripwire = Tripwire { at: Some(at), after_effect, fired: false };
-            let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &opts(), &observer).await;
-            let label = format!("crash at call {at} ({}) in {:?}", if after_effect { "after effect" } else { "before effect" }, seen.lock().unwrap());
-            assert!(sc.fakes.state().tripwire.fired, "{label}: the tripwire did not fire ({r:?})");
+            sc.fakes.state().tripwire = Tripwire {
+                at: Some(at),
+                after_effect,
+                fired: false,
+            };
+            let r = engine::run_target(
+                &sc.fakes.ports(),
+                &sc.policy,
+                &sc.target,
+                &opts(),
+                &observer,
+            )
+            .await;
+            let label = format!(
+                "crash at call {at} ({}) in {:?}",
+                if after_effect {
+                    "after effect"
+                } else {
+                    "before effect"
+                },
+                seen.lock().unwrap()
+            );
+            assert!(
+                sc.fakes.state().tripwire.fired,
+                "{label}: the tripwire did not fire ({r:?})"
+            );
             if let Some(step) = *seen.lock().unwrap() {
                 steps_hit.insert(step);
             }
@@ -252,7 +321,9 @@ async fn a_crash_at_every_port_call_is_recovered_by_the_next_run() {
                 let st = sc.fakes.state();
                 assert!(st.violations.is_empty(), "{label}: {:?}", st.violations);
             }
-            sc.world().always().unwrap_or_else(|v| panic!("{label}: {v}"));
+            sc.world()
+                .always()
+                .unwrap_or_else(|v| panic!("{label}: {v}"));
             sc.fakes.state().tripwire = Tripwire::default();
             converge(&sc, &label).await;
             let st = sc.fakes.state();
@@ -260,8 +331,19 @@ async fn a_crash_at_every_port_call_is_recovered_by_the_next_run() {
             assert_eq!(st.limit_exceeded, 0, "{label}: invariant 4");
         }
     }
-    for step in [Step::Inspect, Step::Create, Step::Verify, Step::Push, Step::Confirm, Step::Promote, Step::Retire] {
-        assert!(steps_hit.contains(&step), "no crash landed in {step}: {steps_hit:?}");
+    for step in [
+        Step::Inspect,
+        Step::Create,
+        Step::Verify,
+        Step::Push,
+        Step::Confirm,
+        Step::Promote,
+        Step::Retire,
+    ] {
+        assert!(
+            steps_hit.contains(&step),
+            "no crash landed in {step}: {steps_hit:?}"
+        );
     }
 }
 
@@ -286,9 +368,15 @@ async fn a_crash_during_cleanup_is_recovered_too() {
         assert_eq!(run(&sc).await.outcome, Outcome::Rotated);
         sc.fakes.advance(Duration::from_secs(7 * 86400));
         let base = sc.fakes.state().calls;
-        sc.fakes.state().tripwire = Tripwire { at: Some(base + at), after_effect: at % 2 == 0, fired: false };
+        sc.fakes.state().tripwire = Tripwire {
+            at: Some(base + at),
+            after_effect: at % 2 == 0,
+            fired: false,
+        };
         let _ = run(&sc).await;
-        sc.world().always().unwrap_or_else(|v| panic!("crash at {at}: {v}"));
+        sc.world()
+            .always()
+            .unwrap_or_else(|v| panic!("crash at {at}: {v}"));
         sc.fakes.state().tripwire = Tripwire::default();
         converge(&sc, &format!("second rotation, crash at {at}")).await;
     }
@@ -307,18 +395,36 @@ async fn two_runs_racing_never_both_create_a_key() {
             run(&sc).await
         };
         let (ra, rb) = futures::join!(a, b);
-        let st = sc.fakes.state();
-        assert_eq!(st.creates, 1, "head start {head_start}: {:?} / {:?}", ra, rb);
-        assert!(st.violations.is_empty(), "head start {head_start}: {:?}", st.violations);
-        drop(st);
+        let (creates, violations) = {
+            let st = sc.fakes.state();
+            (st.creates, st.violations.clone())
+        };
+        assert_eq!(creates, 1, "head start {head_start}: {ra:?} / {rb:?}");
+        assert!(
+            violations.is_empty(),
+            "head start {head_start}: {violations:?}"
+        );
         let outcomes = [ra.outcome, rb.outcome];
-        assert!(outcomes.contains(&Outcome::Rotated), "head start {head_start}: {outcomes:?} {:?} {:?}", ra.error, rb.error);
+        assert!(
+            outcomes.contains(&Outcome::Rotated),
+            "head start {head_start}: {outcomes:?} {:?} {:?}",
+            ra.error,
+            rb.error
+        );
         for o in outcomes {
-            assert!(matches!(o, Outcome::Rotated | Outcome::Busy | Outcome::NothingDue), "head start {head_start}: {o:?} {:?} {:?}", ra, rb);
+            assert!(
+                matches!(o, Outcome::Rotated | Outcome::Busy | Outcome::NothingDue),
+                "head start {head_start}: {o:?} {:?} {:?}",
+                ra,
+                rb
+            );
         }
         sc.fakes.state().yield_every_call = false;
         converge(&sc, &format!("race with head start {head_start}")).await;
-        assert!(sc.fakes.state().users["pipeline"].iter().all(|k| k.active || sc.policy.delete_old_key_after > Duration::ZERO));
-        let _ = KeyStatus::Active;
+        assert!(
+            sc.fakes.state().users["pipeline"]
+                .iter()
+                .all(|k| k.active || sc.policy.delete_old_key_after > Duration::ZERO)
+        );
     }
 }

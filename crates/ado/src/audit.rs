@@ -1,0 +1,136 @@
+//! Every AWS service connection of an organization, for `keyrotor audit`.
+
+use std::collections::BTreeMap;
+
+use keyrotor_core::domain::{AccessKeyId, OrgUrl};
+use keyrotor_core::ports::{PortError, PortErrorKind, PortResult};
+use serde_json::Value;
+
+use crate::client::{AdoClient, api_url};
+use crate::endpoint::{self, parameter, str_at};
+
+/// A project of an organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoProject {
+    /// Its id (a GUID).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// One AWS service connection, as the audit reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEndpoint {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its `type` as stored (`AWS`, or `aws` from some clients).
+    pub kind: String,
+    /// `authorization.scheme`.
+    pub scheme: String,
+    /// The projects it was found in (a shared connection is listed once, with all of them).
+    pub projects: Vec<String>,
+    /// `authorization.parameters.username`, when it parses as an access key id (shown masked).
+    pub key_id: Option<AccessKeyId>,
+    /// Whether `username` is set at all (it may be set to something that is not a key id).
+    pub has_username: bool,
+    /// `useOIDC == "true"`: no key to rotate.
+    pub uses_oidc: bool,
+    /// Whether `assumeRoleArn` is set.
+    pub has_assume_role: bool,
+    /// `isReady`.
+    pub is_ready: bool,
+}
+
+/// Guards against a server that keeps answering a continuation token.
+const MAX_PAGES: usize = 1000;
+
+impl AdoClient {
+    /// The organization's projects (`GET {org}/_apis/projects`, following continuation
+    /// tokens).
+    pub async fn list_projects(&self, org: &OrgUrl) -> PortResult<Vec<AdoProject>> {
+        let mut projects = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut query = vec![("$top", "100")];
+            if let Some(t) = &token {
+                query.push(("continuationToken", t.as_str()));
+            }
+            let url = api_url(org, &["_apis", "projects"], &query)?;
+            let answer = self.get_json(&url).await?;
+            for p in endpoint::list_items(answer.body)? {
+                let (Some(id), Some(name)) = (str_at(&p, "/id"), str_at(&p, "/name")) else {
+                    continue;
+                };
+                projects.push(AdoProject {
+                    id: id.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
+            match answer.continuation {
+                Some(next) if token.as_deref() != Some(next.as_str()) => token = Some(next),
+                _ => return Ok(projects),
+            }
+        }
+        Err(PortError::new(
+            PortErrorKind::Failed,
+            format!("listing the projects of {org} did not end after {MAX_PAGES} pages"),
+        ))
+    }
+
+    /// Every service connection of type AWS (compared case-insensitively) in every project of
+    /// the organization, each listed once with every project it was found in; sorted by name.
+    pub async fn list_aws_endpoints(&self, org: &OrgUrl) -> PortResult<Vec<AuditEndpoint>> {
+        let mut found: BTreeMap<String, AuditEndpoint> = BTreeMap::new();
+        for project in self.list_projects(org).await? {
+            // No `type=` filter: the service may compare it case-sensitively, and some
+            // clients store `aws`.
+            let url = api_url(
+                org,
+                &[&project.id, "_apis", "serviceendpoint", "endpoints"],
+                &[("includeFailed", "true"), ("includeDetails", "true")],
+            )?;
+            let items = endpoint::list_items(self.get_json(&url).await?.body)?;
+            for e in items.iter().filter(|e| is_aws(e)) {
+                let Ok(id) = endpoint::id_of(e) else { continue };
+                let entry = found
+                    .entry(id.to_ascii_lowercase())
+                    .or_insert_with(|| audit_entry(e, id));
+                if !entry.projects.contains(&project.name) {
+                    entry.projects.push(project.name.clone());
+                }
+            }
+        }
+        let mut list: Vec<AuditEndpoint> = found.into_values().collect();
+        list.sort_by(|a, b| {
+            a.name
+                .to_lowercase()
+                .cmp(&b.name.to_lowercase())
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(list)
+    }
+}
+
+fn is_aws(e: &Value) -> bool {
+    str_at(e, "/type").is_some_and(|t| t.eq_ignore_ascii_case("aws"))
+}
+
+fn audit_entry(e: &Value, id: &str) -> AuditEndpoint {
+    let username = parameter(e, "username");
+    AuditEndpoint {
+        id: id.to_owned(),
+        name: str_at(e, "/name").unwrap_or_default().to_owned(),
+        kind: str_at(e, "/type").unwrap_or_default().to_owned(),
+        scheme: str_at(e, "/authorization/scheme")
+            .unwrap_or_default()
+            .to_owned(),
+        projects: Vec::new(),
+        key_id: username.and_then(|u| AccessKeyId::parse(u).ok()),
+        has_username: username.is_some(),
+        uses_oidc: endpoint::uses_oidc(e),
+        has_assume_role: parameter(e, "assumeRoleArn").is_some(),
+        is_ready: e.get("isReady").and_then(Value::as_bool).unwrap_or(false),
+    }
+}

@@ -1,0 +1,278 @@
+//! [`AdoClient`]: the [`ServiceConnections`] port over Azure DevOps' REST API.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyrotor_core::domain::{AccessKeyId, EndpointRef, EndpointSelector, OrgUrl, ProjectName};
+use keyrotor_core::ports::{
+    Endpoint, EndpointHandle, PortError, PortErrorKind, PortResult, ServiceConnections,
+};
+use reqwest::{Method, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::endpoint;
+use crate::transport::{Answer, Transport};
+
+/// The REST API version every request names.
+pub const API_VERSION: &str = "7.1";
+
+/// Timeouts and retry bounds. The defaults suit the real service; tests shrink them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoOptions {
+    /// One attempt, from connecting to the last byte of the answer.
+    pub request_timeout: Duration,
+    /// Establishing a connection.
+    pub connect_timeout: Duration,
+    /// Attempts per request, the first included (429, 5xx, timeouts, connection failures).
+    pub max_attempts: u32,
+    /// The first backoff; it doubles after every failed attempt.
+    pub backoff_base: Duration,
+    /// The longest backoff.
+    pub backoff_cap: Duration,
+    /// The longest `Retry-After` honoured (a longer one is shortened to this).
+    pub max_retry_after: Duration,
+    /// No retry starts once this much time has gone by since the first attempt.
+    pub max_total: Duration,
+}
+
+impl Default for AdoOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
+            max_total: Duration::from_secs(120),
+        }
+    }
+}
+
+/// An Azure DevOps client authenticated with one PAT (scope: Service Connections, read, query
+/// and manage). It updates service connections in place and never deletes or creates one.
+pub struct AdoClient {
+    pub(crate) transport: Transport,
+}
+
+impl fmt::Debug for AdoClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdoClient")
+            .field("pat", &"[redacted]")
+            .field("options", &self.transport.options)
+            .finish()
+    }
+}
+
+impl AdoClient {
+    /// A client with the default [`AdoOptions`].
+    pub fn new(pat: SecretString) -> PortResult<Self> {
+        Self::with_options(pat, AdoOptions::default())
+    }
+
+    /// A client with these options.
+    pub fn with_options(pat: SecretString, options: AdoOptions) -> PortResult<Self> {
+        if pat.expose_secret().trim().is_empty() {
+            return Err(PortError::new(
+                PortErrorKind::Invalid,
+                "the Azure DevOps PAT is empty",
+            ));
+        }
+        Ok(Self {
+            transport: Transport::new(pat, options)?,
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &AdoOptions {
+        &self.transport.options
+    }
+
+    pub(crate) async fn get_json(&self, url: &Url) -> PortResult<Answer> {
+        self.transport.send(Method::GET, url, None, &[]).await
+    }
+
+    /// The raw object behind a handle; `None` when the service answers `null`.
+    async fn get_raw(&self, handle: &EndpointHandle) -> PortResult<Option<Value>> {
+        let url = api_url(
+            &handle.org,
+            &[
+                handle.project.as_str(),
+                "_apis",
+                "serviceendpoint",
+                "endpoints",
+                &handle.id,
+            ],
+            &[],
+        )?;
+        match self.get_json(&url).await?.body {
+            Value::Null => Ok(None),
+            v @ Value::Object(_) => Ok(Some(v)),
+            _ => Err(PortError::new(
+                PortErrorKind::Failed,
+                format!(
+                    "Azure DevOps answered service connection {} with something that is not an object",
+                    handle.id
+                ),
+            )),
+        }
+    }
+
+    async fn find_by_name(
+        &self,
+        org: &OrgUrl,
+        project: &ProjectName,
+        name: &str,
+    ) -> PortResult<Endpoint> {
+        let url = api_url(
+            org,
+            &[project.as_str(), "_apis", "serviceendpoint", "endpoints"],
+            &[
+                ("endpointNames", name),
+                // A connection whose last operation failed is still the one configured: find
+                // it and report `isReady = false` rather than "not found".
+                ("includeFailed", "true"),
+                ("includeDetails", "true"),
+            ],
+        )?;
+        let items = endpoint::list_items(self.get_json(&url).await?.body)?;
+        // The service filters by name already; filtering again guards against a filter it
+        // ignored, which would otherwise hand back every connection of the project.
+        let matches: Vec<Value> = items
+            .into_iter()
+            .filter(|e| endpoint::is_named(e, name))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(PortError::new(
+                PortErrorKind::NotFound,
+                format!("no service connection named '{name}' in project '{project}' of {org}"),
+            )),
+            [one] => endpoint::to_endpoint(one, org, project),
+            many => Err(PortError::new(
+                PortErrorKind::Invalid,
+                format!(
+                    "{} service connections are named '{name}' in project '{project}' of {org}: \
+                     name it by id instead",
+                    many.len()
+                ),
+            )),
+        }
+    }
+}
+
+/// `{org}/{segments…}?{query…}&api-version=7.1`, each segment and value percent-encoded.
+pub(crate) fn api_url(org: &OrgUrl, segments: &[&str], query: &[(&str, &str)]) -> PortResult<Url> {
+    let bad = || {
+        PortError::new(
+            PortErrorKind::Invalid,
+            format!("'{org}' cannot be used as an Azure DevOps organization URL"),
+        )
+    };
+    let mut url = Url::parse(org.as_str()).map_err(|_| bad())?;
+    url.path_segments_mut()
+        .map_err(|_| bad())?
+        .pop_if_empty()
+        .extend(segments);
+    {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in query {
+            pairs.append_pair(k, v);
+        }
+        pairs.append_pair("api-version", API_VERSION);
+    }
+    Ok(url)
+}
+
+#[async_trait]
+impl ServiceConnections for AdoClient {
+    async fn find(&self, org: &OrgUrl, r: &EndpointRef) -> PortResult<Endpoint> {
+        match &r.by {
+            EndpointSelector::Name(name) => self.find_by_name(org, &r.project, name).await,
+            EndpointSelector::Id(id) => {
+                let handle = EndpointHandle {
+                    org: org.clone(),
+                    project: r.project.clone(),
+                    id: id.clone(),
+                };
+                match self.get_raw(&handle).await? {
+                    Some(v) => endpoint::to_endpoint(&v, org, &r.project),
+                    None => Err(PortError::new(
+                        PortErrorKind::NotFound,
+                        format!(
+                            "no service connection with id {id} in project '{}' of {org}",
+                            r.project
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn get(&self, handle: &EndpointHandle) -> PortResult<Option<Endpoint>> {
+        self.get_raw(handle)
+            .await?
+            .map(|v| endpoint::to_endpoint(&v, &handle.org, &handle.project))
+            .transpose()
+    }
+
+    async fn set_credentials(
+        &self,
+        handle: &EndpointHandle,
+        key: &AccessKeyId,
+        secret: &SecretString,
+    ) -> PortResult<()> {
+        let Some(mut object) = self.get_raw(handle).await? else {
+            return Err(PortError::new(
+                PortErrorKind::NotFound,
+                format!(
+                    "service connection {} no longer exists in project '{}' of {}",
+                    handle.id, handle.project, handle.org
+                ),
+            ));
+        };
+        let current = endpoint::to_endpoint(&object, &handle.org, &handle.project)?;
+        if let Some(reason) = current.unrotatable_reason() {
+            return Err(PortError::new(PortErrorKind::Refused, reason));
+        }
+        endpoint::put_credentials(&mut object, key, secret)?;
+        let body = serde_json::to_vec(&object).map_err(|_| {
+            PortError::new(
+                PortErrorKind::Failed,
+                "could not encode the service connection",
+            )
+        })?;
+        drop(object);
+        // The update in place: same id, so pipeline authorizations, approvals and checks stay.
+        let url = api_url(
+            &handle.org,
+            &["_apis", "serviceendpoint", "endpoints", &handle.id],
+            &[],
+        )?;
+        let answer = self
+            .transport
+            .send(Method::PUT, &url, Some(&body), &[secret.expose_secret()])
+            .await?;
+        let same_id =
+            endpoint::id_of(&answer.body).is_ok_and(|id| id.eq_ignore_ascii_case(&handle.id));
+        let holds_key = endpoint::parameter(&answer.body, "username") == Some(key.as_str());
+        if !same_id || !holds_key {
+            return Err(PortError::new(
+                PortErrorKind::Failed,
+                format!(
+                    "Azure DevOps accepted the update of service connection '{}' but its answer \
+                     does not show it holding {key} under id {}",
+                    current.name, handle.id
+                ),
+            ));
+        }
+        tracing::info!(
+            connection = %current.name,
+            id = %handle.id,
+            key = %key,
+            "service connection updated in place"
+        );
+        Ok(())
+    }
+}

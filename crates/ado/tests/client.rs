@@ -1,0 +1,733 @@
+//! `AdoClient` against the ADO emulator: update in place, retries, errors, and no secret in
+//! anything a person could read.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use keyrotor_core::domain::{AccessKeyId, EndpointRef, EndpointSelector, ProjectName};
+use keyrotor_core::ports::{PortError, PortErrorKind, ServiceConnections};
+use keyrotor_testkit::ado::{Fault, Op};
+use secrecy::SecretString;
+use serde_json::json;
+
+fn by_name(project: &str, name: &str) -> EndpointRef {
+    EndpointRef {
+        project: ProjectName::parse(project).unwrap(),
+        by: EndpointSelector::Name(name.into()),
+    }
+}
+
+fn by_id(project: &str, id: &str) -> EndpointRef {
+    EndpointRef {
+        project: ProjectName::parse(project).unwrap(),
+        by: EndpointSelector::Id(id.into()),
+    }
+}
+
+fn new_key() -> (AccessKeyId, SecretString) {
+    (
+        AccessKeyId::parse(NEW_KEY).unwrap(),
+        SecretString::from(NEW_SECRET),
+    )
+}
+
+/// Everything a person could read of an error.
+fn readable(e: &PortError) -> String {
+    format!("{e} | {e:?}")
+}
+
+#[tokio::test]
+async fn finds_by_name_and_by_id_and_maps_the_fields() {
+    let env = Env::start().await;
+    let e = env
+        .client
+        .find(&env.org, &by_name("Platform", "AWS-Prod"))
+        .await
+        .unwrap();
+    assert_eq!(e.handle.id, PROD);
+    assert_eq!(e.handle.project.as_str(), "Platform");
+    assert_eq!(e.name, "aws-prod");
+    assert_eq!(e.kind, "AWS");
+    assert_eq!(e.scheme, "UsernamePassword");
+    assert_eq!(e.username.as_deref(), Some(OLD_KEY));
+    assert!(!e.uses_oidc);
+    assert!(e.is_ready);
+    assert_eq!(e.unrotatable_reason(), None);
+
+    let by_id = env
+        .client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap();
+    assert_eq!(by_id, e);
+    assert_eq!(env.client.get(&e.handle).await.unwrap(), Some(e));
+}
+
+#[tokio::test]
+async fn what_is_not_there_is_not_found_and_null_is_none() {
+    let env = Env::start().await;
+    let missing = "99999999-9999-4999-8999-999999999999";
+    let e = env
+        .client
+        .find(&env.org, &by_name("Platform", "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::NotFound, "{e}");
+    let e = env
+        .client
+        .find(&env.org, &by_id("Platform", missing))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::NotFound, "{e}");
+    // The service answers 200 with `null`: `get` says None.
+    assert_eq!(
+        env.client
+            .get(&env.handle("Platform", missing))
+            .await
+            .unwrap(),
+        None
+    );
+    // Shared into Web only under another name, and not at all into Data.
+    assert_eq!(
+        env.client.get(&env.handle("Data", PROD)).await.unwrap(),
+        None
+    );
+    let e = env
+        .client
+        .find(&env.org, &by_name("NoSuchProject", "aws-prod"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::NotFound, "{e}");
+    let (key, secret) = new_key();
+    let e = env
+        .client
+        .set_credentials(&env.handle("Platform", missing), &key, &secret)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::NotFound, "{e}");
+    assert!(
+        !env.methods().iter().any(|m| m != "GET"),
+        "{:?}",
+        env.methods()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_connection_is_still_found_and_reported_not_ready() {
+    let env = Env::start().await;
+    let e = env
+        .client
+        .find(&env.org, &by_name("Platform", "aws-failed"))
+        .await
+        .unwrap();
+    assert_eq!(e.handle.id, FAILED);
+    assert!(!e.is_ready);
+}
+
+#[tokio::test]
+async fn two_connections_with_one_name_are_invalid() {
+    let mut seed = seed();
+    let mut twin = keyrotor_testkit::ado::aws_endpoint("aws-prod", OLD_KEY, "x", &["Platform"]);
+    twin["id"] = json!("77777777-7777-4777-8777-777777777777");
+    seed.organizations[0].endpoints.push(twin);
+    let env = Env::with(seed, fast()).await;
+    let e = env
+        .client
+        .find(&env.org, &by_name("Platform", "aws-prod"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Invalid, "{e}");
+    assert!(e.message.contains("2 service connections"), "{e}");
+}
+
+#[tokio::test]
+async fn oidc_and_non_aws_connections_are_reported_and_left_alone() {
+    let env = Env::start().await;
+    let oidc = env
+        .client
+        .find(&env.org, &by_name("Platform", "aws-oidc"))
+        .await
+        .unwrap();
+    assert!(oidc.uses_oidc);
+    assert_eq!(oidc.username, None);
+    assert!(oidc.unrotatable_reason().unwrap().contains("OIDC"));
+
+    let gh = env
+        .client
+        .find(&env.org, &by_name("Platform", "github"))
+        .await
+        .unwrap();
+    assert_eq!(gh.kind, "GitHub");
+    assert_eq!(gh.scheme, "Token");
+    assert!(!gh.uses_oidc);
+    assert!(gh.unrotatable_reason().unwrap().contains("not AWS"));
+
+    let lower = env
+        .client
+        .find(&env.org, &by_name("Data", "aws-data"))
+        .await
+        .unwrap();
+    assert_eq!(lower.kind, "aws");
+    assert_eq!(
+        lower.unrotatable_reason(),
+        None,
+        "type is compared case-insensitively"
+    );
+
+    let (key, secret) = new_key();
+    for h in [&oidc.handle, &gh.handle] {
+        let before = env.stored(&h.id);
+        let e = env
+            .client
+            .set_credentials(h, &key, &secret)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, PortErrorKind::Refused, "{e}");
+        assert_eq!(env.stored(&h.id), before);
+    }
+    assert!(
+        env.methods().iter().all(|m| m == "GET"),
+        "{:?}",
+        env.methods()
+    );
+}
+
+#[tokio::test]
+async fn an_update_in_place_changes_the_credentials_and_nothing_else() {
+    let env = Env::start().await;
+    let before = env.stored(PROD);
+    let permissions_before = env.emu.state().organizations["contoso"]
+        .pipeline_permissions
+        .clone();
+    let h = env.handle("Platform", PROD);
+    let (key, secret) = new_key();
+    env.client.set_credentials(&h, &key, &secret).await.unwrap();
+
+    let after = env.stored(PROD);
+    assert_eq!(
+        after["id"], PROD,
+        "same id: pipeline authorizations stay attached"
+    );
+    assert_eq!(after["authorization"]["parameters"]["username"], NEW_KEY);
+    assert_eq!(after["authorization"]["parameters"]["password"], NEW_SECRET);
+    assert_eq!(without_credentials(&after), without_credentials(&before));
+    // Byte for byte: the serialized forms match too (sessionToken included, which came back
+    // null and was sent back null).
+    assert_eq!(
+        serde_json::to_string(&without_credentials(&after)).unwrap(),
+        serde_json::to_string(&without_credentials(&before)).unwrap()
+    );
+    assert_eq!(
+        after["authorization"]["parameters"]["sessionToken"],
+        SESSION_TOKEN
+    );
+    assert_eq!(
+        env.emu.state().organizations["contoso"].pipeline_permissions,
+        permissions_before
+    );
+    assert_eq!(env.emu.state().organizations["contoso"].endpoints.len(), 6);
+
+    // Exactly one GET and one PUT to the org-level path, api-version 7.1, no `operation`.
+    let log = env.emu.requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].method, "GET");
+    assert_eq!(log[1].method, "PUT");
+    assert_eq!(
+        log[1].path,
+        format!("/contoso/_apis/serviceendpoint/endpoints/{PROD}")
+    );
+    assert_eq!(log[1].query.as_deref(), Some("api-version=7.1"));
+
+    let now = env.client.get(&h).await.unwrap().unwrap();
+    assert_eq!(now.username.as_deref(), Some(NEW_KEY));
+    assert_eq!(now.key_id(), Some(key));
+}
+
+#[tokio::test]
+async fn pipeline_permissions_survive_the_update() {
+    let env = Env::start().await;
+    let url = format!(
+        "{}/Platform/_apis/pipelines/pipelinepermissions/endpoint/{PROD}?api-version=7.1-preview.1",
+        env.emu.org_url("contoso")
+    );
+    let read = || async {
+        reqwest::Client::new()
+            .get(&url)
+            .basic_auth("", Some(PAT))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let before = read().await;
+    assert_eq!(before["pipelines"].as_array().unwrap().len(), 2);
+    let (key, secret) = new_key();
+    env.client
+        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+        .await
+        .unwrap();
+    assert_eq!(read().await, before);
+}
+
+#[tokio::test]
+async fn running_the_update_again_changes_nothing_more() {
+    let env = Env::start().await;
+    let h = env.handle("Platform", PROD);
+    let (key, secret) = new_key();
+    env.client.set_credentials(&h, &key, &secret).await.unwrap();
+    let once = env.emu.state();
+    env.client.set_credentials(&h, &key, &secret).await.unwrap();
+    assert_eq!(env.emu.state(), once);
+    assert!(env.methods().iter().all(|m| m == "GET" || m == "PUT"));
+}
+
+#[tokio::test]
+async fn a_shared_connection_is_one_object_in_every_project() {
+    let env = Env::start().await;
+    let web = env
+        .client
+        .find(&env.org, &by_name("Web", "aws-shared-web"))
+        .await
+        .unwrap();
+    let platform = env
+        .client
+        .find(&env.org, &by_name("Platform", "aws-shared"))
+        .await
+        .unwrap();
+    assert_eq!(web.handle.id, SHARED);
+    assert_eq!(platform.handle.id, SHARED);
+    assert_eq!(
+        web.name, "aws-shared-web",
+        "named as in the project it was found in"
+    );
+    assert_eq!(platform.name, "aws-shared");
+
+    let before = env.stored(SHARED);
+    let (key, secret) = new_key();
+    env.client
+        .set_credentials(&web.handle, &key, &secret)
+        .await
+        .unwrap();
+    let seen_from_platform = env.client.get(&platform.handle).await.unwrap().unwrap();
+    assert_eq!(seen_from_platform.username.as_deref(), Some(NEW_KEY));
+    let after = env.stored(SHARED);
+    assert_eq!(without_credentials(&after), without_credentials(&before));
+    assert_eq!(
+        after["serviceEndpointProjectReferences"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_429_waits_for_its_retry_after_then_succeeds() {
+    let env = Env::start().await;
+    env.emu.inject(Fault::status(Op::Get, 429).retry_after(1));
+    let started = Instant::now();
+    let e = env
+        .client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(e.handle.id, PROD);
+    // Retry-After: 1 s, capped at 250 ms by the options; the backoff alone would be 5 ms.
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited < Duration::from_millis(1000), "{waited:?}");
+    let statuses: Vec<u16> = env.emu.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![429, 200]);
+}
+
+#[tokio::test]
+async fn the_emulator_rate_limit_is_ridden_out() {
+    let env = Env::start().await;
+    env.emu
+        .set_rate_limit(Some(keyrotor_testkit::ado::RateLimit {
+            limit: 1,
+            window_seconds: 1,
+            cost_per_request: 1,
+            block_at: Some(1),
+            delay_ms: 0,
+        }));
+    let options = keyrotor_ado::AdoOptions {
+        max_retry_after: Duration::from_secs(2),
+        ..fast()
+    };
+    let client = env.client_with(PAT, options);
+    client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap();
+    // The second request within the window is refused with 429 and Retry-After; the client
+    // waits it out and succeeds.
+    client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap();
+    let statuses: Vec<u16> = env.emu.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses.first(), Some(&200));
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&200));
+}
+
+#[tokio::test]
+async fn a_5xx_is_retried_with_backoff_then_succeeds() {
+    let env = Env::start().await;
+    env.emu.inject(Fault::status(Op::Put, 503).times(2));
+    let (key, secret) = new_key();
+    env.client
+        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+        .await
+        .unwrap();
+    let puts: Vec<u16> = env
+        .emu
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(puts, vec![503, 503, 200]);
+    assert_eq!(
+        env.stored(PROD)["authorization"]["parameters"]["username"],
+        NEW_KEY
+    );
+}
+
+#[tokio::test]
+async fn a_5xx_that_never_ends_is_retryable_after_a_bounded_number_of_attempts() {
+    let env = Env::start().await;
+    env.emu.inject(Fault::status(Op::Get, 500).forever());
+    let e = env
+        .client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(e.message.contains("4 attempts"), "{e}");
+    assert!(e.message.contains("HTTP 500"), "{e}");
+    assert_eq!(env.emu.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn retries_stop_when_the_time_budget_is_spent() {
+    let env = Env::start().await;
+    env.emu
+        .inject(Fault::status(Op::Get, 503).retry_after(30).forever());
+    let options = keyrotor_ado::AdoOptions {
+        max_retry_after: Duration::from_secs(60),
+        max_total: Duration::from_secs(2),
+        ..fast()
+    };
+    let client = env.client_with(PAT, options);
+    let started = Instant::now();
+    let e = client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no 30 s wait past the budget"
+    );
+    assert_eq!(env.emu.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_timeout_is_retried_and_a_hang_ends_as_retryable() {
+    let env = Env::start().await;
+    let options = keyrotor_ado::AdoOptions {
+        request_timeout: Duration::from_millis(200),
+        max_attempts: 3,
+        ..fast()
+    };
+    let client = env.client_with(PAT, options);
+    env.emu.inject(Fault::delay(Op::Get, 3_000));
+    let e = client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap();
+    assert_eq!(e.handle.id, PROD);
+
+    env.emu.inject(Fault::delay(Op::Get, 3_000).forever());
+    let started = Instant::now();
+    let e = client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(e.message.contains("timed out"), "{e}");
+    assert!(e.message.contains("3 attempts"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_no_secret(&readable(&e));
+}
+
+#[tokio::test]
+async fn a_connection_refused_is_retryable() {
+    let env = Env::start().await;
+    let org = keyrotor_core::domain::OrgUrl::parse(&format!("{}/contoso", {
+        // A port that was free a moment ago and has nothing listening now.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    }))
+    .unwrap();
+    let e = env
+        .client
+        .find(&org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(e.message.contains("could not connect"), "{e}");
+    assert!(!e.message.contains("http://"), "no URL from reqwest: {e}");
+}
+
+#[tokio::test]
+async fn a_bad_pat_is_unauthorized_in_plain_words_without_the_secret() {
+    let env = Env::start().await;
+    let wrong = "patWRONGvalue0000secret";
+    let client = env.client_with(wrong, fast());
+    let e = client
+        .find(&env.org, &by_name("Platform", "aws-prod"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e}");
+    assert!(
+        e.message.contains("Azure DevOps did not accept the PAT"),
+        "{e}"
+    );
+    assert!(!readable(&e).contains(wrong), "{e:?}");
+    assert_no_secret(&readable(&e));
+    // The client asked for a 401 instead of the sign-in page.
+    assert_eq!(env.emu.requests()[0].status, 401);
+
+    // Should the service still answer with its sign-in page (203) or a redirect, the same.
+    for fault in [Fault::sign_in_page(Op::Get), Fault::status(Op::Get, 302)] {
+        env.emu.inject(fault);
+        let e = env
+            .client
+            .find(&env.org, &by_id("Platform", PROD))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e}");
+        assert!(e.message.contains("did not accept the PAT"), "{e}");
+        assert!(e.message.contains("sign-in page"), "{e}");
+        assert!(!e.message.contains("<html"), "{e}");
+        assert_no_secret(&readable(&e));
+    }
+    // And a 200 that is not JSON.
+    env.emu
+        .inject(Fault::status(Op::Get, 200).body("text/html", "<html><body>Sign in</body></html>"));
+    let e = env
+        .client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e}");
+}
+
+#[tokio::test]
+async fn a_read_only_pat_cannot_update_and_nothing_changes() {
+    let env = Env::start().await;
+    let client = env.client_with(READ_PAT, fast());
+    let before = env.stored(PROD);
+    let (key, secret) = new_key();
+    let e = client
+        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e}");
+    assert!(e.message.contains("TF400813"), "the server's message: {e}");
+    assert_eq!(env.stored(PROD), before);
+    assert_no_secret(&readable(&e));
+}
+
+#[tokio::test]
+async fn a_403_is_forbidden_with_the_servers_message() {
+    let env = Env::start().await;
+    let body = json!({
+        "$id": "1", "innerException": null,
+        "message": "Access denied. The user needs Administrator permissions for service connection aws-prod.",
+        "typeName": "Microsoft.VisualStudio.Services.Security.AccessCheckException, Microsoft.VisualStudio.Services.WebApi",
+        "typeKey": "AccessCheckException", "errorCode": 0, "eventId": 3000
+    });
+    env.emu.inject(
+        Fault::status(Op::Put, 403).body("application/json; charset=utf-8", &body.to_string()),
+    );
+    let (key, secret) = new_key();
+    let e = env
+        .client
+        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Forbidden, "{e}");
+    assert!(
+        e.message
+            .contains("needs Administrator permissions for service connection aws-prod"),
+        "{e}"
+    );
+    assert_no_secret(&readable(&e));
+}
+
+#[tokio::test]
+async fn other_client_errors_are_invalid_and_never_echo_what_was_sent() {
+    let env = Env::start().await;
+    // A server message that quotes the request (and a key id) is scrubbed and masked.
+    let body = json!({"message": format!("Invalid parameter password '{NEW_SECRET}' for {NEW_KEY}"), "typeKey": "ArgumentException"});
+    env.emu
+        .inject(Fault::status(Op::Put, 400).body("application/json", &body.to_string()));
+    let (key, secret) = new_key();
+    let e = env
+        .client
+        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Invalid, "{e}");
+    assert!(e.message.contains("[redacted]"), "{e}");
+    assert!(e.message.contains("AKIA…MPLE"), "{e}");
+    assert_no_secret(&readable(&e));
+}
+
+#[tokio::test]
+async fn the_client_never_deletes_or_creates() {
+    let env = Env::start().await;
+    let (key, secret) = new_key();
+    for (project, id) in [("Platform", PROD), ("Web", SHARED)] {
+        let e = env
+            .client
+            .find(&env.org, &by_id(project, id))
+            .await
+            .unwrap();
+        env.client
+            .set_credentials(&e.handle, &key, &secret)
+            .await
+            .unwrap();
+        env.client.get(&e.handle).await.unwrap();
+    }
+    env.client.list_aws_endpoints(&env.org).await.unwrap();
+    let methods = env.methods();
+    assert!(methods.contains(&"PUT".to_owned()));
+    assert!(
+        methods.iter().all(|m| m == "GET" || m == "PUT"),
+        "{methods:?}"
+    );
+    let ids: Vec<String> = env.emu.state().organizations["contoso"]
+        .endpoints
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec![PROD, SHARED, OIDC, GITHUB, LOWER, FAILED]);
+}
+
+#[tokio::test]
+async fn the_audit_lists_every_aws_connection_once_with_all_its_projects() {
+    let mut seed = seed();
+    // More projects than one page of `_apis/projects` holds.
+    for i in 0..120 {
+        seed.organizations[0] = seed.organizations[0].clone().project(&format!("p{i:03}"));
+    }
+    let env = Env::with(seed, fast()).await;
+    let list = env.client.list_aws_endpoints(&env.org).await.unwrap();
+    let names: Vec<&str> = list.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "aws-data",
+            "aws-failed",
+            "aws-oidc",
+            "aws-prod",
+            "aws-shared"
+        ]
+    );
+
+    let shared = &list[4];
+    assert_eq!(shared.id, SHARED);
+    assert_eq!(shared.projects, ["Platform", "Web"]);
+    let prod = &list[3];
+    assert_eq!(prod.projects, ["Platform"]);
+    assert_eq!(prod.key_id.as_ref().map(AccessKeyId::as_str), Some(OLD_KEY));
+    assert!(prod.has_assume_role);
+    assert!(!prod.uses_oidc);
+    assert!(prod.is_ready);
+    let oidc = &list[2];
+    assert!(oidc.uses_oidc);
+    assert!(oidc.has_assume_role);
+    assert_eq!(oidc.key_id, None);
+    assert!(!oidc.has_username);
+    assert_eq!(list[0].kind, "aws");
+    assert!(!list[1].is_ready);
+    assert!(
+        !format!("{list:?}").contains(OLD_KEY),
+        "key ids are masked in Debug"
+    );
+
+    let project_pages = env
+        .emu
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/_apis/projects"))
+        .count();
+    assert_eq!(project_pages, 2, "continuation token followed");
+}
+
+#[tokio::test]
+async fn no_secret_reaches_debug_output_or_any_error() {
+    let env = Env::start().await;
+    assert_no_secret(&format!("{:?}", env.client));
+    let (key, secret) = new_key();
+    let h = env.handle("Platform", PROD);
+    let mut errors = Vec::new();
+    let faults = [
+        Fault::status(Op::Put, 500).forever(),
+        Fault::status(Op::Put, 429).retry_after(0).forever(),
+        Fault::status(Op::Put, 404),
+        Fault::status(Op::Put, 409),
+        Fault::status(Op::Put, 401),
+        Fault::sign_in_page(Op::Put),
+        Fault::status(Op::Put, 200).body("application/json", "{\"id\":\"other\"}"),
+    ];
+    for fault in faults {
+        env.emu.clear_faults();
+        env.emu.inject(fault);
+        errors.push(
+            env.client
+                .set_credentials(&h, &key, &secret)
+                .await
+                .unwrap_err(),
+        );
+    }
+    for client in [
+        env.client_with("patWRONGvalue0000secret", fast()),
+        env.client_with(READ_PAT, fast()),
+    ] {
+        env.emu.clear_faults();
+        errors.push(client.set_credentials(&h, &key, &secret).await.unwrap_err());
+    }
+    for e in &errors {
+        let text = readable(e);
+        assert_no_secret(&text);
+        assert!(!text.contains("patWRONGvalue0000secret"), "{text}");
+    }
+    let kinds: Vec<PortErrorKind> = errors.iter().map(|e| e.kind).collect();
+    use PortErrorKind::*;
+    assert_eq!(
+        kinds,
+        [
+            Retryable,
+            Retryable,
+            NotFound,
+            Invalid,
+            Unauthorized,
+            Unauthorized,
+            Failed,
+            Unauthorized,
+            Unauthorized
+        ]
+    );
+}

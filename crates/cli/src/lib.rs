@@ -1,0 +1,323 @@
+//! # keyrotor (the command line)
+//!
+//! Thin: parse arguments (clap), resolve them into domain values, build the adapters through a
+//! [`Backend`], call the core, print, map the outcome to an exit code. The binary's `main` uses
+//! the real backend; tests use one that mixes real adapters (moto) with fakes.
+//!
+//! # Layout
+//!
+//! - this file: the commands and their wiring;
+//! - [`output`]: text and JSON rendering (masked ids only), the status table;
+//! - [`progress`]: the live per-step progress line on a terminal.
+
+#![warn(missing_docs)]
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use clap::{Parser, Subcommand, ValueEnum};
+use keyrotor_core::config::{Config, Target};
+use keyrotor_core::domain::RunId;
+use keyrotor_core::engine::{self, Observer, RunOptions};
+use keyrotor_core::plan::Snapshot;
+use keyrotor_core::ports::{
+    CallerIdentity, Clock, KeyStore, Notifier, Parameters, PortResult, SecretStore,
+    ServiceConnections, SystemClock,
+};
+use keyrotor_core::protocol::{self, Ports, StepError, StepErrorKind};
+use keyrotor_core::report::exit;
+use keyrotor_core::secrets;
+use secrecy::SecretString;
+
+pub mod output;
+pub mod progress;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every target rotated, had nothing due, or stood aside for a concurrent run
+  1  a rotation failed (it was compensated or left safe: see the report)
+  2  bad usage or configuration (a name that does not exist, a missing parameter); nothing changed
+  3  refused as unsafe (e.g. an OIDC connection, two active keys in use); nothing changed
+  4  every rotation is fine, but the Slack notification could not be sent";
+
+/// keyrotor rotates the AWS access key behind Azure DevOps AWS service connections, in place.
+#[derive(Parser, Debug)]
+#[command(name = "keyrotor", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON document on stdout, for machines.
+    Json,
+}
+
+/// The config file and the targets to act on.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Selection {
+    /// The config file.
+    #[arg(long, short, env = "KEYROTOR_CONFIG", default_value = "keyrotor.toml")]
+    pub config: PathBuf,
+    /// Only this target (repeatable); all targets when absent.
+    #[arg(long = "target", short = 't', value_name = "NAME")]
+    pub targets: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Rotate every due target: create, verify, update connections in place, retire, report.
+    #[command(after_help = EXIT_CODES)]
+    Rotate {
+        /// Config and targets.
+        #[command(flatten)]
+        sel: Selection,
+        /// Rotate even when the key is younger than min_key_age.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what `rotate` would do, changing nothing.
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        /// Config and targets.
+        #[command(flatten)]
+        sel: Selection,
+        /// Plan as if --force were given to rotate.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Per target: each key (masked), its age, status and last use; the secret's stages; the
+    /// key each connection holds.
+    Status {
+        /// Config and targets.
+        #[command(flatten)]
+        sel: Selection,
+    },
+    /// Print a commented example config.
+    Init,
+}
+
+/// The AWS ports, built from the environment.
+#[derive(Clone)]
+pub struct AwsPorts {
+    /// IAM.
+    pub iam: Arc<dyn KeyStore>,
+    /// Secrets Manager.
+    pub secrets: Arc<dyn SecretStore>,
+    /// STS.
+    pub sts: Arc<dyn CallerIdentity>,
+    /// SSM.
+    pub params: Arc<dyn Parameters>,
+}
+
+/// Builds the adapters. The binary uses [`RealBackend`]; tests swap parts for fakes.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The AWS adapters.
+    async fn aws(&self, region: Option<String>) -> AwsPorts;
+    /// The Azure DevOps adapter, authenticated with the PAT.
+    fn ado(&self, pat: SecretString) -> PortResult<Arc<dyn ServiceConnections>>;
+    /// The Slack notifier for a webhook URL.
+    fn notifier(&self, webhook: SecretString) -> PortResult<Arc<dyn Notifier>>;
+    /// The wall clock.
+    fn clock(&self) -> Arc<dyn Clock> {
+        Arc::new(SystemClock)
+    }
+}
+
+/// Where the CLI writes.
+pub struct Io<'a> {
+    /// Standard output (reports, JSON).
+    pub out: &'a mut (dyn Write + Send),
+    /// Standard error (errors, progress).
+    pub err: &'a mut (dyn Write + Send),
+    /// Whether stderr is a terminal (live progress line).
+    pub terminal: bool,
+}
+
+fn origin() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown host".into());
+    format!("keyrotor CLI on {host}")
+}
+
+/// Parses `args` and runs the command. Returns the exit code.
+pub async fn run(args: Vec<OsString>, backend: &dyn Backend, io: &mut Io<'_>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = write!(
+                if e.use_stderr() {
+                    &mut *io.err
+                } else {
+                    &mut *io.out
+                },
+                "{}",
+                e.render()
+            );
+            return code;
+        }
+    };
+    match cli.command {
+        Command::Init => {
+            let _ = io.out.write_all(keyrotor_core::config::EXAMPLE.as_bytes());
+            exit::OK
+        }
+        Command::Rotate { sel, force } => rotate(&sel, force, false, backend, io).await,
+        Command::Plan { sel, force } => rotate(&sel, force, true, backend, io).await,
+        Command::Status { sel } => status(&sel, backend, io).await,
+    }
+}
+
+/// Everything a command needs, resolved from the config.
+struct Prepared {
+    config: Config,
+    targets: Vec<Target>,
+    ports: Ports,
+    notifier: Option<Arc<dyn Notifier>>,
+}
+
+/// Loads the config, resolves the PAT (and webhook), builds the ports. Any failure here is bad
+/// usage or configuration: one sentence on stderr, exit 2, nothing changed.
+async fn prepare(
+    sel: &Selection,
+    backend: &dyn Backend,
+    with_notifier: bool,
+) -> Result<Prepared, String> {
+    let config = Config::load(&sel.config).map_err(|e| e.to_string())?;
+    let targets = config.select(&sel.targets)?;
+    let aws = backend.aws(config.aws_region.clone()).await;
+    let pat = secrets::resolve(&config.pat, aws.params.as_ref(), aws.secrets.as_ref())
+        .await
+        .map_err(|e| format!("ado.pat: the PAT could not be read: {}", e.message))?;
+    let notifier = match (&config.slack_webhook, with_notifier) {
+        (Some(r), true) => {
+            let url = secrets::resolve(r, aws.params.as_ref(), aws.secrets.as_ref())
+                .await
+                .map_err(|e| {
+                    format!(
+                        "slack.webhook: the webhook URL could not be read: {}",
+                        e.message
+                    )
+                })?;
+            Some(
+                backend
+                    .notifier(url)
+                    .map_err(|e| format!("slack.webhook: {}", e.message))?,
+            )
+        }
+        _ => None,
+    };
+    let ports = Ports {
+        iam: aws.iam,
+        secrets: aws.secrets,
+        sts: aws.sts,
+        ado: backend
+            .ado(pat)
+            .map_err(|e| format!("ado.pat: {}", e.message))?,
+        clock: backend.clock(),
+    };
+    Ok(Prepared {
+        config,
+        targets,
+        ports,
+        notifier,
+    })
+}
+
+fn fail_usage(io: &mut Io<'_>, msg: &str) -> i32 {
+    let _ = writeln!(io.err, "error: {msg}");
+    exit::USAGE
+}
+
+async fn rotate(
+    sel: &Selection,
+    force: bool,
+    dry_run: bool,
+    backend: &dyn Backend,
+    io: &mut Io<'_>,
+) -> i32 {
+    let p = match prepare(sel, backend, !dry_run).await {
+        Ok(p) => p,
+        Err(msg) => return fail_usage(io, &msg),
+    };
+    let opts = RunOptions {
+        run_id: RunId::new(),
+        force,
+        dry_run,
+        origin: origin(),
+    };
+    let live = progress::Live::new(io.terminal && sel.output == Format::Text, &p.targets);
+    let observer: Observer = live.observer();
+    let report = engine::run(
+        &p.ports,
+        &p.config.policy,
+        &p.targets,
+        &opts,
+        p.notifier.as_deref(),
+        &observer,
+    )
+    .await;
+    live.finish();
+    let code = report.exit_code();
+    let printed = match sel.output {
+        Format::Json => output::json(&report),
+        Format::Text if dry_run => output::plan_text(&report),
+        Format::Text => output::report_text(&report),
+    };
+    let _ = io.out.write_all(printed.as_bytes());
+    code
+}
+
+async fn status(sel: &Selection, backend: &dyn Backend, io: &mut Io<'_>) -> i32 {
+    let p = match prepare(sel, backend, false).await {
+        Ok(p) => p,
+        Err(msg) => return fail_usage(io, &msg),
+    };
+    let now = p.ports.clock.now();
+    let mut results: Vec<(Target, Result<Snapshot, StepError>)> = Vec::new();
+    for t in &p.targets {
+        let snap = protocol::inspect(&p.ports, t).await;
+        results.push((t.clone(), snap));
+    }
+    let code = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .map(|e| {
+            if e.kind == StepErrorKind::Invalid {
+                exit::USAGE
+            } else {
+                exit::FAILED
+            }
+        })
+        .max_by_key(|c| if *c == exit::FAILED { 2 } else { 1 })
+        .unwrap_or(exit::OK);
+    let printed = match sel.output {
+        Format::Json => output::status_json(&results, now),
+        Format::Text => output::status_text(&results, now, &p.config.policy),
+    };
+    let _ = io.out.write_all(printed.as_bytes());
+    code
+}

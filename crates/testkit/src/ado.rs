@@ -1,1 +1,0 @@
-//! The Azure DevOps service-endpoint emulator (to be written).

@@ -1,0 +1,279 @@
+//! An emulator of Azure DevOps' service-endpoint REST API (api-version 7.1), faithful to
+//! Microsoft's contract and its quirks (`shared/ado/SERVICE-ENDPOINTS.md`):
+//!
+//! - an unknown endpoint id answers HTTP 200 with the body `null`;
+//! - lists answer `{"count": N, "value": [...]}`;
+//! - `password` and `sessionToken` come back `null` (a `null` sent in a PUT keeps the stored
+//!   value); every other field is stored and returned exactly as given, unknown ones too;
+//! - POST assigns the id (one in the body is ignored); PUT keeps it; DELETE needs
+//!   `projectIds`; a duplicate name in a project is `DuplicateServiceConnectionException`;
+//! - `api-version` from the query or the `Accept` header, else 400; pipeline permissions need a
+//!   `-preview` version;
+//! - a wrong or missing PAT gets 203 and an HTML sign-in page, or 401 with
+//!   `X-TFS-FedAuthRedirect: Suppress`; a read-only PAT's write gets 401 `TF400813`;
+//! - optional rate limiting: delayed (`X-RateLimit-Delay`), then 429 `TF400733` with
+//!   `Retry-After` and the `X-RateLimit-*` headers.
+//!
+//! Tests drive it through [`AdoEmulator`]; the `ado-emulator` binary serves the same thing,
+//! with the control API under `/_emulator/`:
+//!
+//! | request | does |
+//! |---|---|
+//! | `GET /_emulator/state` | the whole state, passwords included |
+//! | `GET` / `DELETE /_emulator/requests` | the request log (method, path, query, status) / clear it |
+//! | `GET` / `POST` / `DELETE /_emulator/faults` | pending faults / add one ([`Fault`] JSON) / clear |
+//! | `POST /_emulator/reset` | back to the seed (or to the [`Seed`] in the body), faults and log cleared |
+//!
+//! # Layout
+//!
+//! - `seed`: the starting state ([`Seed`], JSON or builders).
+//! - `state`: the stored organizations ([`EmulatorState`]).
+//! - `faults`: injected answers ([`Fault`], [`Op`]).
+//! - `http`: routing, authentication, api-version, rate limits, the control API.
+//! - `handlers`: the operations themselves.
+
+mod faults;
+mod handlers;
+mod http;
+mod seed;
+mod state;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use faults::{Fault, Op};
+pub use seed::{OrgSeed, PatSeed, ProjectSeed, RateLimit, Scope, Seed, aws_endpoint};
+pub use state::{EmulatorState, OrgState, Project};
+
+/// One request as the emulator logged it. Never a body, never a header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// `GET`, `PUT`, …
+    pub method: String,
+    /// The path as requested (still percent-encoded).
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// A request body kept by [`AdoEmulator::capture_bodies`] (for contract tests; holds secrets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapturedBody {
+    /// The operation.
+    pub op: Op,
+    /// The path as requested.
+    pub path: String,
+    /// The body as parsed.
+    pub body: Value,
+}
+
+/// What the server task shares with the handle.
+pub(crate) struct Shared {
+    pub(crate) base_url: String,
+    inner: Mutex<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) initial: (EmulatorState, BTreeMap<String, Vec<PatSeed>>),
+    pub(crate) initial_rate_limit: Option<RateLimit>,
+    pub(crate) state: EmulatorState,
+    pub(crate) pats: BTreeMap<String, Vec<PatSeed>>,
+    pub(crate) faults: Vec<Fault>,
+    pub(crate) log: Vec<RequestRecord>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) usage: HashMap<(String, String), VecDeque<(Instant, u32)>>,
+    pub(crate) capture: bool,
+    pub(crate) captured: Vec<CapturedBody>,
+}
+
+impl Shared {
+    fn new(seed: &Seed, base_url: String) -> Result<Self> {
+        let initial = EmulatorState::from_seed(seed)?;
+        Ok(Self {
+            base_url,
+            inner: Mutex::new(Inner {
+                state: initial.0.clone(),
+                pats: initial.1.clone(),
+                initial,
+                initial_rate_limit: seed.rate_limit.clone(),
+                faults: Vec::new(),
+                log: Vec::new(),
+                rate_limit: seed.rate_limit.clone(),
+                usage: HashMap::new(),
+                capture: false,
+                captured: Vec::new(),
+            }),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while the lock was held leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Back to the seed given at start, or to a new one.
+    pub(crate) fn reset(&self, seed: Option<&Seed>) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(seed) = seed {
+            inner.initial = EmulatorState::from_seed(seed)?;
+            inner.initial_rate_limit = seed.rate_limit.clone();
+        }
+        inner.state = inner.initial.0.clone();
+        inner.pats = inner.initial.1.clone();
+        inner.rate_limit = inner.initial_rate_limit.clone();
+        inner.faults.clear();
+        inner.log.clear();
+        inner.usage.clear();
+        inner.captured.clear();
+        Ok(())
+    }
+}
+
+/// A running emulator on a loopback port. Dropping it stops the server.
+pub struct AdoEmulator {
+    base_url: String,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl AdoEmulator {
+    /// Starts an emulator with this seed on `127.0.0.1` and a free port.
+    pub async fn start(seed: Seed) -> Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), seed).await
+    }
+
+    /// Starts an emulator with this seed on this address (port 0: a free one).
+    pub async fn start_on(addr: SocketAddr, seed: Seed) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr().context("reading the bound address")?;
+        let base_url = format!("http://{local}");
+        let shared = Arc::new(Shared::new(&seed, base_url.clone())?);
+        let app = http::router(shared.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!("the ADO emulator stopped: {e}");
+            }
+        });
+        Ok(Self {
+            base_url,
+            shared,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// An organization's URL: `{base}/{org}`.
+    pub fn org_url(&self, org: &str) -> String {
+        format!("{}/{org}", self.base_url)
+    }
+
+    /// Everything stored, passwords included.
+    pub fn state(&self) -> EmulatorState {
+        self.shared.lock().state.clone()
+    }
+
+    /// One stored endpoint, password included.
+    pub fn endpoint(&self, org: &str, id: &str) -> Option<Value> {
+        self.shared.lock().state.endpoint(org, id).cloned()
+    }
+
+    /// Adds a fault (faults are tried in the order they were added).
+    pub fn inject(&self, fault: Fault) {
+        self.shared.lock().faults.push(fault);
+    }
+
+    /// The faults that have not expired yet.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.shared.lock().faults.clone()
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// The request log, oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().log.clone()
+    }
+
+    /// Empties the request log.
+    pub fn clear_requests(&self) {
+        self.shared.lock().log.clear();
+    }
+
+    /// Back to the seed: state, rate limit and usage; faults, log and captured bodies cleared.
+    pub fn reset(&self) {
+        // Re-applying the seed already accepted at start cannot fail.
+        let _ = self.shared.reset(None);
+    }
+
+    /// Turns rate limiting on or off (and forgets past usage).
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        let mut inner = self.shared.lock();
+        inner.rate_limit = limit;
+        inner.usage.clear();
+    }
+
+    /// Keeps (or stops keeping) the JSON bodies of PUT, POST and PATCH requests in memory, for
+    /// contract tests. They hold passwords: never log them. Off by default.
+    pub fn capture_bodies(&self, on: bool) {
+        self.shared.lock().capture = on;
+    }
+
+    /// The bodies kept since [`AdoEmulator::capture_bodies`] was turned on.
+    pub fn captured_bodies(&self) -> Vec<CapturedBody> {
+        self.shared.lock().captured.clone()
+    }
+
+    /// Stops the server and waits (at most five seconds) for it to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+impl Drop for AdoEmulator {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl std::fmt::Debug for AdoEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdoEmulator")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}

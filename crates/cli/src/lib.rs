@@ -8,7 +8,9 @@
 //!
 //! - this file: the commands and their wiring;
 //! - [`output`]: text and JSON rendering (masked ids only), the status table;
-//! - [`progress`]: the live per-step progress line on a terminal.
+//! - [`progress`]: the live per-step progress line on a terminal;
+//! - [`backend`]: the real adapters;
+//! - [`sandbox`]: `keyrotor sandbox`, the whole job against local stand-ins.
 
 #![warn(missing_docs)]
 
@@ -32,8 +34,10 @@ use keyrotor_core::report::exit;
 use keyrotor_core::secrets;
 use secrecy::SecretString;
 
+pub mod backend;
 pub mod output;
 pub mod progress;
+pub mod sandbox;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -108,6 +112,9 @@ pub enum Command {
     },
     /// Print a commented example config.
     Init,
+    /// Watch a whole rotation on this machine, against local stand-ins for AWS (moto), Azure
+    /// DevOps and Slack.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// The AWS ports, built from the environment.
@@ -188,6 +195,7 @@ pub async fn run(args: Vec<OsString>, backend: &dyn Backend, io: &mut Io<'_>) ->
         Command::Rotate { sel, force } => rotate(&sel, force, false, backend, io).await,
         Command::Plan { sel, force } => rotate(&sel, force, true, backend, io).await,
         Command::Status { sel } => status(&sel, backend, io).await,
+        Command::Sandbox(args) => sandbox::run(&args, io).await,
     }
 }
 

@@ -1,36 +1,9 @@
 //! The `keyrotor` binary: real adapters, logs on stderr, the exit code from the run.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
-use async_trait::async_trait;
-use keyrotor::{AwsPorts, Backend, Io};
-use keyrotor_core::ports::{Notifier, PortResult, ServiceConnections};
-use secrecy::SecretString;
-
-struct RealBackend;
-
-#[async_trait]
-impl Backend for RealBackend {
-    async fn aws(&self, region: Option<String>) -> AwsPorts {
-        let config = keyrotor_aws::load_config(region).await;
-        let aws = Arc::new(keyrotor_aws::Aws::new(&config));
-        AwsPorts {
-            iam: aws.clone(),
-            secrets: aws.clone(),
-            sts: aws.clone(),
-            params: aws,
-        }
-    }
-
-    fn ado(&self, pat: SecretString) -> PortResult<Arc<dyn ServiceConnections>> {
-        Ok(Arc::new(keyrotor_ado::AdoClient::new(pat)?))
-    }
-
-    fn notifier(&self, webhook: SecretString) -> PortResult<Arc<dyn Notifier>> {
-        Ok(Arc::new(keyrotor_notify::SlackNotifier::new(webhook)?))
-    }
-}
+use keyrotor::Io;
+use keyrotor::backend::RealBackend;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -60,7 +33,12 @@ fn main() {
             err: &mut err,
             terminal,
         };
-        keyrotor::run(std::env::args_os().collect(), &RealBackend, &mut io).await
+        keyrotor::run(
+            std::env::args_os().collect(),
+            &RealBackend::from_env(),
+            &mut io,
+        )
+        .await
     });
     std::process::exit(code);
 }

@@ -219,3 +219,25 @@ async fn init_prints_a_config_that_parses() {
     std::fs::write(&path, &o.out).unwrap();
     keyrotor_core::config::Config::load(&path).unwrap();
 }
+
+#[tokio::test]
+async fn the_sandbox_runs_start_to_finish_and_every_check_holds() {
+    let env = spawn_env(SecretStart::Json).await;
+    let o = env.run(&["sandbox"]).await;
+    assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.out, o.err);
+    assert!(
+        o.out
+            .contains("Done: the key was rotated and every check holds."),
+        "{}",
+        o.out
+    );
+    assert!(!o.out.contains('✗'), "{}", o.out);
+    assert!(o.out.contains("The Slack message"), "{}", o.out);
+    // Key ids are shown masked only: no 20-character AKIA id in the output.
+    let full_ids = o
+        .out
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| w.starts_with("AKIA") && w.len() == 20)
+        .count();
+    assert_eq!(full_ids, 0, "{}", o.out);
+}

@@ -19,29 +19,7 @@ pub struct AdoProject {
 }
 
 /// One AWS service connection, as the audit reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEndpoint {
-    /// Its id.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// Its `type` as stored (`AWS`, or `aws` from some clients).
-    pub kind: String,
-    /// `authorization.scheme`.
-    pub scheme: String,
-    /// The projects it was found in (a shared connection is listed once, with all of them).
-    pub projects: Vec<String>,
-    /// `authorization.parameters.username`, when it parses as an access key id (shown masked).
-    pub key_id: Option<AccessKeyId>,
-    /// Whether `username` is set at all (it may be set to something that is not a key id).
-    pub has_username: bool,
-    /// `useOIDC == "true"`: no key to rotate.
-    pub uses_oidc: bool,
-    /// Whether `assumeRoleArn` is set.
-    pub has_assume_role: bool,
-    /// `isReady`.
-    pub is_ready: bool,
-}
+pub use keyrotor_core::ports::AwsConnection as AuditEndpoint;
 
 /// Guards against a server that keeps answering a continuation token.
 const MAX_PAGES: usize = 1000;

@@ -217,6 +217,10 @@ impl ServiceConnections for AdoClient {
             .transpose()
     }
 
+    async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<keyrotor_core::ports::AwsConnection>> {
+        self.list_aws_endpoints(org).await
+    }
+
     async fn set_credentials(
         &self,
         handle: &EndpointHandle,

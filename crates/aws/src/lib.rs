@@ -27,8 +27,8 @@ use aws_sdk_iam::primitives::DateTime;
 use aws_sdk_iam::types::StatusType;
 use keyrotor_core::domain::{AccessKeyId, IamUserName, KeyStatus, SecretName};
 use keyrotor_core::ports::{
-    CallerIdentity, KeyInfo, KeyStore, NewKey, Parameters, PortError, PortErrorKind, PortResult,
-    SecretStore, SecretVersion, Stage,
+    CallerIdentity, KeyInfo, KeyOwner, KeyStore, NewKey, Parameters, PortError, PortErrorKind,
+    PortResult, SecretStore, SecretVersion, Stage,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -249,6 +249,43 @@ impl KeyStore for Aws {
             .await
             .map_err(|e| map_err("IAM DeleteAccessKey", e))?;
         Ok(())
+    }
+
+    async fn owner_of(&self, key: &AccessKeyId) -> PortResult<Option<KeyOwner>> {
+        let last = match self
+            .iam
+            .get_access_key_last_used()
+            .access_key_id(key.as_str())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = map_err("IAM GetAccessKeyLastUsed", e);
+                return if e.kind == PortErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        let Some(user) = last.user_name().map(str::to_owned) else {
+            return Ok(None);
+        };
+        let last_used = to_system(last.access_key_last_used().and_then(|u| u.last_used_date()));
+        let created = match self.iam.list_access_keys().user_name(&user).send().await {
+            Ok(out) => out
+                .access_key_metadata()
+                .iter()
+                .find(|m| m.access_key_id() == Some(key.as_str()))
+                .and_then(|m| to_system(m.create_date())),
+            Err(_) => None,
+        };
+        Ok(Some(KeyOwner {
+            user,
+            created,
+            last_used,
+        }))
     }
 }
 

@@ -9,6 +9,7 @@
 //! - this file: the commands and their wiring;
 //! - [`output`]: text and JSON rendering (masked ids only), the status table;
 //! - [`progress`]: the live per-step progress line on a terminal;
+//! - [`audit`]: `keyrotor audit`;
 //! - [`backend`]: the real adapters;
 //! - [`sandbox`]: `keyrotor sandbox`, the whole job against local stand-ins.
 
@@ -34,6 +35,7 @@ use keyrotor_core::report::exit;
 use keyrotor_core::secrets;
 use secrecy::SecretString;
 
+pub mod audit;
 pub mod backend;
 pub mod output;
 pub mod progress;
@@ -112,6 +114,10 @@ pub enum Command {
     },
     /// Print a commented example config.
     Init,
+    /// List every AWS service connection of an organization: key (masked), OIDC, key age and
+    /// last use (where IAM allows), flagging keys older than 90 days and connections that could
+    /// move to OIDC.
+    Audit(audit::AuditArgs),
     /// Watch a whole rotation on this machine, against local stand-ins for AWS (moto), Azure
     /// DevOps and Slack.
     Sandbox(sandbox::SandboxArgs),
@@ -195,6 +201,7 @@ pub async fn run(args: Vec<OsString>, backend: &dyn Backend, io: &mut Io<'_>) ->
         Command::Rotate { sel, force } => rotate(&sel, force, false, backend, io).await,
         Command::Plan { sel, force } => rotate(&sel, force, true, backend, io).await,
         Command::Status { sel } => status(&sel, backend, io).await,
+        Command::Audit(args) => audit::run(&args, backend, io).await,
         Command::Sandbox(args) => sandbox::run(&args, io).await,
     }
 }

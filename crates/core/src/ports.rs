@@ -101,6 +101,45 @@ pub trait KeyStore: Send + Sync {
     ) -> PortResult<()>;
     /// `DeleteAccessKey`. `NotFound` if it is already gone.
     async fn delete_key(&self, user: &IamUserName, key: &AccessKeyId) -> PortResult<()>;
+    /// Whose key this is, when it was created and last used (`GetAccessKeyLastUsed`, then
+    /// `ListAccessKeys` of its user). `None` if the key is unknown to this account.
+    async fn owner_of(&self, key: &AccessKeyId) -> PortResult<Option<KeyOwner>>;
+}
+
+/// The owner and dates of a key found by its id alone (for `keyrotor audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOwner {
+    /// The IAM user.
+    pub user: String,
+    /// When the key was created, when its user's keys could be listed.
+    pub created: Option<SystemTime>,
+    /// When it last signed a request.
+    pub last_used: Option<SystemTime>,
+}
+
+/// One AWS service connection of an organization, as `keyrotor audit` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConnection {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its `type` as stored (`AWS`, or `aws` from some clients).
+    pub kind: String,
+    /// `authorization.scheme`.
+    pub scheme: String,
+    /// The projects it was found in (a shared connection is listed once, with all of them).
+    pub projects: Vec<String>,
+    /// `authorization.parameters.username`, when it parses as an access key id.
+    pub key_id: Option<AccessKeyId>,
+    /// Whether `username` is set at all (it may be set to something that is not a key id).
+    pub has_username: bool,
+    /// `useOIDC == "true"`: no key to rotate.
+    pub uses_oidc: bool,
+    /// Whether `assumeRoleArn` is set.
+    pub has_assume_role: bool,
+    /// `isReady`.
+    pub is_ready: bool,
 }
 
 /// The staging labels keyrotor uses.
@@ -257,6 +296,9 @@ pub trait ServiceConnections: Send + Sync {
     async fn find(&self, org: &OrgUrl, r: &EndpointRef) -> PortResult<Endpoint>;
     /// The connection as it is now; `None` when the service answers `null` for the id.
     async fn get(&self, handle: &EndpointHandle) -> PortResult<Option<Endpoint>>;
+    /// Every AWS service connection of the organization, across its projects; a connection
+    /// shared into several projects appears once.
+    async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<AwsConnection>>;
     /// Updates the credentials in place: GET, then PUT the full object with the new username
     /// and password, every other field kept. Never deletes and re-creates.
     async fn set_credentials(

@@ -23,8 +23,8 @@ use keyrotor_core::domain::{
 };
 use keyrotor_core::invariants::{World, WorldEndpoint, WorldKey};
 use keyrotor_core::ports::{
-    CallerIdentity, Clock, Endpoint, EndpointHandle, KeyInfo, KeyStore, NewKey, Notifier,
-    Parameters, PortError, PortErrorKind, PortResult, SecretStore, SecretVersion,
+    AwsConnection, CallerIdentity, Clock, Endpoint, EndpointHandle, KeyInfo, KeyOwner, KeyStore,
+    NewKey, Notifier, Parameters, PortError, PortErrorKind, PortResult, SecretStore, SecretVersion,
     ServiceConnections, Stage,
 };
 use keyrotor_core::protocol::Ports;
@@ -437,6 +437,21 @@ impl KeyStore for Fakes {
         })
         .await
     }
+
+    async fn owner_of(&self, key: &AccessKeyId) -> PortResult<Option<KeyOwner>> {
+        self.call(|s| {
+            Ok(s.users.iter().find_map(|(user, keys)| {
+                keys.iter()
+                    .find(|k| k.id == key.as_str())
+                    .map(|k| KeyOwner {
+                        user: user.clone(),
+                        created: Some(k.created),
+                        last_used: k.used,
+                    })
+            }))
+        })
+        .await
+    }
 }
 
 fn no_secret(name: &SecretName) -> PortError {
@@ -663,6 +678,31 @@ impl ServiceConnections for Fakes {
                     format!("{} service connections are named {r}", matches.len()),
                 )),
             }
+        })
+        .await
+    }
+
+    async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<AwsConnection>> {
+        self.call(|s| {
+            Ok(s.endpoints
+                .iter()
+                .filter(|e| e.org == org.as_str() && e.kind.eq_ignore_ascii_case("aws"))
+                .map(|e| AwsConnection {
+                    id: e.id.clone(),
+                    name: e.name.clone(),
+                    kind: e.kind.clone(),
+                    scheme: e.scheme.clone(),
+                    projects: e.projects.clone(),
+                    key_id: e
+                        .username
+                        .as_deref()
+                        .and_then(|u| AccessKeyId::parse(u).ok()),
+                    has_username: e.username.is_some(),
+                    uses_oidc: e.oidc,
+                    has_assume_role: e.oidc,
+                    is_ready: true,
+                })
+                .collect())
         })
         .await
     }

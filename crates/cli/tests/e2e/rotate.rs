@@ -241,3 +241,66 @@ async fn the_sandbox_runs_start_to_finish_and_every_check_holds() {
         .count();
     assert_eq!(full_ids, 0, "{}", o.out);
 }
+
+#[tokio::test]
+async fn audit_lists_every_aws_connection_with_its_key_age_and_flags() {
+    let env = spawn_env(SecretStart::Json).await;
+    env.ado
+        .add_endpoint(keyrotor_testkit::fakes::ORG, "Web", "aws-oidc", None);
+    env.ado.state().endpoints[2].oidc = true;
+    let o = env
+        .run(&[
+            "audit",
+            "--organization",
+            keyrotor_testkit::fakes::ORG,
+            "--pat",
+            "ssm:/azuredevops/service/connection/pat",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(o.code, 0, "{}{}", o.out, o.err);
+    let doc: serde_json::Value = serde_json::from_str(&o.out).unwrap();
+    let conns = doc["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 3, "{}", o.out);
+    let prod = conns.iter().find(|c| c["name"] == "aws-prod").unwrap();
+    assert_eq!(prod["iam_user"], USER);
+    assert_eq!(prod["age_days"], 0);
+    assert!(prod["key"].as_str().unwrap().contains('…'));
+    assert!(prod["flags"].to_string().contains("could use OIDC"));
+    let oidc = conns.iter().find(|c| c["name"] == "aws-oidc").unwrap();
+    assert_eq!(oidc["uses_oidc"], true);
+    assert_eq!(oidc["flags"].as_array().unwrap().len(), 0);
+    assert!(!o.out.contains(&env.initial_key));
+    let text = env
+        .run(&[
+            "audit",
+            "--organization",
+            keyrotor_testkit::fakes::ORG,
+            "--pat",
+            "ssm:/azuredevops/service/connection/pat",
+        ])
+        .await;
+    assert_eq!(text.code, 0);
+    assert!(
+        text.out.contains("aws-oidc") && text.out.contains(USER),
+        "{}",
+        text.out
+    );
+}
+
+#[tokio::test]
+async fn audit_refuses_a_literal_pat_without_echoing_it() {
+    let env = spawn_env(SecretStart::Json).await;
+    let o = env
+        .run(&[
+            "audit",
+            "--organization",
+            keyrotor_testkit::fakes::ORG,
+            "--pat",
+            PAT,
+        ])
+        .await;
+    assert_eq!(o.code, 2);
+    assert!(o.err.starts_with("error: --pat: "), "{}", o.err);
+}

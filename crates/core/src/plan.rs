@@ -257,8 +257,26 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
         .into_iter()
         .flatten()
         .collect();
+    // A used key no stage names is still known in two cases, both left by keyrotor itself when
+    // the secret held no keyrotor JSON for the old key (a first run without a secret, or a
+    // legacy value): a rotation is in progress (AWSPENDING names an existing key), so the other
+    // key is its old key; or that rotation was promoted, so AWSCURRENT holds the key every
+    // connection holds and AWSPREVIOUS holds the adopted value (legacy, or the intent record
+    // that became the new secret's first version).
+    let adopted_previous = pending.is_none()
+        && held.len() == 1
+        && s.current_key().is_some_and(|c| held.contains(c))
+        && matches!(
+            s.previous.as_ref().map(|st| &st.content),
+            Some(Content::Legacy | Content::Intent { .. })
+        );
+    let mut adopted_old: Option<AccessKeyId> = None;
     for k in &s.keys {
         if held.contains(&k.id) || staged.contains(&k.id) {
+            continue;
+        }
+        if k.last_used.is_some() && (pending.is_some() || adopted_previous) {
+            adopted_old = Some(k.id.clone());
             continue;
         }
         if let Some(used) = k.last_used {
@@ -329,7 +347,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
         now.duration_since(k.created).unwrap_or_default() >= policy.delete_old_key_after
     });
     if let Some(o) = &other {
-        let is_previous = s.previous_key() == Some(&o.id);
+        let is_previous = s.previous_key() == Some(&o.id) || adopted_old.as_ref() == Some(&o.id);
         let is_current = s.current_key() == Some(&o.id);
         if o.status == KeyStatus::Active && !is_previous {
             return refuse(format!(
@@ -367,6 +385,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
     // Rotate: any other key goes first, to make room (IAM allows two keys).
     if let Some(o) = other {
         p.finish_retire = None;
+        p.finish_retire_delete = false;
         p.make_room = Some(o.id);
     }
     p.decision = Decision::Rotate;
@@ -381,3 +400,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
     };
     p
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -789,7 +789,14 @@ impl Scenario {
                 by: EndpointSelector::Name(name),
             });
         }
-        let created = fakes.state().users["pipeline"][0].created;
+        // Pipelines have been using the key (an hour ago, last).
+        let created = {
+            let mut st = fakes.state();
+            let now = st.now();
+            let k = &mut st.users.get_mut("pipeline").expect("just added")[0];
+            k.used = Some(now - Duration::from_secs(3600));
+            k.created
+        };
         let json = keyrotor_core::secret_value::key_value(
             &AccessKeyId::parse(&key.0).unwrap(),
             &SecretString::from(key.1.clone()),

@@ -269,8 +269,38 @@ async fn converge(sc: &Scenario, label: &str) {
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_at_every_port_call_is_recovered_by_the_next_run() {
+    crash_everywhere(|sc| sc).await;
+}
+
+/// The older design's secret: the bare secret access key.
+fn legacy(sc: Scenario) -> Scenario {
+    sc.fakes.state().secrets.clear();
+    sc.fakes
+        .set_secret("pipeline-key", &sc.initial_key.1.clone());
+    sc
+}
+
+/// No secret yet: the first run creates it (its first version, the intent, gets AWSCURRENT).
+fn no_secret(sc: Scenario) -> Scenario {
+    sc.fakes.state().secrets.clear();
+    sc
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_every_port_call_of_a_first_run_without_a_secret_is_recovered() {
+    crash_everywhere(no_secret).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_every_port_call_of_a_first_run_on_a_legacy_secret_is_recovered() {
+    crash_everywhere(legacy).await;
+}
+
+/// Kills a run at every port call (before and after the call takes effect), then checks the
+/// invariants and that the next runs converge.
+async fn crash_everywhere(start: fn(Scenario) -> Scenario) {
     // Count the calls of a clean run.
-    let clean = Scenario::new(2);
+    let clean = start(Scenario::new(2));
     assert_eq!(run(&clean).await.outcome, Outcome::Rotated);
     let total = clean.fakes.state().calls;
     assert!(total > 20, "a rotation makes {total} calls");
@@ -278,7 +308,7 @@ async fn a_crash_at_every_port_call_is_recovered_by_the_next_run() {
     let mut steps_hit = std::collections::BTreeSet::new();
     for at in 1..=total {
         for after_effect in [false, true] {
-            let sc = Scenario::new(2);
+            let sc = start(Scenario::new(2));
             let world = sc.fakes.clone();
             let seen = Arc::new(std::sync::Mutex::new(None));
             let seen2 = seen.clone();

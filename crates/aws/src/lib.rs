@@ -148,6 +148,15 @@ where
     PortError::new(kind, format!("{what}: {detail}"))
 }
 
+/// A `NotFound` answer becomes `None`.
+fn optional<T>(r: PortResult<T>) -> PortResult<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind == PortErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn to_system(t: Option<&DateTime>) -> Option<SystemTime> {
     t.and_then(|d| SystemTime::try_from(*d).ok())
 }
@@ -252,22 +261,16 @@ impl KeyStore for Aws {
     }
 
     async fn owner_of(&self, key: &AccessKeyId) -> PortResult<Option<KeyOwner>> {
-        let last = match self
-            .iam
-            .get_access_key_last_used()
-            .access_key_id(key.as_str())
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                let e = map_err("IAM GetAccessKeyLastUsed", e);
-                return if e.kind == PortErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                };
-            }
+        let Some(last) = optional(
+            self.iam
+                .get_access_key_last_used()
+                .access_key_id(key.as_str())
+                .send()
+                .await
+                .map_err(|e| map_err("IAM GetAccessKeyLastUsed", e)),
+        )?
+        else {
+            return Ok(None);
         };
         let Some(user) = last.user_name().map(str::to_owned) else {
             return Ok(None);
@@ -294,22 +297,15 @@ impl SecretStore for Aws {
     async fn versions(&self, name: &SecretName) -> PortResult<Option<Vec<SecretVersion>>> {
         // DescribeSecret lists every labelled version in one call (and, unlike moto's
         // ListSecretVersionIds, answers ResourceNotFoundException for a missing secret).
-        let out = match self
+        let described = self
             .secrets
             .describe_secret()
             .secret_id(name.as_str())
             .send()
             .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                let e = map_err("Secrets Manager DescribeSecret", e);
-                return if e.kind == PortErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                };
-            }
+            .map_err(|e| map_err("Secrets Manager DescribeSecret", e));
+        let Some(out) = optional(described)? else {
+            return Ok(None);
         };
         let mut versions: Vec<SecretVersion> = out
             .version_ids_to_stages()
@@ -336,24 +332,15 @@ impl SecretStore for Aws {
             .secret_id(name.as_str())
             .version_stage(stage.label())
             .send()
-            .await;
-        match r {
-            Ok(out) => {
-                let version = out.version_id().unwrap_or_default().to_owned();
-                let value = out
-                    .secret_string()
-                    .map(|s| SecretString::from(s.to_owned()));
-                Ok(value.map(|v| (version, v)))
-            }
-            Err(e) => {
-                let e = map_err("Secrets Manager GetSecretValue", e);
-                if e.kind == PortErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+            .await
+            .map_err(|e| map_err("Secrets Manager GetSecretValue", e));
+        let Some(out) = optional(r)? else {
+            return Ok(None);
+        };
+        let version = out.version_id().unwrap_or_default().to_owned();
+        Ok(out
+            .secret_string()
+            .map(|s| (version, SecretString::from(s.to_owned()))))
     }
 
     async fn read_version(
@@ -367,20 +354,12 @@ impl SecretStore for Aws {
             .secret_id(name.as_str())
             .version_id(version)
             .send()
-            .await;
-        match r {
-            Ok(out) => Ok(out
-                .secret_string()
-                .map(|s| SecretString::from(s.to_owned()))),
-            Err(e) => {
-                let e = map_err("Secrets Manager GetSecretValue", e);
-                if e.kind == PortErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+            .await
+            .map_err(|e| map_err("Secrets Manager GetSecretValue", e));
+        Ok(optional(r)?.and_then(|out| {
+            out.secret_string()
+                .map(|s| SecretString::from(s.to_owned()))
+        }))
     }
 
     async fn create(&self, name: &SecretName, description: &str) -> PortResult<()> {

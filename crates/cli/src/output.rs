@@ -70,6 +70,7 @@ pub fn report_text(report: &RunReport) -> String {
     }
     match &report.notification {
         NotificationStatus::NotConfigured => {}
+        NotificationStatus::Skipped => out.push_str("Slack: nothing to report, no message sent\n"),
         NotificationStatus::Sent => out.push_str("Slack: notified\n"),
         NotificationStatus::Failed(e) => {
             let _ = writeln!(

@@ -338,7 +338,13 @@ pub async fn run(
         targets: reports.into_iter().map(|(_, r)| r).collect(),
         notification: NotificationStatus::NotConfigured,
     };
-    if let (Some(n), false) = (notifier, opts.dry_run) {
+    let quiet = report
+        .targets
+        .iter()
+        .all(|t| matches!(t.outcome, Outcome::NothingDue | Outcome::Busy));
+    if let (Some(_), false, true) = (notifier, opts.dry_run, quiet) {
+        report.notification = NotificationStatus::Skipped;
+    } else if let (Some(n), false) = (notifier, opts.dry_run) {
         report.notification = match n.notify(&report).await {
             Ok(()) => NotificationStatus::Sent,
             Err(e) => {

@@ -174,6 +174,9 @@ pub enum NotificationStatus {
     NotConfigured,
     /// Posted.
     Sent,
+    /// Not posted: every target had nothing due or stood aside, so nothing happened that a
+    /// person needs to read (a daily schedule would otherwise post every day).
+    Skipped,
     /// Could not be posted; the rotation stands.
     Failed(String),
 }

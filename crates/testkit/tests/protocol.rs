@@ -458,3 +458,19 @@ async fn two_runs_racing_never_both_create_a_key() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn slack_hears_of_a_rotation_but_not_of_a_run_with_nothing_due() {
+    use keyrotor_core::report::NotificationStatus;
+    let sc = Scenario::new(1);
+    let ports = sc.fakes.ports();
+    let notifier = sc.fakes.clone();
+    let targets = [sc.target.clone()];
+    let r = engine::run(&ports, &sc.policy, &targets, &opts(), Some(&notifier), &quiet()).await;
+    assert_eq!(r.notification, NotificationStatus::Sent);
+    assert_eq!(sc.fakes.state().notifications.len(), 1);
+    let r = engine::run(&ports, &sc.policy, &targets, &opts(), Some(&notifier), &quiet()).await;
+    assert_eq!(r.targets[0].outcome, Outcome::NothingDue);
+    assert_eq!(r.notification, NotificationStatus::Skipped);
+    assert_eq!(sc.fakes.state().notifications.len(), 1, "no message for a quiet run");
+}

@@ -361,6 +361,11 @@ async fn crash_everywhere(start: fn(Scenario) -> Scenario) {
             assert_eq!(st.limit_exceeded, 0, "{label}: invariant 4");
         }
     }
+    println!(
+        "crashes: {} kills ({total} port calls x before/after effect), {} converged, steps hit: {steps_hit:?}",
+        total * 2,
+        total * 2
+    );
     for step in [
         Step::Inspect,
         Step::Create,
@@ -451,6 +456,10 @@ async fn two_runs_racing_never_both_create_a_key() {
         }
         sc.fakes.state().yield_every_call = false;
         converge(&sc, &format!("race with head start {head_start}")).await;
+        println!(
+            "race: head start {head_start}: {:?} / {:?}, one key created",
+            ra.outcome, rb.outcome
+        );
         assert!(
             sc.fakes.state().users["pipeline"]
                 .iter()
@@ -466,11 +475,31 @@ async fn slack_hears_of_a_rotation_but_not_of_a_run_with_nothing_due() {
     let ports = sc.fakes.ports();
     let notifier = sc.fakes.clone();
     let targets = [sc.target.clone()];
-    let r = engine::run(&ports, &sc.policy, &targets, &opts(), Some(&notifier), &quiet()).await;
+    let r = engine::run(
+        &ports,
+        &sc.policy,
+        &targets,
+        &opts(),
+        Some(&notifier),
+        &quiet(),
+    )
+    .await;
     assert_eq!(r.notification, NotificationStatus::Sent);
     assert_eq!(sc.fakes.state().notifications.len(), 1);
-    let r = engine::run(&ports, &sc.policy, &targets, &opts(), Some(&notifier), &quiet()).await;
+    let r = engine::run(
+        &ports,
+        &sc.policy,
+        &targets,
+        &opts(),
+        Some(&notifier),
+        &quiet(),
+    )
+    .await;
     assert_eq!(r.targets[0].outcome, Outcome::NothingDue);
     assert_eq!(r.notification, NotificationStatus::Skipped);
-    assert_eq!(sc.fakes.state().notifications.len(), 1, "no message for a quiet run");
+    assert_eq!(
+        sc.fakes.state().notifications.len(),
+        1,
+        "no message for a quiet run"
+    );
 }

@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use crate::AdoOptions;
 
 /// What to check when Azure DevOps does not accept the PAT.
-const PAT_HINT: &str = "Check that the PAT is correct, has not expired or been revoked, is valid \
-     for this organization, and has the scope 'Service Connections (Read, query & manage)'.";
+/// A clause, so every error stays one sentence.
+const PAT_HINT: &str = "; check that the PAT is correct, has not expired or been revoked, is \
+     valid for this organization, and has the scope 'Service Connections (Read, query & manage)'";
 
 /// A successful answer.
 #[derive(Debug)]
@@ -240,7 +241,7 @@ fn classify(status: StatusCode, headers: &HeaderMap, bytes: &[u8], what: &str) -
         .as_ref()
         .and_then(|v| v.get("message"))
         .and_then(Value::as_str)
-        .map(|m| format!(": {}", m.trim()))
+        .map(|m| format!(": {}", m.trim().trim_end_matches('.')))
         .unwrap_or_default();
     let code = status.as_u16();
     let fatal = |kind, message: String| Attempt::Fatal(PortError::new(kind, message));
@@ -265,7 +266,7 @@ fn classify(status: StatusCode, headers: &HeaderMap, bytes: &[u8], what: &str) -
             PortErrorKind::Unauthorized,
             format!(
                 "Azure DevOps did not accept the PAT: it redirected {what} to its sign-in page \
-                 (HTTP {code}). {PAT_HINT}"
+                 (HTTP {code}){PAT_HINT}"
             ),
         );
     }
@@ -274,7 +275,7 @@ fn classify(status: StatusCode, headers: &HeaderMap, bytes: &[u8], what: &str) -
             PortErrorKind::Unauthorized,
             format!(
                 "Azure DevOps did not accept the PAT: it answered {what} with its sign-in page \
-                 (HTTP 203) instead of JSON. {PAT_HINT}"
+                 (HTTP 203) instead of JSON{PAT_HINT}"
             ),
         );
     }
@@ -294,7 +295,7 @@ fn classify(status: StatusCode, headers: &HeaderMap, bytes: &[u8], what: &str) -
                 PortErrorKind::Unauthorized,
                 format!(
                     "Azure DevOps did not accept the PAT: it answered {what} with something \
-                     other than JSON (HTTP {code}, {}), which is how it shows a sign-in page. \
+                     other than JSON (HTTP {code}, {}), which is how it shows a sign-in page\
                      {PAT_HINT}",
                     if content_type.is_empty() {
                         "no content type"
@@ -309,8 +310,7 @@ fn classify(status: StatusCode, headers: &HeaderMap, bytes: &[u8], what: &str) -
         StatusCode::UNAUTHORIZED => fatal(
             PortErrorKind::Unauthorized,
             format!(
-                "Azure DevOps did not accept the PAT for {what} (HTTP 401{server_message}). \
-                 {PAT_HINT}"
+                "Azure DevOps did not accept the PAT for {what} (HTTP 401{server_message}){PAT_HINT}"
             ),
         ),
         StatusCode::FORBIDDEN => fatal(

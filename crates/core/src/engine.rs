@@ -144,7 +144,12 @@ impl Runner<'_> {
             self.report.outcome = outcome;
             if outcome != Outcome::Busy {
                 self.report.failed_step = Some(Step::Inspect);
-                self.report.error = Some(p.reason.clone());
+                self.report.error = Some(if outcome == Outcome::Invalid {
+                    // Every Invalid plan is about the secret: name it.
+                    format!("secret '{}': {}", target.secret, p.reason)
+                } else {
+                    p.reason.clone()
+                });
                 self.report.next_step = Some(match outcome {
                     Outcome::Refused => {
                         "fix what the reason names, then run keyrotor again; nothing was changed"

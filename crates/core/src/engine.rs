@@ -226,14 +226,14 @@ impl Runner<'_> {
                     e.step
                 ));
             }
-            if let Ok(eps) = protocol::resolve_endpoints(ports, target).await {
+            if let Ok(eps) = protocol::resolve_endpoints(ports, target, Step::Report).await {
                 self.report.endpoints = endpoint_reports(&eps);
             }
             return;
         }
         self.report.outcome = Outcome::Rotated;
         self.report.new_key = progress.new_key.as_ref().map(|k| k.masked());
-        if let Ok(eps) = protocol::resolve_endpoints(ports, target).await {
+        if let Ok(eps) = protocol::resolve_endpoints(ports, target, Step::Report).await {
             self.report.endpoints = endpoint_reports(&eps);
         }
     }

@@ -109,6 +109,12 @@ pub struct Progress {
     pub pending_version: Option<String>,
     /// The version of this run's intent record, while it may still be at AWSPENDING.
     pub intent_version: Option<String>,
+    /// This run created the new key (it did not resume one).
+    #[serde(default)]
+    pub created_here: bool,
+    /// This run sent (or tried to send) a credential update to a connection.
+    #[serde(default)]
+    pub put_attempted: bool,
 }
 
 impl Progress {
@@ -121,6 +127,8 @@ impl Progress {
             new_key: None,
             pending_version: None,
             intent_version: None,
+            created_here: false,
+            put_attempted: false,
         }
     }
 }
@@ -146,15 +154,21 @@ async fn stage_info(
         }))
 }
 
-/// Finds every configured endpoint; one shared into several projects counts once.
-pub async fn resolve_endpoints(ports: &Ports, target: &Target) -> Result<Vec<Endpoint>, StepError> {
+/// Finds every configured endpoint; one shared into several projects counts once. Errors
+/// belong to `step` (a refused PAT is bad input at inspect, a failure later on).
+pub async fn resolve_endpoints(
+    ports: &Ports,
+    target: &Target,
+    step: Step,
+) -> Result<Vec<Endpoint>, StepError> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for r in &target.endpoints {
-        let e =
-            ports.ado.find(&target.organization, r).await.map_err(|e| {
-                StepError::port(Step::Inspect, &format!("service connection {r}"), e)
-            })?;
+        let e = ports
+            .ado
+            .find(&target.organization, r)
+            .await
+            .map_err(|e| StepError::port(step, &format!("service connection {r}"), e))?;
         if seen.insert((e.handle.org.clone(), e.handle.id.clone())) {
             out.push(e);
         }
@@ -186,7 +200,7 @@ pub async fn inspect(ports: &Ports, target: &Target) -> Result<Snapshot, StepErr
     } else {
         (None, None, None)
     };
-    let endpoints = resolve_endpoints(ports, target).await?;
+    let endpoints = resolve_endpoints(ports, target, step).await?;
     Ok(Snapshot {
         user: target.iam_user.clone(),
         keys,
@@ -307,9 +321,7 @@ async fn retire_key(
     delete: bool,
     step: Step,
 ) -> Result<(), StepError> {
-    let endpoints = resolve_endpoints(ports, target)
-        .await
-        .map_err(|e| StepError { step, ..e })?;
+    let endpoints = resolve_endpoints(ports, target, step).await?;
     if let Some(e) = endpoints.iter().find(|e| e.key_id().as_ref() == Some(id)) {
         return Err(StepError::new(
             step,
@@ -496,6 +508,7 @@ pub async fn create(
     .await;
     match stored {
         Ok(version) => {
+            progress.created_here = true;
             progress.new_key = Some(new.info.id);
             progress.pending_version = Some(version);
             progress.intent_version = None;
@@ -628,21 +641,19 @@ pub async fn verify(
 pub async fn push(
     ports: &Ports,
     target: &Target,
-    progress: &Progress,
+    progress: &mut Progress,
 ) -> Result<Vec<String>, StepError> {
     let step = Step::Push;
     let (id, secret) = pending_secret(ports, target, progress, step).await?;
     let mut updated = Vec::new();
-    for e in resolve_endpoints(ports, target)
-        .await
-        .map_err(|e| StepError { step, ..e })?
-    {
+    for e in resolve_endpoints(ports, target, step).await? {
         if e.key_id().as_ref() == Some(&id) {
             continue;
         }
         if let Some(reason) = e.unrotatable_reason() {
             return Err(StepError::new(step, StepErrorKind::Refused, reason));
         }
+        progress.put_attempted = true;
         ports
             .ado
             .set_credentials(&e.handle, &id, &secret)
@@ -669,10 +680,7 @@ pub async fn confirm(ports: &Ports, target: &Target, progress: &Progress) -> Res
             "no new key in this run's progress",
         )
     })?;
-    for e in resolve_endpoints(ports, target)
-        .await
-        .map_err(|e| StepError { step, ..e })?
-    {
+    for e in resolve_endpoints(ports, target, step).await? {
         let now = ports
             .ado
             .get(&e.handle)
@@ -842,7 +850,12 @@ async fn compensate_inner(
         }
         return Ok(Compensation::Nothing);
     };
-    let endpoints = resolve_endpoints(ports, target).await?;
+    let endpoints = match resolve_endpoints(ports, target, step).await {
+        Ok(eps) => eps,
+        // This run created the key and never sent a PUT: no connection can hold it.
+        Err(_) if progress.created_here && !progress.put_attempted => Vec::new(),
+        Err(e) => return Err(e),
+    };
     let on_new: Vec<&Endpoint> = endpoints
         .iter()
         .filter(|e| e.key_id().as_ref() == Some(new))

@@ -647,6 +647,9 @@ fn compact_line(t: &TargetReport) -> Line {
             line.push(text(format!(" · {}", duration(t.duration_ms))));
         }
         Outcome::Invalid => {
+            if let Some(step) = t.failed_step {
+                line.push(text(format!(" (at step {})", step.name())));
+            }
             if let Some(why) = why_short(t) {
                 line.extend([text(": "), text(why)]);
             }

@@ -10,10 +10,12 @@
 //!   free loopback port; stops it when dropped, or when the test process dies.
 //! - [`ado`]: an emulator of Azure DevOps' service-endpoint API (library and `ado-emulator`).
 //! - [`slack`]: a Slack incoming-webhook sink (library and `slack-sink`).
+//! - [`aws_proxy`]: a fault-injecting proxy in front of moto (throttling, 5xx, slow, dropped).
 
 #![warn(missing_docs)]
 
 pub mod ado;
+pub mod aws_proxy;
 pub mod fakes;
 pub mod moto;
 pub mod slack;

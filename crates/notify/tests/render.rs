@@ -352,7 +352,7 @@ fn busy_nothing_due_and_invalid_targets_are_brief_with_their_reason() {
     let v = render(&report);
     assert_eq!(header(&v), "keyrotor: 1 nothing due, 1 busy, 1 INVALID");
     let all = all_text(&v);
-    assert!(all.contains(":warning: *Invalid (1)*\n• *db*: the IAM user 'db-pipeline' does not exist — correct the configuration"), "{all}");
+    assert!(all.contains(":warning: *Invalid (1)*\n• *db* (at step inspect): the IAM user 'db-pipeline' does not exist — correct the configuration"), "{all}");
     assert!(all.contains(":hourglass_flowing_sand: *Busy, stood aside (1)*\n• *api*: run 1b2c is rotating this target now"), "{all}");
     assert!(
         all.contains(":zzz: *Nothing due (1)*\n• *web*: the key is 3 days old"),

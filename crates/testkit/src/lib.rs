@@ -9,6 +9,7 @@
 //! - [`moto`]: installs (once, pinned, in a virtualenv) and starts moto in server mode on a
 //!   free loopback port; stops it when dropped, or when the test process dies.
 //! - [`ado`]: an emulator of Azure DevOps' service-endpoint API (library and `ado-emulator`).
+//! - [`lambda_api`]: a minimal local Lambda Runtime API, to run the real `bootstrap`.
 //! - [`slack`]: a Slack incoming-webhook sink (library and `slack-sink`).
 //! - [`aws_proxy`]: a fault-injecting proxy in front of moto (throttling, 5xx, slow, dropped).
 
@@ -17,5 +18,6 @@
 pub mod ado;
 pub mod aws_proxy;
 pub mod fakes;
+pub mod lambda_api;
 pub mod moto;
 pub mod slack;

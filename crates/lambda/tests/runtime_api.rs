@@ -1,0 +1,211 @@
+//! The real `bootstrap` binary, run through a local Lambda Runtime API
+//! (`keyrotor_testkit::lambda_api`), against moto (IAM, Secrets Manager, SSM: the config and the
+//! PAT) and the Azure DevOps emulator. No fake in the binary: the same adapters as in AWS.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_ssm::types::ParameterType;
+use keyrotor_testkit::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
+use keyrotor_testkit::lambda_api::{LambdaApi, Outcome};
+use keyrotor_testkit::moto::Moto;
+use serde_json::{Value, json};
+
+const ORG: &str = "contoso";
+const USER: &str = "azure-devops-pipeline";
+const SECRET: &str = "/azure/devops/agent/iam/accesskey";
+const PAT: &str = "kq7xlambdatestpat0123456789abcdefghijklmnopqrstuvwxy";
+const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
+const CONFIG_PARAM: &str = "/keyrotor/config";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_serves_invocations_from_the_runtime_api() {
+    let moto = Moto::start().expect("moto starts");
+    let sdk = moto.sdk_config().await;
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+
+    iam.create_user().user_name(USER).send().await.unwrap();
+    let key = iam
+        .create_access_key()
+        .user_name(USER)
+        .send()
+        .await
+        .unwrap();
+    let key = key.access_key().unwrap();
+    let (key_id, key_secret) = (
+        key.access_key_id().to_owned(),
+        key.secret_access_key().to_owned(),
+    );
+    sm.create_secret()
+        .name(SECRET)
+        .secret_string(
+            json!({"AccessKeyId": key_id, "SecretAccessKey": key_secret, "UserName": USER,
+                   "CreateDate": "2026-01-01T00:00:00Z"})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ado = AdoEmulator::start(
+        Seed::new().org(
+            OrgSeed::new(ORG)
+                .pat(PAT, Scope::Manage)
+                .project("Platform")
+                .endpoint(aws_endpoint(
+                    "aws-prod",
+                    &key_id,
+                    &key_secret,
+                    &["Platform"],
+                )),
+        ),
+    )
+    .await
+    .unwrap();
+    let config = format!(
+        r#"[ado]
+organization = "{}"
+pat = "ssm:{PAT_PARAM}"
+
+[[target]]
+name = "platform-prod"
+iam_user = "{USER}"
+secret = "{SECRET}"
+endpoints = [ {{ project = "Platform", name = "aws-prod" }} ]
+"#,
+        ado.org_url(ORG)
+    );
+    for (name, value, kind) in [
+        (PAT_PARAM, PAT.to_owned(), ParameterType::SecureString),
+        (CONFIG_PARAM, config.clone(), ParameterType::String),
+    ] {
+        ssm.put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(kind)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    let api = LambdaApi::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+        .env_clear()
+        .envs(moto.env())
+        .env("AWS_LAMBDA_RUNTIME_API", api.address())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "keyrotor-rotator")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("KEYROTOR_CONFIG_PARAMETER", CONFIG_PARAM)
+        .env("HOME", &dir)
+        .env("AWS_CONFIG_FILE", dir.join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bootstrap starts");
+
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let wait = Duration::from_secs(60);
+    let listed = api.invoke(json!({"step": "targets", "run_id": run_id, "input": {}}));
+    let listed = api.outcome(&listed, wait).await.unwrap();
+    assert_eq!(
+        listed,
+        Outcome::Response(json!({"targets": ["platform-prod"], "force": false}))
+    );
+
+    let inspected = api.invoke(json!({"step": "inspect",
+        "state": {"target": "platform-prod", "run_id": run_id, "force": true}}));
+    let Outcome::Response(state) = api.outcome(&inspected, wait).await.unwrap() else {
+        panic!("inspect failed")
+    };
+    assert_eq!(state["decision"], "rotate", "{state}");
+    assert_eq!(state["old_key"], key_id.as_str(), "{state}");
+    assert_eq!(state["steps"], json!(["inspect"]));
+
+    // A changed config is read by the next invocation of the same (warm) instance.
+    let two = format!(
+        "{config}\n[[target]]\nname = \"second\"\niam_user = \"{USER}\"\nsecret = \"other\"\nendpoints = [ {{ project = \"Platform\", name = \"aws-prod\" }} ]\n"
+    );
+    ssm.put_parameter()
+        .name(CONFIG_PARAM)
+        .value(two)
+        .r#type(ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+    let listed = api.invoke(json!({"step": "targets", "run_id": run_id, "input": {}}));
+    assert_eq!(
+        api.outcome(&listed, wait).await.unwrap(),
+        Outcome::Response(json!({"targets": ["platform-prod", "second"], "force": false}))
+    );
+
+    let unknown = api.invoke(json!({"step": "inspect",
+        "state": {"target": "nope", "run_id": run_id}}));
+    match api.outcome(&unknown, wait).await.unwrap() {
+        Outcome::Error {
+            error_type,
+            error_message,
+        } => {
+            assert_eq!(error_type, "Rotation.Failed");
+            assert!(
+                error_message.contains("no target named 'nope'"),
+                "{error_message}"
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+
+    // Stop the function (as Lambda freezes and ends it) and read what it logged.
+    api.stop().await;
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("bootstrap ends once the Runtime API is gone")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for secret in [PAT, key_secret.as_str()] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "a secret was logged"
+        );
+        assert!(!state.to_string().contains(secret));
+    }
+    // JSON lines; every line of an invocation names its run id and step.
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let started: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "step started")
+        .collect();
+    assert_eq!(started.len(), 4, "{stdout}");
+    let failed: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "step failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{stdout}");
+    assert_eq!(failed[0]["error_type"], "Rotation.Failed");
+    for l in lines.iter().filter(|l| l.get("span").is_some()) {
+        assert_eq!(l["span"]["name"], "invocation", "{l}");
+        assert!(
+            l["span"]["step"].as_str().is_some_and(|s| !s.is_empty()),
+            "{l}"
+        );
+    }
+    let in_invocations: Vec<&Value> = lines.iter().filter(|l| l.get("span").is_some()).collect();
+    assert!(in_invocations.len() >= 7, "{stdout}");
+    for l in in_invocations {
+        assert_eq!(l["span"]["run_id"], run_id.as_str(), "{l}");
+    }
+    ado.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,668 @@
+//! `deploy/statemachine/rotate.asl.json` EXECUTED by moto's Step Functions interpreter
+//! (`execute_state_machine`), each Lambda answer scripted.
+//!
+//! What moto can and cannot do here (moto 5.2.5): its Lambda without Docker (`lambda-simple`)
+//! answers every invoke with the next canned string queued at
+//! `/moto-api/static/lambda-simple/response`, always as a success: status 200, no
+//! `X-Amz-Function-Error`. So a canned answer can never be an error that a Retry or a Catch
+//! matches (moto's port of LocalStack's mock-config mode, which can `Throw`, is disabled:
+//! `load_mock_test_case_for` always returns `None`). But moto's interpreter does call Lambda
+//! over HTTP, at `http://localhost:$MOTO_PORT`. The test serves that port with a thin proxy:
+//! it answers the invocations a scenario scripts as errors itself (`X-Amz-Function-Error:
+//! Unhandled`, `{"errorType": "Rotation.NotPropagated", …}`, exactly what the Lambda service
+//! returns for a function error), and forwards everything else to moto, whose canned answers
+//! then come out in order. So the Retry and Catch clauses are matched by moto's interpreter,
+//! on real error names.
+//!
+//! Timing is the only thing the test changes in the definition: Wait states wait 0 s and every
+//! Retry waits at most 1 s (the structure, names and error lists are untouched).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, Response, StatusCode};
+use base64::Engine;
+use keyrotor_testkit::moto::Moto;
+use serde_json::{Value, json};
+
+const ASL: &str = include_str!("../../../deploy/statemachine/rotate.asl.json");
+const REGION: &str = "us-east-1";
+const ACCOUNT: &str = "123456789012";
+
+/// Errors a scenario scripts, per step: the next invocations of that step fail with these.
+type Script = Arc<Mutex<HashMap<String, VecDeque<(String, String)>>>>;
+
+struct Shared {
+    moto: Moto,
+    script: Script,
+    /// Every Lambda payload the state machine sent, in order.
+    seen: Arc<Mutex<Vec<Value>>>,
+    /// One scenario at a time: moto's canned queue is global.
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        // moto's interpreter calls Lambda at localhost:$MOTO_PORT; take a free port for the proxy
+        // and tell moto (it inherits this process's environment when it starts).
+        let proxy = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = proxy.local_addr().unwrap().port();
+        // SAFETY: set once (inside the OnceLock, before moto is spawned). Other threads of this
+        // test binary read the environment only through std, which holds the same lock; no C
+        // code of this binary calls getenv.
+        unsafe { std::env::set_var("MOTO_PORT", port.to_string()) };
+        let moto = Moto::start().expect("moto starts");
+        let script: Script = Arc::default();
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let state = ProxyState {
+            moto: moto.endpoint.clone(),
+            script: script.clone(),
+            seen: seen.clone(),
+            http: reqwest::Client::new(),
+        };
+        proxy.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(proxy).unwrap();
+                let app = axum::Router::new().fallback(forward).with_state(state);
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Shared {
+            moto,
+            script,
+            seen,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    })
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    moto: String,
+    script: Script,
+    seen: Arc<Mutex<Vec<Value>>>,
+    http: reqwest::Client,
+}
+
+/// Lambda's Invoke, as moto's interpreter sends it: a scripted error, or moto's canned answer.
+async fn forward(State(st): State<ProxyState>, req: Request<Body>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = to_bytes(body, 10 << 20).await.unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    if path.ends_with("/invocations") {
+        let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        st.seen.lock().unwrap().push(payload.clone());
+        let step = payload["step"].as_str().unwrap_or_default().to_owned();
+        let scripted = st
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&step)
+            .and_then(VecDeque::pop_front);
+        if let Some((error_type, message)) = scripted {
+            let body = json!({"errorType": error_type, "errorMessage": message}).to_string();
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("Content-Type", "application/json")
+                .header("X-Amz-Function-Error", "Unhandled")
+                .header("X-Amz-Executed-Version", "$LATEST")
+                .body(Body::from(body))
+                .unwrap();
+        }
+    }
+    let url = format!(
+        "{}{}",
+        st.moto,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut headers = HeaderMap::new();
+    for (k, v) in &parts.headers {
+        if k != "host" && k != "content-length" {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    let answer = st
+        .http
+        .request(parts.method, url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .expect("moto answers");
+    let mut out = Response::builder().status(answer.status().as_u16());
+    for (k, v) in answer.headers() {
+        if k != "content-length" && k != "transfer-encoding" {
+            out = out.header(k, v);
+        }
+    }
+    out.body(Body::from(answer.bytes().await.unwrap_or_default()))
+        .unwrap()
+}
+
+/// A signed-looking header: moto picks the service from the credential scope (it checks no
+/// signature).
+fn auth(service: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/{service}/aws4_request, SignedHeaders=host, Signature=0"
+    )
+}
+
+struct Sfn<'a> {
+    endpoint: &'a str,
+    http: reqwest::Client,
+}
+
+impl Sfn<'_> {
+    async fn call(&self, action: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/", self.endpoint))
+            .header("X-Amz-Target", format!("AWSStepFunctions.{action}"))
+            .header("Content-Type", "application/x-amz-json-1.0")
+            .header("Authorization", auth("states"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "{action}: {status} {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// The definition with the functions' ARNs substituted and the waits shortened.
+fn definition() -> String {
+    let mut text = ASL.to_owned();
+    for (var, name) in [
+        ("RotatorFunctionArn", "rotator"),
+        ("PusherFunctionArn", "pusher"),
+        ("NotifierFunctionArn", "notifier"),
+    ] {
+        text = text.replace(
+            &format!("${{{var}}}"),
+            &format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"),
+        );
+    }
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    fn shorten(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if o.get("Type") == Some(&json!("Wait")) {
+                    o.insert("Seconds".into(), json!(0));
+                }
+                if o.contains_key("ErrorEquals") && o.contains_key("IntervalSeconds") {
+                    o.insert("IntervalSeconds".into(), json!(1));
+                    o.insert("MaxDelaySeconds".into(), json!(1));
+                }
+                o.values_mut().for_each(shorten);
+            }
+            Value::Array(a) => a.iter_mut().for_each(shorten),
+            _ => {}
+        }
+    }
+    shorten(&mut v);
+    v.to_string()
+}
+
+/// What one execution did.
+struct Run {
+    status: String,
+    /// Names of the states entered, in order (Map iterations included).
+    path: Vec<String>,
+    /// Lambda payloads sent, in order.
+    payloads: Vec<Value>,
+    /// The execution's output (or error).
+    history: Vec<Value>,
+}
+
+impl Run {
+    fn invocations_of(&self, step: &str) -> usize {
+        self.payloads.iter().filter(|p| p["step"] == step).count()
+    }
+    fn show(&self) -> String {
+        format!("status {}; path {:?}", self.status, self.path)
+    }
+    fn path_has(&self, seq: &[&str]) -> bool {
+        self.path.windows(seq.len()).any(|w| w == seq)
+    }
+}
+
+/// A state after a step: the answer a Lambda gives for a target.
+fn st(decision: &str, tidy: bool, outcome: Option<&str>) -> Value {
+    let mut s = json!({
+        "target": "platform-prod", "run_id": "r", "force": false, "decision": decision, "tidy": tidy,
+        "old_key": "AKIAOLDOLDOLDOLDOLD1", "steps": ["inspect"]
+    });
+    if let Some(o) = outcome {
+        s["outcome"] = json!(o);
+    }
+    s
+}
+
+fn summary(needs_attention: bool) -> Value {
+    json!({"run_id": "r", "rotated": 1, "nothing_due": 0, "busy": 0, "refused": 0, "invalid": 0,
+           "failed": 0, "needs_attention": needs_attention, "notification": "sent", "targets": []})
+}
+
+/// Runs the state machine once: `canned` answers the successful invocations in order,
+/// `errors` fails the named steps' next invocations.
+async fn execute(canned: Vec<Value>, errors: &[(&str, &str)]) -> Run {
+    let sh = shared();
+    let _one = sh.lock.lock().await;
+    sh.moto.reset().await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{}{path}", sh.moto.endpoint))
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/moto-api/config",
+        json!({"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success(), "moto config: {}", r.status());
+    {
+        let mut script = sh.script.lock().unwrap();
+        script.clear();
+        for (step, error_type) in errors {
+            script.entry((*step).to_owned()).or_default().push_back((
+                (*error_type).to_owned(),
+                format!("{step}: scripted {error_type}"),
+            ));
+        }
+        sh.seen.lock().unwrap().clear();
+    }
+
+    let sdk = sh.moto.sdk_config().await;
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let role = iam
+        .create_role()
+        .role_name("keyrotor-lambda")
+        .assume_role_policy_document(
+            json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let role_arn = role.role().unwrap().arn().to_owned();
+    // The smallest valid zip: an empty archive (moto runs no code without Docker).
+    let mut zip = b"PK\x05\x06".to_vec();
+    zip.extend([0u8; 18]);
+    let zip = base64::engine::general_purpose::STANDARD.encode(zip);
+    for name in ["rotator", "pusher", "notifier"] {
+        let r = http
+            .post(format!("{}/2015-03-31/functions", sh.moto.endpoint))
+            .header("Authorization", auth("lambda"))
+            .json(&json!({"FunctionName": name, "Runtime": "provided.al2023", "Role": role_arn,
+                          "Handler": "bootstrap", "Architectures": ["arm64"], "Code": {"ZipFile": zip}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "create {name}: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    let results: Vec<String> = canned.iter().map(Value::to_string).collect();
+    let r = post(
+        "/moto-api/static/lambda-simple/response",
+        json!({"results": results, "region": REGION}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    let sfn = Sfn {
+        endpoint: &sh.moto.endpoint,
+        http: http.clone(),
+    };
+    let sm = sfn
+        .call(
+            "CreateStateMachine",
+            json!({"name": "keyrotor-rotate", "definition": definition(),
+                   "roleArn": format!("arn:aws:iam::{ACCOUNT}:role/keyrotor-sfn"), "type": "STANDARD"}),
+        )
+        .await;
+    let name = uuid::Uuid::new_v4().to_string();
+    let exec = sfn
+        .call(
+            "StartExecution",
+            json!({"stateMachineArn": sm["stateMachineArn"], "name": name, "input": "{}"}),
+        )
+        .await;
+    let arn = exec["executionArn"].clone();
+    let mut status = String::new();
+    for _ in 0..600 {
+        let d = sfn
+            .call("DescribeExecution", json!({"executionArn": arn}))
+            .await;
+        status = d["status"].as_str().unwrap_or_default().to_owned();
+        if status != "RUNNING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut history = Vec::new();
+    let mut token: Option<Value> = None;
+    loop {
+        let mut req = json!({"executionArn": arn, "maxResults": 1000});
+        if let Some(t) = &token {
+            req["nextToken"] = t.clone();
+        }
+        let h = sfn.call("GetExecutionHistory", req).await;
+        history.extend(h["events"].as_array().cloned().unwrap_or_default());
+        match h.get("nextToken") {
+            Some(t) if !t.is_null() => token = Some(t.clone()),
+            _ => break,
+        }
+    }
+    let path = history
+        .iter()
+        .filter(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("StateEntered"))
+        })
+        .filter_map(|e| {
+            e["stateEnteredEventDetails"]["name"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let payloads = sh.seen.lock().unwrap().clone();
+    // Every payload names its execution as the run id, and never carries anything but ids.
+    for p in &payloads {
+        if let Some(run) = p.pointer("/state/run_id").or_else(|| p.get("run_id")) {
+            assert!(
+                run == "r" || run == &json!(name),
+                "run id {run} is not the execution name {name}"
+            );
+        }
+    }
+    let run = Run {
+        status,
+        path,
+        payloads,
+        history,
+    };
+    eprintln!("{}", run.show());
+    run
+}
+
+/// The canned answers of a whole successful rotation, from `targets` to `report`.
+fn rotation(report: Value) -> Vec<Value> {
+    vec![
+        json!({"targets": ["platform-prod"], "force": false}),
+        st("rotate", false, None),
+        st("rotate", false, None),
+        st("rotate", false, None),
+        st("rotate", false, None),
+        st("rotate", false, None),
+        st("rotate", false, None),
+        st("rotate", false, None),
+        st("rotate", false, Some("rotated")),
+        report,
+    ]
+}
+
+const HAPPY: [&str; 14] = [
+    "ListTargets",
+    "RotateTargets",
+    "Inspect",
+    "Due",
+    "Cleanup",
+    "Rotate",
+    "Create",
+    "WaitForPropagation",
+    "Verify",
+    "Push",
+    "Confirm",
+    "Promote",
+    "Retire",
+    "TargetDone",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_key_goes_through_every_step_and_the_run_succeeds() {
+    let run = execute(rotation(summary(false)), &[]).await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
+    assert!(run.path_has(&HAPPY), "{}", run.show());
+    assert!(
+        run.path_has(&["Report", "AnyNeedsAttention", "Done"]),
+        "{}",
+        run.show()
+    );
+    assert!(
+        !run.path.iter().any(|p| p == "Compensate"),
+        "{}",
+        run.show()
+    );
+    // What the Lambdas were asked: the Map's item and the execution name as the run id.
+    let first = &run.payloads[1];
+    assert_eq!(first["step"], "inspect");
+    assert_eq!(first["state"]["target"], "platform-prod");
+    assert_eq!(first["state"]["force"], false);
+    let report = run.payloads.last().unwrap();
+    assert_eq!(report["step"], "report");
+    assert_eq!(report["results"][0]["state"]["outcome"], "rotated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_due_ends_the_target_after_inspect() {
+    let canned = vec![
+        json!({"targets": ["platform-prod"], "force": false}),
+        st("nothing-due", false, Some("nothing-due")),
+        summary(false),
+    ];
+    let run = execute(canned, &[]).await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
+    assert!(
+        run.path_has(&["Inspect", "Due", "TargetDone"]),
+        "{}",
+        run.show()
+    );
+    assert!(!run.path.iter().any(|p| p == "Cleanup" || p == "Create"));
+    assert_eq!(run.invocations_of("report"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_due_with_leftovers_tidies_and_finishes_the_retirement() {
+    let canned = vec![
+        json!({"targets": ["platform-prod"], "force": false}),
+        st("nothing-due", true, None),
+        st("nothing-due", true, None),
+        st("nothing-due", true, Some("nothing-due")),
+        summary(false),
+    ];
+    let run = execute(canned, &[]).await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
+    assert!(
+        run.path_has(&[
+            "Inspect",
+            "Due",
+            "Cleanup",
+            "Rotate",
+            "Retire",
+            "TargetDone"
+        ]),
+        "{}",
+        run.show()
+    );
+    assert!(!run.path.iter().any(|p| p == "Create"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_propagated_twice_is_retried_by_the_state_machine_then_the_rotation_goes_on() {
+    let run = execute(
+        rotation(summary(false)),
+        &[
+            ("verify", "Rotation.NotPropagated"),
+            ("verify", "Rotation.NotPropagated"),
+        ],
+    )
+    .await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
+    assert_eq!(run.invocations_of("verify"), 3);
+    assert!(run.path_has(&HAPPY), "{}", run.show());
+    assert!(
+        !run.path.iter().any(|p| p == "Compensate"),
+        "{}",
+        run.show()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_retryable_is_retried_and_lambda_service_errors_too() {
+    let run = execute(
+        rotation(summary(false)),
+        &[
+            ("create", "Rotation.Retryable"),
+            ("push", "Lambda.ServiceException"),
+        ],
+    )
+    .await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
+    assert_eq!(run.invocations_of("create"), 2);
+    assert_eq!(run.invocations_of("push"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_at_any_step_is_compensated_reported_and_fails_the_execution() {
+    let steps = [
+        ("inspect", "Inspect"),
+        ("cleanup", "Cleanup"),
+        ("create", "Create"),
+        ("verify", "Verify"),
+        ("push", "Push"),
+        ("confirm", "Confirm"),
+        ("promote", "Promote"),
+        ("retire", "Retire"),
+    ];
+    for (i, (step, state)) in steps.iter().enumerate() {
+        // Successful answers before the failing step, then compensate's and report's.
+        let mut canned = vec![json!({"targets": ["platform-prod"], "force": false})];
+        canned.extend((0..i).map(|_| st("rotate", false, None)));
+        let mut failed = st("rotate", false, Some("failed"));
+        failed["failed_step"] = json!(step);
+        canned.push(failed);
+        canned.push(summary(true));
+        let run = execute(canned, &[(step, "Rotation.Failed")]).await;
+        assert_eq!(run.status, "FAILED", "failure at {step}: {}", run.show());
+        assert!(
+            run.path_has(&[state, "Compensate", "TargetFailed"]),
+            "failure at {step}: {}",
+            run.show()
+        );
+        assert!(
+            run.path_has(&["Report", "AnyNeedsAttention", "RotationFailed"]),
+            "failure at {step}: {}",
+            run.show()
+        );
+        assert_eq!(
+            run.invocations_of(step),
+            1,
+            "Rotation.Failed is not retried"
+        );
+        // compensate got the last good state and the caught error, as ids and names only.
+        let comp = run
+            .payloads
+            .iter()
+            .find(|p| p["step"] == "compensate")
+            .unwrap();
+        assert_eq!(comp["error"]["Error"], "Rotation.Failed", "{comp}");
+        let cause: Value = serde_json::from_str(comp["error"]["Cause"].as_str().unwrap()).unwrap();
+        assert_eq!(cause["errorType"], "Rotation.Failed");
+        assert_eq!(
+            cause["errorMessage"],
+            format!("{step}: scripted Rotation.Failed")
+        );
+        let report = run.payloads.last().unwrap();
+        assert_eq!(report["step"], "report");
+        assert_eq!(report["results"][0]["state"]["outcome"], "failed");
+        let failed_event = run
+            .history
+            .iter()
+            .find(|e| e["type"] == "ExecutionFailed")
+            .expect("an ExecutionFailed event");
+        assert_eq!(
+            failed_event["executionFailedEventDetails"]["error"],
+            "Rotation.Failed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_at_inspect_touches_nothing_and_fails_the_execution_for_a_person() {
+    let canned = vec![
+        json!({"targets": ["platform-prod"], "force": false}),
+        st("refused", false, Some("refused")),
+        summary(true),
+    ];
+    let run = execute(canned, &[]).await;
+    assert_eq!(run.status, "FAILED", "{}", run.show());
+    assert!(
+        run.path_has(&["Inspect", "Due", "TargetDone"]),
+        "{}",
+        run.show()
+    );
+    assert!(
+        !run.path
+            .iter()
+            .any(|p| ["Cleanup", "Create", "Compensate"].contains(&p.as_str())),
+        "{}",
+        run.show()
+    );
+    assert!(
+        run.path_has(&["Report", "AnyNeedsAttention", "RotationFailed"]),
+        "{}",
+        run.show()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_raised_by_a_later_step_is_compensated() {
+    let mut canned = vec![json!({"targets": ["platform-prod"], "force": false})];
+    canned.extend((0..4).map(|_| st("rotate", false, None)));
+    canned.push(st("rotate", false, Some("refused")));
+    canned.push(summary(true));
+    let run = execute(canned, &[("push", "Rotation.Refused")]).await;
+    assert_eq!(run.status, "FAILED", "{}", run.show());
+    assert_eq!(
+        run.invocations_of("push"),
+        1,
+        "Rotation.Refused is not retried"
+    );
+    assert!(
+        run.path_has(&["Push", "Compensate", "TargetFailed"]),
+        "{}",
+        run.show()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_config_fails_the_execution_at_once() {
+    let run = execute(vec![], &[("targets", "Rotation.Failed")]).await;
+    assert_eq!(run.status, "FAILED", "{}", run.show());
+    assert!(
+        run.path_has(&["ListTargets", "ConfigUnusable"]),
+        "{}",
+        run.show()
+    );
+}

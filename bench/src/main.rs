@@ -1,0 +1,626 @@
+//! `keyrotor-bench`: keyrotor's benchmarks. Run through `bench/run` (see bench/README.md), which
+//! builds the binaries and passes their paths:
+//!
+//! ```text
+//! keyrotor-bench all --keyrotor PATH [--bootstrap PATH] [--tiny] [--out FILE]
+//! ```
+//!
+//! Benchmarks, not tests: nothing fails on speed. Each figure states its target and whether it
+//! is met. The report is Markdown, written to `--out` (bench/RESULTS.md by default; `--tiny`
+//! writes to a temporary file unless `--out` is given).
+
+mod lambda;
+mod measure;
+mod report;
+mod world;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use keyrotor_testkit::ado::RateLimit;
+use keyrotor_testkit::moto::Moto;
+use serde_json::{Value, json};
+
+use crate::measure::{Runs, Stats, Usage, mib, ms};
+use crate::report::Report;
+use crate::world::{Calls, Options, World};
+
+/// What to run, and how often.
+#[derive(Debug, Clone)]
+struct Plan {
+    tiny: bool,
+    keyrotor: PathBuf,
+    bootstrap: Option<PathBuf>,
+    out: PathBuf,
+    /// Repeats of figure 1 (each tool) and of the cold starts.
+    repeats: usize,
+    /// Fleet sizes and their repeats.
+    fleet: Vec<(usize, usize)>,
+    concurrency: usize,
+    /// Fleet sizes run with the ADO rate limit on.
+    limited: Vec<usize>,
+    rate_limit: RateLimit,
+    /// Stops adding fleet sizes once a run took longer than this.
+    fleet_budget: Duration,
+    peer_dir: PathBuf,
+}
+
+fn usage() -> &'static str {
+    "usage: keyrotor-bench all --keyrotor PATH [--bootstrap PATH] [--tiny] [--out FILE]\n\
+     \x20      [--repeats N] [--fleet 1:5,10:5,100:3,1000:1] [--limited 100,1000] [--concurrency N]"
+}
+
+fn parse_args() -> Result<Plan> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("all") {
+        bail!("{}", usage());
+    }
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let tiny = args.iter().any(|a| a == "--tiny");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let keyrotor = PathBuf::from(get("--keyrotor").context(usage())?);
+    let bootstrap = get("--bootstrap").map(PathBuf::from);
+    let out = match get("--out") {
+        Some(o) => PathBuf::from(o),
+        None if tiny => std::env::temp_dir().join("keyrotor-bench-tiny.md"),
+        None => root.join("RESULTS.md"),
+    };
+    let repeats = match get("--repeats") {
+        Some(n) => n.parse()?,
+        None if tiny => 1,
+        None => 10,
+    };
+    let fleet = match get("--fleet") {
+        Some(s) => s
+            .split(',')
+            .map(|p| {
+                let (n, r) = p.split_once(':').unwrap_or((p, "1"));
+                Ok((n.parse()?, r.parse()?))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None if tiny => vec![(1, 1), (3, 1)],
+        None => vec![(1, 5), (10, 5), (100, 3), (1000, 3)],
+    };
+    let limited = match get("--limited") {
+        Some(s) => s
+            .split(',')
+            .map(|n| n.parse().map_err(Into::into))
+            .collect::<Result<Vec<usize>>>()?,
+        None if tiny => vec![3],
+        // 60 targets × 8 requests crosses the 429 threshold; larger sizes spend minutes per
+        // failing target in Retry-After waits (see RESULTS.md for the extrapolation to 1,000).
+        None => vec![60],
+    };
+    let concurrency = get("--concurrency").map_or(Ok(4), |c| c.parse())?;
+    // Azure DevOps' real budget: 200 TSTUs per sliding 5 minutes per identity; delayed past
+    // it, blocked (429) at twice it. One request = 1 TSTU (see RESULTS.md for why). The tiny
+    // run shrinks the budget so the delay and block paths still run.
+    let rate_limit = if tiny {
+        RateLimit {
+            limit: 4,
+            window_seconds: 2,
+            cost_per_request: 1,
+            block_at: Some(8),
+            delay_ms: 10,
+        }
+    } else {
+        RateLimit {
+            limit: 200,
+            window_seconds: 300,
+            cost_per_request: 1,
+            block_at: Some(400),
+            delay_ms: 500,
+        }
+    };
+    Ok(Plan {
+        tiny,
+        keyrotor,
+        bootstrap,
+        out,
+        repeats,
+        fleet,
+        concurrency,
+        limited,
+        rate_limit,
+        fleet_budget: Duration::from_secs(if tiny { 60 } else { 900 }),
+        peer_dir: root.join("peer"),
+    })
+}
+
+fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("spawner") {
+        return measure::spawner_main();
+    }
+    let plan = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(plan))
+}
+
+fn say(msg: &str) {
+    eprintln!("bench: {msg}");
+}
+
+async fn run(plan: Plan) -> Result<()> {
+    let started = Instant::now();
+    let mut rep = Report::new(&plan.tiny);
+    rep.machine(&plan.keyrotor, plan.bootstrap.as_deref());
+
+    say("setting up the peer's virtualenv (once)");
+    let peer_py = peer_python(&plan.peer_dir)?;
+
+    say("starting moto (shared by every benchmark; reset between them)");
+    let moto = Arc::new(Moto::start().context("moto must start (it is installed on first use)")?);
+
+    say("figure 1: one rotation, keyrotor and the peer");
+    figure1(&plan, &moto, &peer_py, &mut rep).await?;
+
+    say("figure 3: fleet scale");
+    figure3(&plan, &moto, &mut rep).await?;
+
+    say("figure 4: artifact size and cold start");
+    figure4(&plan, &moto, &peer_py, &mut rep).await?;
+
+    rep.footer(started.elapsed(), measure::spawner_floor());
+    std::fs::write(&plan.out, rep.text())
+        .with_context(|| format!("writing {}", plan.out.display()))?;
+    say(&format!(
+        "wrote {} in {:.1} s",
+        plan.out.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// `python3 bench/peer/peer.py --setup`: the pinned virtualenv's python.
+fn peer_python(peer_dir: &Path) -> Result<PathBuf> {
+    let out = Command::new("python3")
+        .arg(peer_dir.join("peer.py"))
+        .arg("--setup")
+        .output()
+        .context("running python3 bench/peer/peer.py --setup")?;
+    if !out.status.success() {
+        bail!(
+            "peer setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let py = String::from_utf8(out.stdout)?.trim().to_owned();
+    Ok(PathBuf::from(py))
+}
+
+/// One measured peer run against `w`'s first target.
+async fn peer_run(
+    w: &World,
+    py: &Path,
+    peer_dir: &Path,
+    mode: &str,
+    tag: &str,
+) -> Result<(Usage, Value)> {
+    let t = &w.targets[0];
+    let out = w.dir.join(format!("{tag}.stdout.json"));
+    let err = w.dir.join(format!("{tag}.stderr.log"));
+    let mut cmd = Command::new(py);
+    cmd.arg(peer_dir.join("peer.py"))
+        .args(["--org-url", &w.ado.org_url(world::ORG)])
+        .args(["--project", world::PROJECT, "--endpoint", &t.endpoint])
+        .args(["--user", &t.user, "--secret", &t.secret])
+        .args([
+            "--pat-param",
+            world::PAT_PARAM,
+            "--webhook-param",
+            world::WEBHOOK_PARAM,
+        ])
+        .args(["--ado", mode]);
+    w.child_env(&mut cmd);
+    let u = measure::run(cmd, &out, &err).await?;
+    let doc: Value = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    if u.code != 0 || doc.is_null() {
+        let log = std::fs::read_to_string(&err).unwrap_or_default();
+        let last: Vec<&str> = log.lines().rev().take(3).collect();
+        return Ok((u, json!({"error": last.join(" | ")})));
+    }
+    Ok((u, doc))
+}
+
+/// The result of one tool's repeated single rotations.
+pub struct Single {
+    pub name: String,
+    pub runs: Runs,
+    /// Calls of each run (they should be equal; the report shows min–max when not).
+    pub calls: Vec<Calls>,
+    pub ok: usize,
+    pub note: String,
+}
+
+async fn figure1(plan: &Plan, moto: &Arc<Moto>, peer_py: &Path, rep: &mut Report) -> Result<()> {
+    let opts = Options {
+        targets: 1,
+        concurrency: plan.concurrency,
+    };
+    // keyrotor: one warm-up (page cache, moto's first-request imports), then `repeats`.
+    let w = World::start(&opts, moto).await?;
+    let warm = !plan.tiny;
+    if warm {
+        w.rotate(&plan.keyrotor, "warmup").await?;
+    }
+    let mut k = Single {
+        name: "keyrotor".into(),
+        runs: Runs::default(),
+        calls: Vec::new(),
+        ok: 0,
+        note: String::new(),
+    };
+    for i in 0..plan.repeats {
+        let m = w.mark();
+        let (u, doc) = w.rotate(&plan.keyrotor, &format!("single-{i}")).await?;
+        k.calls.push(w.calls_since(m));
+        if u.code == 0 && world::outcomes(&doc).get("rotated") == Some(&1) {
+            k.ok += 1;
+        } else {
+            k.note = format!("exit {}; outcomes {:?}", u.code, world::outcomes(&doc));
+        }
+        k.runs.push(u);
+    }
+    let ep_id_before = w
+        .ado
+        .state()
+        .organizations
+        .values()
+        .flat_map(|o| o.endpoints.clone())
+        .next()
+        .map(|e| e["id"].clone());
+    w.stop().await;
+    let _ = ep_id_before;
+
+    let mut peers = Vec::new();
+    let modes: &[&str] = if plan.tiny {
+        &["requests"]
+    } else {
+        &["requests", "sdk-primed"]
+    };
+    for mode in modes {
+        let w = World::start(&opts, moto).await?;
+        if warm {
+            peer_run(&w, peer_py, &plan.peer_dir, mode, "warmup").await?;
+        }
+        let mut p = Single {
+            name: format!("peer ({mode})"),
+            runs: Runs::default(),
+            calls: Vec::new(),
+            ok: 0,
+            note: String::new(),
+        };
+        for i in 0..plan.repeats {
+            let m = w.mark();
+            let (u, doc) =
+                peer_run(&w, peer_py, &plan.peer_dir, mode, &format!("peer-{i}")).await?;
+            p.calls.push(w.calls_since(m));
+            if u.code == 0 && doc["new_endpoint_id"].is_string() {
+                p.ok += 1;
+                if doc["new_endpoint_id"] != doc["old_endpoint_id"] {
+                    p.note = "the endpoint's id changes on every run (delete + create): pipeline authorizations are lost".into();
+                }
+            } else {
+                p.note = format!("exit {}: {}", u.code, doc["error"]);
+            }
+            p.runs.push(u);
+        }
+        w.stop().await;
+        peers.push(p);
+    }
+
+    // The SDK as the Azure CLI uses it (with discovery), once, to record how it fails.
+    let w = World::start(&opts, moto).await?;
+    let m = w.mark();
+    let (u, doc) = peer_run(&w, peer_py, &plan.peer_dir, "sdk", "probe").await?;
+    let probe = w.calls_since(m);
+    let probe_log: Vec<String> = w
+        .ado
+        .requests()
+        .into_iter()
+        .map(|r| {
+            format!(
+                "{} {}{} → {}",
+                r.method,
+                r.path,
+                r.query.map(|q| format!("?{q}")).unwrap_or_default(),
+                r.status
+            )
+        })
+        .collect();
+    w.stop().await;
+
+    rep.figure1(&k, &peers, warm, plan.concurrency);
+    rep.sdk_probe(u.code, &doc, &probe, &probe_log);
+    Ok(())
+}
+
+/// One fleet measurement.
+pub struct FleetRow {
+    pub targets: usize,
+    pub runs: Runs,
+    pub seed_time: Duration,
+    pub outcomes: BTreeMap<String, usize>,
+    pub failures: BTreeMap<String, usize>,
+    pub calls: Calls,
+    pub limited: bool,
+}
+
+async fn fleet_once(
+    plan: &Plan,
+    moto: &Arc<Moto>,
+    n: usize,
+    repeats: usize,
+    limit: Option<&RateLimit>,
+) -> Result<FleetRow> {
+    let w = World::start(
+        &Options {
+            targets: n,
+            concurrency: plan.concurrency,
+        },
+        moto,
+    )
+    .await?;
+    say(&format!(
+        "  {n} targets seeded in {:.1} s{}",
+        w.seed_time.as_secs_f64(),
+        if limit.is_some() {
+            " (rate limit on)"
+        } else {
+            ""
+        }
+    ));
+    if let Some(rl) = limit {
+        w.rate_limit(rl.clone());
+    }
+    let mut row = FleetRow {
+        targets: n,
+        runs: Runs::default(),
+        seed_time: w.seed_time,
+        outcomes: BTreeMap::new(),
+        failures: BTreeMap::new(),
+        calls: Calls::default(),
+        limited: limit.is_some(),
+    };
+    for i in 0..repeats {
+        let m = w.mark();
+        let (u, doc) = w.rotate(&plan.keyrotor, &format!("fleet-{n}-{i}")).await?;
+        say(&format!(
+            "  {n} targets: run {} took {:.1} s, peak RSS {:.1} MiB, outcomes {:?}",
+            i + 1,
+            u.wall.as_secs_f64(),
+            mib(u.max_rss),
+            world::outcomes(&doc)
+        ));
+        row.calls = w.calls_since(m);
+        for (k, v) in world::outcomes(&doc) {
+            *row.outcomes.entry(k).or_default() += v;
+        }
+        for (k, v) in world::failures(&doc) {
+            *row.failures.entry(k).or_default() += v;
+        }
+        if doc.is_null() {
+            *row.outcomes
+                .entry(format!("no JSON (exit {})", u.code))
+                .or_default() += 1;
+        }
+        row.runs.push(u);
+    }
+    w.stop().await;
+    Ok(row)
+}
+
+async fn figure3(plan: &Plan, moto: &Arc<Moto>, rep: &mut Report) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    for &(n, repeats) in &plan.fleet {
+        if let Some(last) = rows.last() {
+            let last: &FleetRow = last;
+            // Skip what would clearly blow the budget: time grows about linearly.
+            let est = last.runs.wall_ms().median / 1000.0 * (n as f64 / last.targets as f64);
+            if est * repeats as f64 > plan.fleet_budget.as_secs_f64() {
+                skipped.push((n, est));
+                continue;
+            }
+        }
+        rows.push(fleet_once(plan, moto, n, repeats, None).await?);
+    }
+    let mut limited = Vec::new();
+    for &n in &plan.limited {
+        limited.push(fleet_once(plan, moto, n, 1, Some(&plan.rate_limit)).await?);
+    }
+    rep.figure3(
+        &rows,
+        &skipped,
+        &limited,
+        plan.concurrency,
+        &plan.rate_limit,
+    );
+    Ok(())
+}
+
+/// Cold-start measurements of one runtime.
+pub struct Cold {
+    pub name: String,
+    pub to_next_ms: Vec<f64>,
+    pub to_response_ms: Vec<f64>,
+    pub runs: Runs,
+    pub note: String,
+}
+
+async fn figure4(plan: &Plan, moto: &Arc<Moto>, peer_py: &Path, rep: &mut Report) -> Result<()> {
+    let Some(bootstrap) = plan.bootstrap.as_ref().filter(|b| b.exists()) else {
+        rep.figure4(None, None, None, "the `bootstrap` binary was not built");
+        return Ok(());
+    };
+    let zip = lambda::zip_size(bootstrap, &std::env::temp_dir()).ok();
+    let release = bootstrap.to_string_lossy().contains("/release/");
+    let bin_size = std::fs::metadata(bootstrap)?.len();
+
+    let w = World::start(
+        &Options {
+            targets: 1,
+            concurrency: plan.concurrency,
+        },
+        moto,
+    )
+    .await?;
+    let mut boot = Cold {
+        name: "keyrotor `bootstrap`".into(),
+        to_next_ms: vec![],
+        to_response_ms: vec![],
+        runs: Runs::default(),
+        note: String::new(),
+    };
+    let mut py = Cold {
+        name: "Python 3 (boto3 + azure.devops)".into(),
+        to_next_ms: vec![],
+        to_response_ms: vec![],
+        runs: Runs::default(),
+        note: String::new(),
+    };
+    for i in 0..plan.repeats {
+        match cold_bootstrap(&w, bootstrap, i, &mut boot).await {
+            Ok(()) => {}
+            Err(e) => boot.note = format!("{e:#}"),
+        }
+        match cold_python(&w, peer_py, &plan.peer_dir, &mut py).await {
+            Ok(()) => {}
+            Err(e) => py.note = format!("{e:#}"),
+        }
+    }
+    w.stop().await;
+    rep.figure4(Some((bin_size, zip, release)), Some(&boot), Some(&py), "");
+    Ok(())
+}
+
+fn lambda_env(w: &World, cmd: &mut Command, api: &lambda::RuntimeApi) {
+    w.child_env(cmd);
+    cmd.env("AWS_LAMBDA_RUNTIME_API", api.address())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "keyrotor-bench")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/keyrotor-bench")
+        .env("KEYROTOR_CONFIG_PARAMETER", world::CONFIG_PARAM);
+}
+
+/// Exec → first `next` → first response (the `targets` step), then the whole step sequence of
+/// one rotation; then SIGKILL and `wait4` for the peak RSS.
+async fn cold_bootstrap(w: &World, bootstrap: &Path, i: usize, c: &mut Cold) -> Result<()> {
+    let mut api = lambda::RuntimeApi::start().await?;
+    api.invoke(json!({"step": "targets", "input": {}}));
+    let mut cmd = Command::new(bootstrap);
+    lambda_env(w, &mut cmd, &api);
+    let running = measure::Running::spawn(
+        &mut cmd,
+        &w.dir.join(format!("bootstrap-{i}.log")),
+        &w.dir.join(format!("bootstrap-{i}.err")),
+    )?;
+    let t0 = running.started();
+    let first = api.answer(Duration::from_secs(30)).await;
+    let sequence = async {
+        let first = first?;
+        let next_at = api.first_next().context("no GET next")?;
+        if let Err(e) = &first.result {
+            bail!("the targets step failed: {e}");
+        }
+        let (to_next, to_resp) = (ms(next_at - t0), ms(first.at - t0));
+        let target = w.targets[0].name.clone();
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let mut state = json!({"target": target, "run_id": run_id, "force": true});
+        for step in [
+            "inspect", "cleanup", "create", "verify", "push", "confirm", "promote", "retire",
+        ] {
+            let mut tries = 0;
+            loop {
+                let a = api
+                    .call(
+                        json!({"step": step, "state": state}),
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                match a.result {
+                    Ok(v) => {
+                        state = v;
+                        break;
+                    }
+                    Err(e)
+                        if step == "verify"
+                            && tries < 20
+                            && e["errorType"] == "Rotation.NotPropagated" =>
+                    {
+                        tries += 1;
+                    }
+                    Err(e) => bail!("{step} failed: {e}"),
+                }
+            }
+        }
+        let a = api
+            .call(
+                json!({"step": "report", "run_id": run_id, "results": [{"state": state}]}),
+                Duration::from_secs(60),
+            )
+            .await?;
+        if let Err(e) = a.result {
+            bail!("report failed: {e}");
+        }
+        if state["outcome"] != "rotated" {
+            bail!("the sequence ended with {}", state["outcome"]);
+        }
+        Ok((to_next, to_resp))
+    }
+    .await;
+    running.kill();
+    let u = tokio::task::spawn_blocking(move || running.wait()).await??;
+    let (to_next, to_resp) = sequence?;
+    c.to_next_ms.push(to_next);
+    c.to_response_ms.push(to_resp);
+    c.runs.push(u);
+    Ok(())
+}
+
+async fn cold_python(w: &World, py: &Path, peer_dir: &Path, c: &mut Cold) -> Result<()> {
+    let mut api = lambda::RuntimeApi::start().await?;
+    api.invoke(json!({"step": "targets", "input": {}}));
+    let mut cmd = Command::new(py);
+    cmd.arg(peer_dir.join("lambda_handler.py"));
+    lambda_env(w, &mut cmd, &api);
+    let running = measure::Running::spawn(
+        &mut cmd,
+        &w.dir.join("py-lambda.log"),
+        &w.dir.join("py-lambda.err"),
+    )?;
+    let t0 = running.started();
+    let first = api.answer(Duration::from_secs(60)).await;
+    let next_at = api.first_next();
+    running.kill();
+    let u = tokio::task::spawn_blocking(move || running.wait()).await??;
+    let first = first?;
+    if let Err(e) = first.result {
+        bail!("the Python handler failed: {e}");
+    }
+    c.to_next_ms.push(ms(next_at.context("no GET next")? - t0));
+    c.to_response_ms.push(ms(first.at - t0));
+    c.runs.push(u);
+    Ok(())
+}
+
+/// `Stats` of a slice (for the report).
+pub fn stats(v: &[f64]) -> Stats {
+    Stats::of(v)
+}

@@ -27,6 +27,123 @@ threading.Thread(target=watch, daemon=True).start()
 srv.serve_forever()
 "#;
 
+/// Loaded before [`LAUNCHER`] by [`Moto::start_authorizing_resources`]. moto 5.2.5 evaluates
+/// IAM policies with its own engine once enforcement is on (`/moto-api/reset-auth`), but it
+/// authorizes IAM-user, Secrets Manager and SSM requests against the resource `"*"` (only IAM
+/// roles and SQS queues get their ARN), and it turns a policy's `?` wildcard into a regex
+/// quantifier (`-??????` raises). So a policy scoped to one user or one secret would deny
+/// everything. These patches give moto's evaluator the ARN AWS authorizes against, and IAM's
+/// wildcard semantics (`*` any run, `?` one character, the rest literal):
+///
+/// - IAM: the user named by `UserName`, else the owner of `AccessKeyId` (its real ARN, path
+///   included);
+/// - Secrets Manager: the secret's full ARN; a secret that does not exist is authorized as
+///   `…:secret:NAME` (no random suffix, so `NAME-??????` does not match it); `CreateSecret` as
+///   `…:secret:NAME-` and six characters, the ARN it will get;
+/// - SSM: `…:parameter/NAME` (`…:parameterNAME` for names that start with `/`).
+///
+/// and a refusal comes back as AWS sends it: `AccessDenied` in IAM's and STS's query-protocol
+/// `<ErrorResponse><Error>` (moto wraps it in EC2's `<Errors>`, which the SDK cannot parse), or
+/// `AccessDeniedException` in JSON for Secrets Manager and SSM, with AWS's message ("User: … is
+/// not authorized to perform: … on resource: … because no identity-based policy allows …").
+///
+/// The decision itself is moto's own evaluator's.
+pub const RESOURCE_AUTHORIZATION: &str = r#"
+import re
+from moto.iam import access_control as _ac
+from moto.iam.responses import IamResponse as _Iam
+from moto.secretsmanager.responses import SecretsManagerResponse as _Sm
+from moto.ssm.responses import SimpleSystemManagerResponse as _Ssm
+
+def _glob(pattern, string):
+    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(rx, string, re.DOTALL)
+_ac.IAMPolicyStatement._match = staticmethod(_glob)
+
+_iam_roles = _Iam._determine_resource
+def _iam_resource(self):
+    found = _iam_roles(self)
+    if found != "*":
+        return found
+    try:
+        user = self._get_param("UserName")
+        key = self._get_param("AccessKeyId")
+        if not user and key:
+            owner = self.backend.get_user_from_access_key_id(key)
+            user = owner.name if owner else None
+        if not user:
+            return "*"
+        try:
+            return self.backend.get_user(user).arn
+        except Exception:
+            return f"arn:aws:iam::{self.current_account}:user/{user}"
+    except Exception:
+        return "*"
+_Iam._determine_resource = _iam_resource
+
+def _sm_resource(self):
+    try:
+        prefix = f"arn:aws:secretsmanager:{self.region}:{self.current_account}:secret:"
+        sid = self._get_param("SecretId")
+        if sid:
+            found = self.backend.secrets.get(sid)
+            if found is not None:
+                return found.arn
+            return sid if sid.startswith("arn:") else prefix + sid
+        name = self._get_param("Name")
+        if name:
+            return prefix + name + "-Ab1Cd2"
+        return "*"
+    except Exception:
+        return "*"
+_Sm._determine_resource = _sm_resource
+
+def _ssm_resource(self):
+    try:
+        name = self._get_param("Name")
+        if not name:
+            return "*"
+        if name.startswith("arn:"):
+            return name
+        sep = "" if name.startswith("/") else "/"
+        return f"arn:aws:ssm:{self.region}:{self.current_account}:parameter{sep}{name}"
+    except Exception:
+        return "*"
+_Ssm._determine_resource = _ssm_resource
+
+from xml.sax.saxutils import escape as _escape
+from moto.core.exceptions import JsonRESTError as _JsonError, _RESTError
+
+class _QueryAccessDenied(_RESTError):
+    code = 403
+    def __init__(self, message):
+        super().__init__("AccessDenied", message)
+        self.description = (
+            '<ErrorResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><Error>'
+            f"<Type>Sender</Type><Code>AccessDenied</Code><Message>{_escape(message)}</Message>"
+            "</Error><RequestId>7a62c49f-347e-4fc4-9331-6e8eEXAMPLE</RequestId></ErrorResponse>")
+
+class _JsonAccessDenied(_JsonError):
+    code = 400
+    def __init__(self, message):
+        super().__init__("AccessDeniedException", message)
+
+_checked = _ac.IAMRequest.check_action_permitted
+def _check(self, resource):
+    self._keyrotor_resource = resource
+    return _checked(self, resource)
+_ac.IAMRequest.check_action_permitted = _check
+
+def _denied(self):
+    message = (f"User: {self._access_key.arn} is not authorized to perform: {self._action} "
+               f"on resource: {getattr(self, '_keyrotor_resource', '*')} because no "
+               f"identity-based policy allows the {self._action} action")
+    if self._service in ("iam", "sts"):
+        raise _QueryAccessDenied(message)
+    raise _JsonAccessDenied(message)
+_ac.IAMRequest._raise_access_denied = _denied
+"#;
+
 /// Where the virtualenv lives: `$KEYROTOR_MOTO_VENV`, else `~/.cache/keyrotor/moto-<version>`.
 pub fn venv_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("KEYROTOR_MOTO_VENV") {
@@ -112,9 +229,19 @@ pub struct Moto {
 impl Moto {
     /// Installs moto if needed and starts a fresh server on a free loopback port.
     pub fn start() -> Result<Self> {
+        Self::spawn(LAUNCHER.to_owned())
+    }
+
+    /// Like [`Moto::start`], with moto's IAM authorization made resource-aware (see
+    /// [`RESOURCE_AUTHORIZATION`]). Enforcement is still off until [`Moto::enforce_iam`].
+    pub fn start_authorizing_resources() -> Result<Self> {
+        Self::spawn(format!("{RESOURCE_AUTHORIZATION}\n{LAUNCHER}"))
+    }
+
+    fn spawn(script: String) -> Result<Self> {
         let py = ensure_installed()?;
         let mut child = Command::new(py)
-            .args(["-c", LAUNCHER])
+            .args(["-c", &script])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -146,6 +273,20 @@ impl Moto {
             .await?;
         if !r.status().is_success() {
             bail!("moto reset answered {}", r.status());
+        }
+        Ok(())
+    }
+
+    /// Switches moto's IAM enforcement on (every request is then authenticated and authorized
+    /// against the caller's policies) or off (`POST /moto-api/reset-auth`).
+    pub async fn enforce_iam(&self, on: bool) -> Result<()> {
+        let r = reqwest::Client::new()
+            .post(format!("{}/moto-api/reset-auth", self.endpoint))
+            .body(if on { "0" } else { "inf" })
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("moto reset-auth answered {}", r.status());
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! builds the binaries and passes their paths:
 //!
 //! ```text
-//! keyrotor-bench all --keyrotor PATH [--bootstrap PATH] [--tiny] [--out FILE]
+//! keyrotor-bench all --keyrotor PATH [--bootstrap PATH] [--lambda-zip PATH] [--tiny]
+//!                    [--only single,fleet,limited,lambda] [--out FILE]
 //! ```
 //!
 //! Benchmarks, not tests: nothing fails on speed. Each figure states its target and whether it
@@ -35,6 +36,10 @@ struct Plan {
     tiny: bool,
     keyrotor: PathBuf,
     bootstrap: Option<PathBuf>,
+    /// The zip `scripts/package-lambda` made (what is deployed), when it was built.
+    lambda_zip: Option<PathBuf>,
+    /// The figures to run (`single`, `fleet`, `limited`, `lambda`); all when empty.
+    only: Vec<String>,
     out: PathBuf,
     /// Repeats of figure 1 (each tool) and of the cold starts.
     repeats: usize,
@@ -49,9 +54,20 @@ struct Plan {
     peer_dir: PathBuf,
 }
 
+/// The figures `--only` may name.
+const FIGURES: [&str; 4] = ["single", "fleet", "limited", "lambda"];
+
+impl Plan {
+    /// Whether figure `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
+}
+
 fn usage() -> &'static str {
-    "usage: keyrotor-bench all --keyrotor PATH [--bootstrap PATH] [--tiny] [--out FILE]\n\
-     \x20      [--repeats N] [--fleet 1:5,10:5,100:3,1000:1] [--limited 100,1000] [--concurrency N]"
+    "usage: keyrotor-bench all --keyrotor PATH [--bootstrap PATH] [--lambda-zip PATH] [--tiny]\n\
+     \x20      [--out FILE] [--only single,fleet,limited,lambda] [--repeats N]\n\
+     \x20      [--fleet 1:5,10:5,100:3,1000:1] [--limited 100,1000] [--concurrency N]"
 }
 
 fn parse_args() -> Result<Plan> {
@@ -69,6 +85,17 @@ fn parse_args() -> Result<Plan> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let keyrotor = PathBuf::from(get("--keyrotor").context(usage())?);
     let bootstrap = get("--bootstrap").map(PathBuf::from);
+    let lambda_zip = get("--lambda-zip").map(PathBuf::from);
+    let only: Vec<String> = get("--only")
+        .map(|o| o.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    if let Some(bad) = only.iter().find(|o| !FIGURES.contains(&o.as_str())) {
+        bail!(
+            "--only {bad}: not one of {}\n{}",
+            FIGURES.join(", "),
+            usage()
+        );
+    }
     let out = match get("--out") {
         Some(o) => PathBuf::from(o),
         None if tiny => std::env::temp_dir().join("keyrotor-bench-tiny.md"),
@@ -96,20 +123,22 @@ fn parse_args() -> Result<Plan> {
             .map(|n| n.parse().map_err(Into::into))
             .collect::<Result<Vec<usize>>>()?,
         None if tiny => vec![3],
-        // 60 targets × 8 requests crosses the 429 threshold; larger sizes spend minutes per
-        // failing target in Retry-After waits (see RESULTS.md for the extrapolation to 1,000).
+        // 60 targets × 8 requests = 480 requests: more than two windows of the 200-request
+        // budget, so the client must pause twice (about 10 minutes; RESULTS.md extrapolates to
+        // 1,000 targets).
         None => vec![60],
     };
     let concurrency = get("--concurrency").map_or(Ok(4), |c| c.parse())?;
     // Azure DevOps' real budget: 200 TSTUs per sliding 5 minutes per identity; delayed past
     // it, blocked (429) at twice it. One request = 1 TSTU (see RESULTS.md for why). The tiny
-    // run shrinks the budget so the delay and block paths still run.
+    // run shrinks the budget (and the window, so it never waits minutes) such that its 3
+    // targets still need several windows and the client's pacing runs.
     let rate_limit = if tiny {
         RateLimit {
-            limit: 4,
-            window_seconds: 2,
+            limit: 8,
+            window_seconds: 1,
             cost_per_request: 1,
-            block_at: Some(8),
+            block_at: Some(12),
             delay_ms: 10,
         }
     } else {
@@ -125,6 +154,8 @@ fn parse_args() -> Result<Plan> {
         tiny,
         keyrotor,
         bootstrap,
+        lambda_zip,
+        only,
         out,
         repeats,
         fleet,
@@ -154,22 +185,35 @@ fn say(msg: &str) {
 async fn run(plan: Plan) -> Result<()> {
     let started = Instant::now();
     let mut rep = Report::new(&plan.tiny);
+    if !plan.only.is_empty() {
+        rep.partial(&plan.only);
+    }
     rep.machine(&plan.keyrotor, plan.bootstrap.as_deref());
 
-    say("setting up the peer's virtualenv (once)");
-    let peer_py = peer_python(&plan.peer_dir)?;
+    let peer_py = if plan.runs("single") || plan.runs("lambda") {
+        say("setting up the peer's virtualenv (once)");
+        peer_python(&plan.peer_dir)?
+    } else {
+        PathBuf::new()
+    };
 
     say("starting moto (shared by every benchmark; reset between them)");
     let moto = Arc::new(Moto::start().context("moto must start (it is installed on first use)")?);
 
-    say("figure 1: one rotation, keyrotor and the peer");
-    figure1(&plan, &moto, &peer_py, &mut rep).await?;
+    if plan.runs("single") {
+        say("figure 1: one rotation, keyrotor and the peer");
+        figure1(&plan, &moto, &peer_py, &mut rep).await?;
+    }
 
-    say("figure 3: fleet scale");
-    figure3(&plan, &moto, &mut rep).await?;
+    if plan.runs("fleet") || plan.runs("limited") {
+        say("figure 3: fleet scale");
+        figure3(&plan, &moto, &mut rep).await?;
+    }
 
-    say("figure 4: artifact size and cold start");
-    figure4(&plan, &moto, &peer_py, &mut rep).await?;
+    if plan.runs("lambda") {
+        say("figure 4: artifact size and cold start");
+        figure4(&plan, &moto, &peer_py, &mut rep).await?;
+    }
 
     rep.footer(started.elapsed(), measure::spawner_floor());
     std::fs::write(&plan.out, rep.text())
@@ -427,7 +471,8 @@ async fn fleet_once(
 async fn figure3(plan: &Plan, moto: &Arc<Moto>, rep: &mut Report) -> Result<()> {
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
-    for &(n, repeats) in &plan.fleet {
+    let fleet: &[(usize, usize)] = if plan.runs("fleet") { &plan.fleet } else { &[] };
+    for &(n, repeats) in fleet {
         if let Some(last) = rows.last() {
             let last: &FleetRow = last;
             // Skip what would clearly blow the budget: time grows about linearly.
@@ -440,7 +485,12 @@ async fn figure3(plan: &Plan, moto: &Arc<Moto>, rep: &mut Report) -> Result<()> 
         rows.push(fleet_once(plan, moto, n, repeats, None).await?);
     }
     let mut limited = Vec::new();
-    for &n in &plan.limited {
+    let sizes: &[usize] = if plan.runs("limited") {
+        &plan.limited
+    } else {
+        &[]
+    };
+    for &n in sizes {
         limited.push(fleet_once(plan, moto, n, 1, Some(&plan.rate_limit)).await?);
     }
     rep.figure3(
@@ -464,12 +514,24 @@ pub struct Cold {
 
 async fn figure4(plan: &Plan, moto: &Arc<Moto>, peer_py: &Path, rep: &mut Report) -> Result<()> {
     let Some(bootstrap) = plan.bootstrap.as_ref().filter(|b| b.exists()) else {
-        rep.figure4(None, None, None, "the `bootstrap` binary was not built");
+        rep.figure4(
+            None,
+            None,
+            None,
+            None,
+            "the `bootstrap` binary was not built",
+        );
         return Ok(());
     };
     let zip = lambda::zip_size(bootstrap, &std::env::temp_dir()).ok();
     let release = bootstrap.to_string_lossy().contains("/release/");
     let bin_size = std::fs::metadata(bootstrap)?.len();
+    // What `scripts/package-lambda` wrote: `<dir>/bootstrap.zip` beside `<dir>/bootstrap`.
+    let packaged = plan.lambda_zip.as_ref().and_then(|z| {
+        let zip = std::fs::metadata(z).ok()?.len();
+        let bin = std::fs::metadata(z.with_file_name("bootstrap")).ok()?.len();
+        Some(report::Packaged { bin, zip })
+    });
 
     let w = World::start(
         &Options {
@@ -504,7 +566,13 @@ async fn figure4(plan: &Plan, moto: &Arc<Moto>, peer_py: &Path, rep: &mut Report
         }
     }
     w.stop().await;
-    rep.figure4(Some((bin_size, zip, release)), Some(&boot), Some(&py), "");
+    rep.figure4(
+        Some((bin_size, zip, release)),
+        packaged,
+        Some(&boot),
+        Some(&py),
+        "",
+    );
     Ok(())
 }
 

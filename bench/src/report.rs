@@ -21,6 +21,13 @@ pub struct Report {
     tiny: bool,
 }
 
+/// The Lambda package `scripts/package-lambda` built: its `bootstrap` and `bootstrap.zip`.
+#[derive(Debug, Clone, Copy)]
+pub struct Packaged {
+    pub bin: u64,
+    pub zip: u64,
+}
+
 fn sh(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
@@ -103,6 +110,15 @@ impl Report {
         }
         text.push_str("Written by `bench/run` (see [bench/README.md](README.md)); do not edit by hand. Benchmarks, not tests: nothing here fails on speed. Every figure gives the median and, in parentheses, the min–max over the stated number of repeated runs.\n\n");
         Self { text, tiny: *tiny }
+    }
+
+    /// Notes that only some figures ran (`--only`).
+    pub fn partial(&mut self, only: &[String]) {
+        let _ = writeln!(
+            self.text,
+            "> **Partial run** (`--only {}`): the other figures were not run.\n",
+            only.join(",")
+        );
     }
 
     pub fn text(&self) -> &str {
@@ -307,98 +323,104 @@ impl Report {
     ) {
         let mut s = String::new();
         let _ = writeln!(s, "\n## 3. Fleet scale\n");
-        let _ = writeln!(
-            s,
-            "N targets, each its own IAM user, secret and AWS service connection (seeded 16 at a time), all in ONE `keyrotor rotate --force` with `policy.concurrency = {concurrency}` (the default). Same zero-wait verify settings as figure 1. Repeated runs rotate the same fleet again.\n"
-        );
-        let _ = writeln!(
-            s,
-            "| targets | runs | wall s | ms per target | CPU s | peak RSS MiB | outcomes (all runs) | AWS requests / target | ADO requests / target | seeding s |\n|---|---|---|---|---|---|---|---|---|---|"
-        );
-        for r in rows {
-            let per: Vec<f64> = r
-                .runs
-                .usages
-                .iter()
-                .map(|u| u.wall.as_secs_f64() * 1000.0 / r.targets as f64)
-                .collect();
-            let wall: Vec<f64> = r.runs.usages.iter().map(|u| u.wall.as_secs_f64()).collect();
-            let cpu: Vec<f64> = r.runs.usages.iter().map(|u| u.cpu.as_secs_f64()).collect();
-            let aws: usize = r.calls.aws.values().flat_map(|m| m.values()).sum();
+        if !rows.is_empty() || !skipped.is_empty() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
-                r.targets,
-                r.runs.usages.len(),
-                stats(&wall).show(2),
-                stats(&per).show(1),
-                stats(&cpu).show(2),
-                r.runs.rss_mib().show(1),
-                fmt_map(&r.outcomes),
-                aws as f64 / r.targets as f64,
-                r.calls.ado_total() as f64 / r.targets as f64,
-                r.seed_time.as_secs_f64()
+                "N targets, each its own IAM user, secret and AWS service connection (seeded 16 at a time), all in ONE `keyrotor rotate --force` with `policy.concurrency = {concurrency}` (the default). Same zero-wait verify settings as figure 1. Repeated runs rotate the same fleet again.\n"
             );
-        }
-        for (n, est) in skipped {
             let _ = writeln!(
                 s,
-                "| {n} | 0 | *not run; extrapolated ≈ {est:.0}* | | | | | | | |"
+                "| targets | runs | wall s | ms per target | CPU s | peak RSS MiB | outcomes (all runs) | AWS requests / target | ADO requests / target | seeding s |\n|---|---|---|---|---|---|---|---|---|---|"
             );
-        }
-        // Growth.
-        if rows.len() >= 2 {
-            let _ = writeln!(s, "\nGrowth (medians):\n");
-            for pair in rows.windows(2) {
-                let (a, b) = (&pair[0], &pair[1]);
-                let k = b.targets as f64 / a.targets as f64;
-                let wall = b.runs.wall_ms().median / a.runs.wall_ms().median;
-                let rss = b.runs.rss_mib().median - a.runs.rss_mib().median;
-                let _ = writeln!(
-                    s,
-                    "- {} → {} targets (×{k:.0}): wall ×{wall:.2}, peak RSS {:+.1} MiB ({:+.1} KiB per added target)",
-                    a.targets,
-                    b.targets,
-                    rss,
-                    rss * 1024.0 / (b.targets - a.targets) as f64
-                );
-            }
-        }
-        let big = rows.iter().find(|r| r.targets >= 1000);
-        let _ = writeln!(
-            s,
-            "\n**Target: 1,000 targets with peak RSS under 64 MB and no failed target.**"
-        );
-        match big {
-            Some(r) => {
-                let rss = r.runs.rss_mib().max;
-                let failed: usize = r
-                    .outcomes
+            for r in rows {
+                let per: Vec<f64> = r
+                    .runs
+                    .usages
                     .iter()
-                    .filter(|(k, _)| k.as_str() != "rotated")
-                    .map(|(_, v)| v)
-                    .sum();
+                    .map(|u| u.wall.as_secs_f64() * 1000.0 / r.targets as f64)
+                    .collect();
+                let wall: Vec<f64> = r.runs.usages.iter().map(|u| u.wall.as_secs_f64()).collect();
+                let cpu: Vec<f64> = r.runs.usages.iter().map(|u| u.cpu.as_secs_f64()).collect();
+                let aws: usize = r.calls.aws.values().flat_map(|m| m.values()).sum();
                 let _ = writeln!(
                     s,
-                    "Peak RSS {rss:.1} MiB = {:.1} MB: {}{}; failed targets: {failed}: {}.",
-                    rss * 1.048_576,
-                    met(rss * 1.048_576 < 64.0),
-                    if rss * 1.048_576 < 64.0 {
-                        format!(" ({:.1} MB to spare)", 64.0 - rss * 1.048_576)
-                    } else {
-                        format!(" (missed by {:.1} MB)", rss * 1.048_576 - 64.0)
-                    },
-                    met(failed == 0)
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+                    r.targets,
+                    r.runs.usages.len(),
+                    stats(&wall).show(2),
+                    stats(&per).show(1),
+                    stats(&cpu).show(2),
+                    r.runs.rss_mib().show(1),
+                    fmt_map(&r.outcomes),
+                    aws as f64 / r.targets as f64,
+                    r.calls.ado_total() as f64 / r.targets as f64,
+                    r.seed_time.as_secs_f64()
                 );
             }
-            None => {
-                let _ = writeln!(s, "Not measured at 1,000 in this run (see the table).");
+            for (n, est) in skipped {
+                let _ = writeln!(
+                    s,
+                    "| {n} | 0 | *not run; extrapolated ≈ {est:.0}* | | | | | | | |"
+                );
             }
+            // Growth.
+            if rows.len() >= 2 {
+                let _ = writeln!(s, "\nGrowth (medians):\n");
+                for pair in rows.windows(2) {
+                    let (a, b) = (&pair[0], &pair[1]);
+                    let k = b.targets as f64 / a.targets as f64;
+                    let wall = b.runs.wall_ms().median / a.runs.wall_ms().median;
+                    let rss = b.runs.rss_mib().median - a.runs.rss_mib().median;
+                    let _ = writeln!(
+                        s,
+                        "- {} → {} targets (×{k:.0}): wall ×{wall:.2}, peak RSS {:+.1} MiB ({:+.1} KiB per added target)",
+                        a.targets,
+                        b.targets,
+                        rss,
+                        rss * 1024.0 / (b.targets - a.targets) as f64
+                    );
+                }
+            }
+            let big = rows.iter().find(|r| r.targets >= 1000);
+            let _ = writeln!(
+                s,
+                "\n**Target: 1,000 targets with peak RSS under 64 MB and no failed target.**"
+            );
+            match big {
+                Some(r) => {
+                    let rss = r.runs.rss_mib().max;
+                    let failed: usize = r
+                        .outcomes
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "rotated")
+                        .map(|(_, v)| v)
+                        .sum();
+                    let _ = writeln!(
+                        s,
+                        "Peak RSS {rss:.1} MiB = {:.1} MB: {}{}; failed targets: {failed}: {}.",
+                        rss * 1.048_576,
+                        met(rss * 1.048_576 < 64.0),
+                        if rss * 1.048_576 < 64.0 {
+                            format!(" ({:.1} MB to spare)", 64.0 - rss * 1.048_576)
+                        } else {
+                            format!(" (missed by {:.1} MB)", rss * 1.048_576 - 64.0)
+                        },
+                        met(failed == 0)
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "Not measured at 1,000 in this run (see the table).");
+                }
+            }
+        }
+        if limited.is_empty() {
+            self.w(&s);
+            return;
         }
         let _ = writeln!(s, "\n### With Azure DevOps' rate limit\n");
         let _ = writeln!(
             s,
-            "The emulator's `RateLimit`: {} TSTUs per sliding {} s per identity (one PAT = one identity); a request costs {} TSTU; past {} TSTUs requests are delayed {} ms (answered normally, with `X-RateLimit-Delay`), at {} TSTUs they get HTTP 429 `TF400733` with `Retry-After` (seconds until the oldest counted request leaves the window). One run per size, fresh emulator.\n",
+            "The emulator's `RateLimit`: {} TSTUs per sliding {} s per identity (one PAT = one identity); a request costs {} TSTU; past {} TSTUs requests are delayed {} ms (answered normally, with `X-RateLimit-Delay`, `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`, the epoch second at which usage would be back at zero if the identity stopped), at {} TSTUs they get HTTP 429 `TF400733` with `Retry-After` (seconds until the oldest counted request leaves the window). One run per size, fresh emulator.\n",
             rl.limit,
             rl.window_seconds,
             rl.cost_per_request,
@@ -409,45 +431,88 @@ impl Report {
         s.push_str(TSTU_NOTES);
         let _ = writeln!(
             s,
-            "\n| targets | wall s | peak RSS MiB | outcomes | ADO answers by status | ADO requests |\n|---|---|---|---|---|---|"
+            "\n| targets | wall s | peak RSS MiB | outcomes | failed targets | ADO requests | delayed answers | 429 answers | pauses ≥ 1 s between requests |\n|---|---|---|---|---|---|---|---|---|"
         );
         for r in limited {
+            let p = &r.calls.ado_pauses;
+            let pauses = if p.is_empty() {
+                "none".to_owned()
+            } else {
+                format!(
+                    "{}: {:.1} s in all, longest {:.1} s",
+                    p.len(),
+                    p.iter().sum::<f64>(),
+                    p.iter().copied().fold(0.0, f64::max)
+                )
+            };
             let _ = writeln!(
                 s,
-                "| {} | {:.1} | {:.1} | {} | {} | {} |",
+                "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {pauses} |",
                 r.targets,
                 r.runs.wall_ms().median / 1000.0,
                 r.runs.rss_mib().median,
                 fmt_map(&r.outcomes),
-                r.calls
-                    .ado_status
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                r.calls.ado_total()
+                failed(r),
+                r.calls.ado_total(),
+                r.calls.ado_delayed,
+                r.calls.ado_status.get(&429).copied().unwrap_or(0),
             );
         }
-        if let Some(r) = rows.last() {
-            let per = r.calls.ado_total() as f64 / r.targets as f64;
-            let total = per * 1000.0;
-            let windows = total / f64::from(rl.limit);
+        let _ = writeln!(
+            s,
+            "\n**Target: no failed target under the rate limit.** {}",
+            limited
+                .iter()
+                .map(|r| format!(
+                    "{} targets: {} failed: {}",
+                    r.targets,
+                    failed(r),
+                    met(failed(r) == 0)
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        for r in limited {
+            let n = r.calls.ado_total() as f64;
             let _ = writeln!(
                 s,
-                "\n*Extrapolated, not measured:* 1,000 targets at {per:.0} ADO requests each is {total:.0} requests = {total:.0} TSTUs at 1 TSTU per request. Within Azure DevOps' budget ({} TSTUs per {} s undelayed, 429 from {}), that is {windows:.0} full windows: about {:.0} minutes if a client paced itself perfectly at the undelayed rate, versus the {:.0} s the unlimited run took. A client that does not pace itself reaches the 429 threshold after {:.0} targets and then fails targets whose retries run out (`max_total` 120 s) — see the measured {}-target run above.",
+                "\n{} targets made {n:.0} requests: {:.1} windows' worth of the undelayed budget ({} per {} s). The client stopped whenever an answer came back delayed and waited for `X-RateLimit-Reset`, so the run took {:.0} s, of which {:.0} s were pauses.",
+                r.targets,
+                n / f64::from(rl.limit),
                 rl.limit,
                 rl.window_seconds,
-                rl.block_threshold(),
-                windows * rl.window_seconds as f64 / 60.0,
-                rows.iter()
-                    .find(|x| x.targets >= 1000)
-                    .map_or(f64::NAN, |x| x.runs.wall_ms().median / 1000.0),
-                f64::from(rl.block_threshold()) / per,
-                limited.first().map_or(0, |x| x.targets)
+                r.runs.wall_ms().median / 1000.0,
+                r.calls.ado_pauses.iter().sum::<f64>()
+            );
+        }
+        let basis = rows
+            .last()
+            .filter(|r| r.calls.ado_total() > 0)
+            .or_else(|| limited.first());
+        if let Some(r) = basis {
+            let per = r.calls.ado_total() as f64 / r.targets as f64;
+            let total = per * 1000.0;
+            let windows = (total / f64::from(rl.limit)).ceil();
+            let unlimited = rows
+                .iter()
+                .find(|x| x.targets >= 1000)
+                .map(|x| {
+                    format!(
+                        ", versus the {:.0} s the unlimited run took",
+                        x.runs.wall_ms().median / 1000.0
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "\n*Extrapolated, not measured:* 1,000 targets at {per:.0} ADO requests each is {total:.0} requests = {total:.0} TSTUs at 1 TSTU per request: {windows:.0} windows of the undelayed budget ({} TSTUs per {} s). Paced this way (a burst, then a wait of one window), that is about {:.0} minutes{unlimited}. Halving the requests per target (section 1: the protocol needs 4) would halve it.",
+                rl.limit,
+                rl.window_seconds,
+                (windows - 1.0).max(0.0) * rl.window_seconds as f64 / 60.0,
             );
         }
         if limited.iter().any(|r| !r.failures.is_empty()) {
-            let _ = writeln!(s, "\n{RATE_WHY}");
+            let _ = writeln!(s, "\n{RATE_FAILED}");
         }
         for r in limited {
             if !r.failures.is_empty() {
@@ -468,6 +533,7 @@ impl Report {
     pub fn figure4(
         &mut self,
         sizes: Option<(u64, Option<u64>, bool)>,
+        packaged: Option<Packaged>,
         boot: Option<&Cold>,
         py: Option<&Cold>,
         why_not: &str,
@@ -479,15 +545,47 @@ impl Report {
             self.w(&s);
             return;
         };
+        let _ = writeln!(
+            s,
+            "What is deployed is the zip `scripts/package-lambda` builds: the same `bootstrap`, compiled for size (`CARGO_PROFILE_RELEASE_LTO=fat`, `CODEGEN_UNITS=1`, `OPT_LEVEL=s`; the release profile strips symbols) and zipped with `zip -X`. `bench/run` runs it (`--no-dist`: deploy/dist is left alone) and measures that file; the plain release build (tuned for speed), zipped with `zip -9`, is shown beside it.\n"
+        );
         let _ = writeln!(s, "| | size | target | |\n|---|---|---|---|");
         let _ = writeln!(
             s,
             "| old design: Azure CLI container image | {OLD_IMAGE_MB} MB | | |"
         );
+        match packaged {
+            Some(p) => {
+                let mb = p.zip as f64 / 1e6;
+                let _ = writeln!(
+                    s,
+                    "| `bootstrap` x86_64, packaged (`scripts/package-lambda`: fat LTO, one codegen unit, `opt-level = \"s\"`, stripped) | {:.2} MB | | |",
+                    p.bin as f64 / 1e6
+                );
+                let _ = writeln!(
+                    s,
+                    "| **`bootstrap.zip` x86_64, packaged: what is deployed** | **{mb:.2} MB** ({} bytes; {:.1}× smaller than the image) | < 6 MB | {} |",
+                    p.zip,
+                    OLD_IMAGE_MB / mb,
+                    met(mb < 6.0)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "| `bootstrap.zip` x86_64, packaged (`scripts/package-lambda`) | not measured in this run{} | < 6 MB | |",
+                    if self.tiny {
+                        " (`--tiny` skips the multi-minute fat-LTO build)"
+                    } else {
+                        " (no `--lambda-zip`, or it was not built)"
+                    }
+                );
+            }
+        }
         let profile = if release {
-            "release, stripped"
+            "plain release build, stripped"
         } else {
-            "DEBUG build (`--tiny`)"
+            "DEBUG build, `--tiny`"
         };
         let _ = writeln!(
             s,
@@ -499,23 +597,21 @@ impl Report {
                 let mb = z as f64 / 1e6;
                 let _ = writeln!(
                     s,
-                    "| `bootstrap.zip` x86_64 (`zip -9`) | **{mb:.2} MB** ({:.1}× smaller than the image) | < 6 MB | {} |",
-                    OLD_IMAGE_MB / mb,
-                    met(mb < 6.0)
+                    "| `bootstrap.zip` x86_64 ({profile}, `zip -9`), for comparison | {mb:.2} MB | | |"
                 );
             }
             None => {
                 let _ = writeln!(
                     s,
-                    "| `bootstrap.zip` | not measured: `zip` failed or is missing | < 6 MB | |"
+                    "| `bootstrap.zip` ({profile}) | not measured: `zip` failed or is missing | | |"
                 );
             }
         }
         let _ = writeln!(
             s,
-            "| `bootstrap.zip` arm64 | not measured: this machine has no `aarch64-unknown-linux-gnu` Rust target and no aarch64 C cross-compiler (aws-lc / ring need one); a second multi-minute release build of the AWS SDK was not attempted | < 6 MB | |"
+            "| `bootstrap.zip` arm64 | not measured: the aarch64 Rust standard library is not obtainable on this machine (`scripts/package-lambda` skips arm64 and says so; see deploy/README.md) | < 6 MB | |"
         );
-        if zip.is_some_and(|z| z as f64 / 1e6 >= 6.0) {
+        if packaged.is_some_and(|p| p.zip as f64 / 1e6 >= 6.0) {
             let _ = writeln!(s, "\n{ZIP_WHY}");
         }
         let _ = writeln!(
@@ -593,6 +689,15 @@ impl Report {
     }
 }
 
+/// Targets of a fleet run that did not rotate.
+fn failed(r: &FleetRow) -> usize {
+    r.outcomes
+        .iter()
+        .filter(|(k, _)| k.as_str() != "rotated")
+        .map(|(_, v)| v)
+        .sum()
+}
+
 fn fmt_map(m: &BTreeMap<String, usize>) -> String {
     m.iter()
         .map(|(k, v)| format!("{k}: {v}"))
@@ -600,9 +705,9 @@ fn fmt_map(m: &BTreeMap<String, usize>) -> String {
         .join(", ")
 }
 
-const ZIP_WHY: &str = "Why the zip misses 6 MB: `bootstrap` links the AWS SDK clients for IAM, Secrets Manager, SSM and STS (with aws-config), aws-lc-rs cryptography, hyper/reqwest with rustls, tokio and lambda_runtime, and the workspace's release profile optimizes for speed (`opt-level = 3`, `lto = \"thin\"`, `codegen-units = 4`, `strip = true`). Not tried here (not measured): a Lambda-only profile with `opt-level = \"z\"` or `\"s\"`, `lto = \"fat\"`, `codegen-units = 1` and `panic = \"abort\"`, and the arm64 build the deployment uses.";
+const ZIP_WHY: &str = "Why the packaged zip misses 6 MB: `bootstrap` links the AWS SDK clients for IAM, Secrets Manager, SSM and STS (with aws-config), aws-lc-rs cryptography, hyper/reqwest with rustls, tokio and lambda_runtime. Not tried here: `opt-level = \"z\"`, `panic = \"abort\"` (deploy/README.md explains why panics unwind), and the arm64 build.";
 
-const RATE_WHY: &str = "Why targets fail: keyrotor does not pace itself. Its ADO client logs a warning on `X-RateLimit-Delay` but does not slow down, and it ignores `X-RateLimit-Remaining`. Once the identity reaches the block threshold, every request gets 429 with a `Retry-After` of up to 300 s (until the oldest counted request leaves the window). The client shortens that to 60 s (`max_retry_after`), so a request gets 2 attempts before `max_total` (120 s) ends its retries, and the target fails at whichever step it was in: inspect (nothing changed yet) or push (the PUT was refused, so the endpoint still holds the old key and compensation deletes the new one, by design — the end state of these targets was not checked in this run). The other targets keep going and spend the budget further. Each endpoint costs 8 requests where the protocol needs 4 (section 1), which halves how many targets fit in the budget.";
+const RATE_FAILED: &str = "Targets failed although the client paces itself: their errors below say which bound ran out (a request refused `max_rate_limited_attempts` times, a wait beyond `rate_limit_max_wait`, or a failure that is not the rate limit). Pacing exists so that this does not happen while Azure DevOps merely asks the client to wait.";
 
 const MINIMUM_NOTES: &str = "
 How the minimum is derived (protocol.rs, this case: one endpoint, the key in steady state, grace 0):
@@ -631,5 +736,7 @@ So the peer is measured two ways: **requests** (the default, as the brief prefer
 ";
 
 const TSTU_NOTES: &str = "
-Why 1 TSTU per request: Microsoft does not publish per-request TSTU costs (a TSTU is a blend of the database and application-tier CPU a request uses); 1 is the emulator's smallest whole cost, the conventional reading of \"200 TSTUs ≈ 200 ordinary requests per 5 minutes\", and it is pessimistic for simple service-endpoint GETs and PUTs, which real Azure DevOps likely charges less. The delay stands in for Azure DevOps' \"delayed by a few hundred milliseconds up to 30 seconds\". keyrotor's ADO client honours `Retry-After` up to 60 s (`AdoOptions::max_retry_after`), retries a request at most 5 times and starts no retry after 120 s (`max_total`).
+Why 1 TSTU per request: Microsoft does not publish per-request TSTU costs (a TSTU is a blend of the database and application-tier CPU a request uses); 1 is the emulator's smallest whole cost, the conventional reading of \"200 TSTUs ≈ 200 ordinary requests per 5 minutes\", and it is pessimistic for simple service-endpoint GETs and PUTs, which real Azure DevOps likely charges less. The delay stands in for Azure DevOps' \"delayed by a few hundred milliseconds up to 30 seconds\".
+
+How keyrotor paces itself (crates/ado/src/pacing.rs): every request of a run goes through one client, and one pacing state shared by all of them. Once an answer comes back delayed (or with `X-RateLimit-Remaining: 0`) the client sends nothing until `X-RateLimit-Reset`, and then one request at a time until an answer comes back undelayed; after a 429 it sends nothing until the `Retry-After` has passed (up to 310 s, `AdoOptions::max_retry_after`). So it spends the undelayed budget at full speed, then waits for it to come back, and never pushes on towards the refusals. Waiting is bounded on its own — 15 minutes per request (`rate_limit_max_wait`), 5 refusals per request (`max_rate_limited_attempts`) — apart from the 5 attempts within 120 s that failures (5xx, timeouts) get.
 ";

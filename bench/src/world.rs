@@ -59,7 +59,7 @@ pub struct World {
 
 /// What one run did to the stand-ins: requests per AWS service and operation, ADO requests,
 /// Slack posts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Calls {
     /// `service` → operation → count.
     pub aws: BTreeMap<String, BTreeMap<String, usize>>,
@@ -67,6 +67,11 @@ pub struct Calls {
     pub ado: BTreeMap<String, usize>,
     /// ADO answers by status.
     pub ado_status: BTreeMap<u16, usize>,
+    /// ADO answers delayed by the rate limit (`X-RateLimit-Delay`).
+    pub ado_delayed: usize,
+    /// Gaps of a second or more between one ADO request's arrival and the next one's: the
+    /// client holding back for the rate limit (seconds, in order).
+    pub ado_pauses: Vec<f64>,
     pub slack: usize,
 }
 
@@ -248,11 +253,20 @@ concurrency = {concurrency}
             let service = s.service.unwrap_or_else(|| "?".into());
             *c.aws.entry(service).or_default().entry(s.op).or_default() += 1;
         }
+        let mut previous: Option<u64> = None;
         for r in self.ado.requests().into_iter().skip(m.ado) {
             *c.ado
                 .entry(ado_kind(&r.method, &r.path, r.query.as_deref()))
                 .or_default() += 1;
             *c.ado_status.entry(r.status).or_default() += 1;
+            c.ado_delayed += usize::from(r.delayed);
+            if let Some(p) = previous {
+                let gap = r.received_us.saturating_sub(p) as f64 / 1e6;
+                if gap >= 1.0 {
+                    c.ado_pauses.push(gap);
+                }
+            }
+            previous = Some(r.received_us);
         }
         c.slack = self.slack.posts().len() - m.slack;
         c

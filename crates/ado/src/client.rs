@@ -1,7 +1,7 @@
 //! [`AdoClient`]: the [`ServiceConnections`] port over Azure DevOps' REST API.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use keyrotor_core::domain::{AccessKeyId, EndpointRef, EndpointSelector, OrgUrl, ProjectName};
@@ -18,23 +18,43 @@ use crate::transport::{Answer, Transport};
 /// The REST API version every request names.
 pub const API_VERSION: &str = "7.1";
 
-/// Timeouts and retry bounds. The defaults suit the real service; tests shrink them.
+/// Timeouts, retry bounds and rate-limit bounds. The defaults suit the real service and the CLI;
+/// tests shrink them, and a Lambda step sets [`deadline`](Self::deadline).
+///
+/// Failures (5xx, 408, timeouts, dropped connections) and refusals for the rate limit (429)
+/// are bounded separately, so that waiting for the rate limit never uses up the retries of
+/// real failures (see the crate docs, "Rate limit").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdoOptions {
     /// One attempt, from connecting to the last byte of the answer.
     pub request_timeout: Duration,
     /// Establishing a connection.
     pub connect_timeout: Duration,
-    /// Attempts per request, the first included (429, 5xx, timeouts, connection failures).
+    /// Attempts per request, the first included, counting failures (5xx, 408, timeouts,
+    /// connection failures); refusals for the rate limit count against
+    /// [`max_rate_limited_attempts`](Self::max_rate_limited_attempts) instead.
     pub max_attempts: u32,
-    /// The first backoff; it doubles after every failed attempt.
+    /// The first backoff after a failure; it doubles after every failed attempt.
     pub backoff_base: Duration,
     /// The longest backoff.
     pub backoff_cap: Duration,
-    /// The longest `Retry-After` honoured (a longer one is shortened to this).
+    /// The longest `Retry-After` honoured, and the longest pause for the rate limit (a longer
+    /// one is shortened to this). Azure DevOps' window is 300 s; the default is 310 s.
     pub max_retry_after: Duration,
-    /// No retry starts once this much time has gone by since the first attempt.
+    /// No retry of a failure starts once this much time has gone by since the first attempt,
+    /// not counting time held back by the rate limit.
     pub max_total: Duration,
+    /// Attempts per request that Azure DevOps may refuse for its rate limit (429) before the
+    /// request gives up; each refusal is waited out in full first.
+    pub max_rate_limited_attempts: u32,
+    /// The longest one request waits, in all, for the rate limit (its own refusals and the
+    /// pauses other requests' answers set). A pause that would end past it is not started:
+    /// the request fails at once as retryable.
+    pub rate_limit_max_wait: Duration,
+    /// Nothing this client does runs past this instant: no wait (rate limit or backoff) is
+    /// started that would end after it, and an attempt's timeout is shortened to it. For a
+    /// Lambda invocation: its deadline less a margin. `None`: no deadline.
+    pub deadline: Option<SystemTime>,
 }
 
 impl Default for AdoOptions {
@@ -45,8 +65,11 @@ impl Default for AdoOptions {
             max_attempts: 5,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(8),
-            max_retry_after: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(310),
             max_total: Duration::from_secs(120),
+            max_rate_limited_attempts: 5,
+            rate_limit_max_wait: Duration::from_secs(15 * 60),
+            deadline: None,
         }
     }
 }
@@ -88,6 +111,12 @@ impl AdoClient {
     /// The options in force.
     pub fn options(&self) -> &AdoOptions {
         &self.transport.options
+    }
+
+    /// How much longer this client holds every request back for Azure DevOps' rate limit;
+    /// `None` when a request would be sent at once. Shared by every request of the client.
+    pub fn rate_limit_pause(&self) -> Option<Duration> {
+        self.transport.pacer.pause_left()
     }
 
     pub(crate) async fn get_json(&self, url: &Url) -> PortResult<Answer> {

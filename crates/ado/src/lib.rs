@@ -14,16 +14,27 @@
 //! can come back as a 203 HTML sign-in page or a 302, so every request sends
 //! `X-TFS-FedAuthRedirect: Suppress` and any non-JSON answer is an authentication failure.
 //!
-//! Errors are [`PortError`]s: 429 (after `Retry-After`), 5xx, timeouts and dropped connections
-//! are retried with capped exponential backoff and become `Retryable` when the bounds run out;
-//! 401 is `Unauthorized`, 403 `Forbidden`, 404 `NotFound`, other 4xx `Invalid`. A message
-//! quotes only the service's own `message`, never a request body; the PAT and the secret
-//! being written are scrubbed from it and key ids are masked.
+//! Errors are [`PortError`]s: 5xx, 408, timeouts and dropped connections are retried with
+//! capped exponential backoff, 429 after its full `Retry-After`, and both become `Retryable`
+//! when their bounds run out; 401 is `Unauthorized`, 403 `Forbidden`, 404 `NotFound`, other
+//! 4xx `Invalid`. A message quotes only the service's own `message`, never a request body; the
+//! PAT and the secret being written are scrubbed from it and key ids are masked.
+//!
+//! # Rate limit
+//!
+//! Azure DevOps allows a PAT 200 TSTUs per sliding five minutes, delays requests past that and
+//! refuses them (429) further on. One client paces every request it sends with one shared
+//! state (module `pacing`): after a 429 nobody sends before its `Retry-After`; after a delayed
+//! answer (or `X-RateLimit-Remaining: 0`) nobody sends before `X-RateLimit-Reset`; and while
+//! throttled, requests go one at a time. Waiting is bounded on its own
+//! ([`AdoOptions::rate_limit_max_wait`], [`AdoOptions::max_rate_limited_attempts`],
+//! [`AdoOptions::deadline`]) and never uses up the retries of real failures.
 //!
 //! # Layout
 //!
 //! - `client`: [`AdoClient`], [`AdoOptions`] and the [`ServiceConnections`] implementation.
 //! - `transport`: one request with the PAT, retries, and the mapping of answers to errors.
+//! - `pacing`: the rate-limit pacing every request of a client shares, and its arithmetic.
 //! - `endpoint`: the `ServiceEndpoint` JSON read into the core's `Endpoint`, and edited.
 //! - `audit`: [`AdoClient::list_aws_endpoints`], every AWS connection of an organization.
 //!
@@ -35,6 +46,7 @@
 mod audit;
 mod client;
 mod endpoint;
+mod pacing;
 mod transport;
 
 pub use audit::{AdoProject, AuditEndpoint};

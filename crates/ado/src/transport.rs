@@ -1,18 +1,26 @@
-//! One request to Azure DevOps, retried where a later attempt may work, and its answer turned
-//! into JSON or into a [`PortError`] whose message names no secret.
+//! One request to Azure DevOps, paced for its rate limit ([`crate::pacing`]), retried where a
+//! later attempt may work, and its answer turned into JSON or into a [`PortError`] whose
+//! message names no secret.
+//!
+//! Two budgets bound a request, kept apart so that waiting for the rate limit never uses up the
+//! retries of real failures: failures (5xx, 408, timeouts, dropped connections) get
+//! `max_attempts` attempts within `max_total`, not counting time held back by the rate limit;
+//! refusals (429) get `max_rate_limited_attempts`, each waited out in full, and all waiting for
+//! the rate limit together at most `rate_limit_max_wait`. `deadline`, when set, bounds both.
 
 use std::error::Error as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use keyrotor_core::ports::{PortError, PortErrorKind, PortResult};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::AdoOptions;
+use crate::pacing::{self, Pacer, RateSignal, TooLong};
 
 /// What to check when Azure DevOps does not accept the PAT.
 /// A clause, so every error stays one sentence.
@@ -32,17 +40,23 @@ pub(crate) struct Answer {
 enum Attempt {
     Done(Answer),
     Fatal(PortError),
+    /// Refused for the rate limit (429); the pause is already on the pacer.
+    RateLimited {
+        reason: String,
+    },
     Retry {
         reason: String,
         retry_after: Option<Duration>,
     },
 }
 
-/// Sends requests with the PAT and retries.
+/// Sends requests with the PAT, paced and retried.
 pub(crate) struct Transport {
     http: reqwest::Client,
     pat: SecretString,
     pub(crate) options: AdoOptions,
+    /// Shared by every request of this client (and so by every target of a run).
+    pub(crate) pacer: Pacer,
 }
 
 impl Transport {
@@ -59,7 +73,12 @@ impl Transport {
                     "could not set up the HTTP client for Azure DevOps (TLS initialisation failed)",
                 )
             })?;
-        Ok(Self { http, pat, options })
+        Ok(Self {
+            http,
+            pat,
+            options,
+            pacer: Pacer::default(),
+        })
     }
 
     /// `Authorization: Basic base64(":" + PAT)`, marked sensitive so that no debug output of a
@@ -77,8 +96,9 @@ impl Transport {
         Ok(value)
     }
 
-    /// Sends one request, retrying 429, 5xx, timeouts and connection failures within the
-    /// options' bounds. `secrets` are scrubbed from any message, besides the PAT.
+    /// Sends one request: held back while the rate limit asks for it, then retried on 429, 5xx,
+    /// timeouts and connection failures within the options' bounds (see the module docs).
+    /// `secrets` are scrubbed from any message, besides the PAT.
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -87,41 +107,104 @@ impl Transport {
         secrets: &[&str],
     ) -> PortResult<Answer> {
         let what = format!("{method} {}", url.path());
+        let o = &self.options;
         let started = Instant::now();
-        let mut attempts = 0u32;
+        let deadline = o.deadline.map(instant_of);
+        let mut failures = 0u32;
+        let mut refusals = 0u32;
+        // Time spent held back by the rate limit: not part of the failures' budget.
+        let mut held = Duration::ZERO;
+        let mut last_reason: Option<String> = None;
+        let give_up = |why: String, reason: Option<&str>, attempts: u32| {
+            self.scrubbed(gave_up(&what, reason, attempts, started, &why), secrets)
+        };
         loop {
-            attempts += 1;
-            let (reason, retry_after) = match self.attempt(&method, url, body, &what).await {
+            // Wait for the rate limit, no longer than its budget and the deadline allow.
+            let rate_budget_end = Instant::now() + o.rate_limit_max_wait.saturating_sub(held);
+            let latest = deadline.map_or(rate_budget_end, |d| d.min(rate_budget_end));
+            let admission = match self.pacer.admit(latest).await {
+                Ok(a) => a,
+                Err(TooLong { pause }) => {
+                    let limit = if deadline.is_some_and(|d| d < rate_budget_end) {
+                        "the deadline".to_owned()
+                    } else {
+                        format!(
+                            "the {} s this client waits for the rate limit per request",
+                            o.rate_limit_max_wait.as_secs()
+                        )
+                    };
+                    let why = match pause {
+                        Some(p) => format!(
+                            ": its rate limit holds requests back for another {:.0} s, past {limit}",
+                            p.as_secs_f64()
+                        ),
+                        None => format!(
+                            ": its rate limit lets one request through at a time and this one's \
+                             turn did not come before {limit}"
+                        ),
+                    };
+                    return Err(give_up(why, last_reason.as_deref(), failures + refusals));
+                }
+            };
+            held += admission.waited;
+            let timeout = match deadline {
+                None => o.request_timeout,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(give_up(
+                            ": the deadline has passed".to_owned(),
+                            last_reason.as_deref(),
+                            failures + refusals,
+                        ));
+                    }
+                    o.request_timeout.min(left)
+                }
+            };
+            let outcome = self.attempt(&method, url, body, &what, timeout).await;
+            // The answer has been observed: the next request in line may go.
+            drop(admission);
+            match outcome {
                 Attempt::Done(answer) => return Ok(answer),
                 Attempt::Fatal(e) => return Err(self.scrubbed(e, secrets)),
+                Attempt::RateLimited { reason } => {
+                    refusals += 1;
+                    if refusals >= o.max_rate_limited_attempts.max(1) {
+                        return Err(give_up(String::new(), Some(&reason), failures + refusals));
+                    }
+                    tracing::warn!(
+                        request = %what,
+                        refusals,
+                        "Azure DevOps: {}; retrying once its rate limit allows",
+                        self.scrub(&reason, secrets)
+                    );
+                    last_reason = Some(reason);
+                }
                 Attempt::Retry {
                     reason,
                     retry_after,
-                } => (reason, retry_after),
-            };
-            let delay = retry_delay(&self.options, attempts, retry_after);
-            let give_up = attempts >= self.options.max_attempts.max(1)
-                || started.elapsed() + delay > self.options.max_total;
-            if give_up {
-                let e = PortError::new(
-                    PortErrorKind::Retryable,
-                    format!(
-                        "Azure DevOps kept failing {what}: {reason} (gave up after {attempts} \
-                         attempt{} in {:.1} s)",
-                        if attempts == 1 { "" } else { "s" },
-                        started.elapsed().as_secs_f64()
-                    ),
-                );
-                return Err(self.scrubbed(e, secrets));
+                } => {
+                    failures += 1;
+                    let delay = retry_delay(o, failures, retry_after);
+                    let failing_for = started.elapsed().saturating_sub(held);
+                    let past_deadline = deadline.is_some_and(|d| Instant::now() + delay > d);
+                    if failures >= o.max_attempts.max(1)
+                        || failing_for + delay > o.max_total
+                        || past_deadline
+                    {
+                        return Err(give_up(String::new(), Some(&reason), failures + refusals));
+                    }
+                    tracing::warn!(
+                        request = %what,
+                        attempt = failures,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "Azure DevOps: {}; retrying",
+                        self.scrub(&reason, secrets)
+                    );
+                    last_reason = Some(reason);
+                    tokio::time::sleep(delay).await;
+                }
             }
-            tracing::warn!(
-                request = %what,
-                attempt = attempts,
-                retry_in_ms = delay.as_millis() as u64,
-                "Azure DevOps: {}; retrying",
-                self.scrub(&reason, secrets)
-            );
-            tokio::time::sleep(delay).await;
         }
     }
 
@@ -131,6 +214,7 @@ impl Transport {
         url: &Url,
         body: Option<&[u8]>,
         what: &str,
+        timeout: Duration,
     ) -> Attempt {
         let auth = match self.authorization() {
             Ok(a) => a,
@@ -142,7 +226,7 @@ impl Transport {
             .header(AUTHORIZATION, auth)
             .header("X-TFS-FedAuthRedirect", "Suppress")
             .header(ACCEPT, "application/json")
-            .timeout(self.options.request_timeout);
+            .timeout(timeout);
         if let Some(body) = body {
             request = request
                 .header(CONTENT_TYPE, "application/json")
@@ -175,15 +259,11 @@ impl Transport {
             }
         };
         tracing::debug!(request = %what, status = status.as_u16(), "Azure DevOps answered");
-        if let Some(delay) = headers
-            .get("x-ratelimit-delay")
-            .and_then(|v| v.to_str().ok())
-        {
-            tracing::warn!(
-                request = %what,
-                "Azure DevOps is rate limiting this identity: the request was delayed {delay} s"
-            );
-        }
+        self.pacer.observe(
+            &RateSignal::read(status, &headers),
+            self.options.max_retry_after,
+            what,
+        );
         classify(status, &headers, &bytes, what)
     }
 
@@ -203,8 +283,8 @@ impl Transport {
     }
 }
 
-/// How long to wait before the next attempt, after `failures` failed ones: the server's
-/// `Retry-After` (capped by `max_retry_after`), else `backoff_base · 2^(failures-1)` capped by
+/// How long to wait before the next attempt after `failures` failed ones (not 429: the pacer
+/// handles those): the server's `Retry-After` (capped by `max_retry_after`), else `backoff_base · 2^(failures-1)` capped by
 /// `backoff_cap`.
 pub(crate) fn retry_delay(
     options: &AdoOptions,
@@ -220,6 +300,36 @@ pub(crate) fn retry_delay(
                 .saturating_mul(1u32 << doublings)
                 .min(options.backoff_cap)
         }
+    }
+}
+
+/// The error of a request that is given up: retryable, since a later run may well succeed.
+fn gave_up(
+    what: &str,
+    reason: Option<&str>,
+    attempts: u32,
+    started: Instant,
+    why: &str,
+) -> PortError {
+    let elapsed = started.elapsed().as_secs_f64();
+    let message = match reason {
+        Some(reason) => format!(
+            "Azure DevOps kept failing {what}: {reason} (gave up after {attempts} attempt{} in \
+             {elapsed:.1} s{why})",
+            if attempts == 1 { "" } else { "s" },
+        ),
+        None => format!("Azure DevOps: {what} was not sent (gave up after {elapsed:.1} s{why})"),
+    };
+    PortError::new(PortErrorKind::Retryable, message)
+}
+
+/// A wall-clock deadline as an instant of the (possibly paused) tokio clock; one that has
+/// passed is now.
+fn instant_of(deadline: SystemTime) -> Instant {
+    let now = Instant::now();
+    match deadline.duration_since(SystemTime::now()) {
+        Ok(left) => now + left,
+        Err(_) => now,
     }
 }
 
@@ -246,19 +356,16 @@ fn classify(status: StatusCode, headers: &HeaderMap, bytes: &[u8], what: &str) -
     let code = status.as_u16();
     let fatal = |kind, message: String| Attempt::Fatal(PortError::new(kind, message));
 
-    if status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error()
-    {
-        let retry_after = headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // How long to wait is the pacer's business (it has seen the headers already).
+        return Attempt::RateLimited {
+            reason: format!("HTTP {code}{server_message}"),
+        };
+    }
+    if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
         return Attempt::Retry {
             reason: format!("HTTP {code}{server_message}"),
-            retry_after,
+            retry_after: pacing::retry_after(headers),
         };
     }
     if status.is_redirection() {
@@ -409,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn a_429_is_retried_after_the_seconds_it_names() {
+    fn a_429_is_rate_limited_and_its_retry_after_read_by_the_pacer() {
         let h = headers(&[("retry-after", "12"), ("content-type", "application/json")]);
         match classify(
             StatusCode::TOO_MANY_REQUESTS,
@@ -417,15 +524,35 @@ mod tests {
             br#"{"message":"TF400733: blocked"}"#,
             "GET /x",
         ) {
-            Attempt::Retry {
-                reason,
-                retry_after,
-            } => {
-                assert_eq!(retry_after, Some(Duration::from_secs(12)));
+            Attempt::RateLimited { reason } => {
                 assert!(reason.contains("TF400733"), "{reason}");
             }
-            _ => panic!("429 must be retried"),
+            _ => panic!("429 must be waited out and retried"),
         }
+        let signal = RateSignal::read(StatusCode::TOO_MANY_REQUESTS, &h);
+        assert!(signal.refused);
+        assert_eq!(signal.retry_after, Some(Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn a_503_is_a_failure_whose_retry_after_is_honoured() {
+        let h = headers(&[("retry-after", "3")]);
+        match classify(StatusCode::SERVICE_UNAVAILABLE, &h, b"", "GET /x") {
+            Attempt::Retry { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(3)));
+            }
+            _ => panic!("503 must be retried as a failure"),
+        }
+    }
+
+    #[test]
+    fn a_deadline_becomes_an_instant_and_a_past_one_is_now() {
+        let now = Instant::now();
+        let later = instant_of(SystemTime::now() + Duration::from_secs(40));
+        assert!(later >= now + Duration::from_secs(39), "{:?}", later - now);
+        assert!(later <= Instant::now() + Duration::from_secs(40));
+        let past = instant_of(SystemTime::now() - Duration::from_secs(5));
+        assert!(past <= Instant::now() && past >= now);
     }
 
     #[test]

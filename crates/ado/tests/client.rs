@@ -3,12 +3,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use keyrotor_ado::AdoOptions;
 use keyrotor_core::domain::{AccessKeyId, EndpointRef, EndpointSelector, ProjectName};
 use keyrotor_core::ports::{PortError, PortErrorKind, ServiceConnections};
-use keyrotor_testkit::ado::{Fault, Op};
+use keyrotor_testkit::ado::{Fault, Op, RateLimit};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -374,6 +376,260 @@ async fn the_emulator_rate_limit_is_ridden_out() {
     assert_eq!(statuses.first(), Some(&200));
     assert!(statuses.contains(&429), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&200));
+}
+
+/// A small budget with Azure DevOps' shape: `limit` undelayed, refused from `block_at`.
+fn budget(limit: u32, block_at: u32, window_seconds: u64) -> RateLimit {
+    RateLimit {
+        limit,
+        window_seconds,
+        cost_per_request: 1,
+        block_at: Some(block_at),
+        delay_ms: 0,
+    }
+}
+
+/// `tasks` tasks at once, each sending `each` requests one after the other through `client`
+/// (like the CLI: a few targets at a time, each target's requests in order).
+async fn concurrently(env: &Env, client: &Arc<keyrotor_ado::AdoClient>, tasks: usize, each: usize) {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let (client, org) = (client.clone(), env.org.clone());
+        set.spawn(async move {
+            for _ in 0..each {
+                client.find(&org, &by_id("Platform", PROD)).await?;
+            }
+            Ok::<_, PortError>(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("a task panicked").expect("every request succeeds");
+    }
+}
+
+/// Three tasks, five requests each, against 5 undelayed requests per second and refusals from
+/// 9: when Azure DevOps starts delaying, the client holds every request back until the budget
+/// resets, so it never reaches the refusals (without pacing, 15 quick requests would) and
+/// every request is sent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_one_client_pause_before_the_refusals() {
+    let env = Env::start().await;
+    env.emu.set_rate_limit(Some(budget(5, 9, 1)));
+    let options = AdoOptions {
+        max_retry_after: Duration::from_secs(5),
+        ..fast()
+    };
+    let client = Arc::new(env.client_with(PAT, options));
+    concurrently(&env, &client, 3, 5).await;
+    let log = env.emu.requests();
+    let statuses: Vec<u16> = log.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200; 15], "no refusal, no retry");
+    assert!(
+        log.iter().any(|r| r.delayed),
+        "the budget was reached: {log:?}"
+    );
+}
+
+/// The budget is spent by someone else with the same PAT. The client's first request is
+/// refused; from then on no request of the client goes out before that `Retry-After` has
+/// passed — neither the refused one nor the ones started meanwhile, which wait instead of each
+/// spending its own attempts on refusals — and every request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_429_no_request_of_the_client_goes_out_before_its_retry_after() {
+    let env = Env::start().await;
+    env.emu.set_rate_limit(Some(budget(4, 8, 1)));
+    let url = format!(
+        "{}/Platform/_apis/serviceendpoint/endpoints/{PROD}?api-version=7.1",
+        env.emu.org_url("contoso")
+    );
+    let raw = reqwest::Client::new();
+    for _ in 0..20 {
+        let status = raw
+            .get(&url)
+            .basic_auth("", Some(PAT))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 429 {
+            break;
+        }
+    }
+    let mark = env.emu.requests().len();
+    assert_eq!(
+        env.emu.requests()[mark - 1].status,
+        429,
+        "the budget is spent"
+    );
+
+    let options = AdoOptions {
+        max_retry_after: Duration::from_secs(5),
+        ..fast()
+    };
+    let client = Arc::new(env.client_with(PAT, options));
+    let first = tokio::spawn({
+        let (client, org) = (client.clone(), env.org.clone());
+        async move { client.find(&org, &by_id("Platform", PROD)).await }
+    });
+    // Synchronise on the client: it holds requests back once it has seen the refusal.
+    let waiting_since = Instant::now();
+    while client.rate_limit_pause().is_none() {
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(10),
+            "the client never paused"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    concurrently(&env, &client, 4, 2).await;
+    first
+        .await
+        .unwrap()
+        .expect("the refused request succeeds in the end");
+
+    let log = env.emu.requests().split_off(mark);
+    let refused = &log[0];
+    assert_eq!(refused.status, 429, "{log:?}");
+    let retry_after = refused.retry_after.expect("a 429 names its Retry-After");
+    assert!(retry_after >= 1);
+    let free_at = refused.received_us + retry_after * 1_000_000;
+    for r in &log[1..] {
+        assert!(
+            r.received_us >= free_at,
+            "a request went out {} ms into a {retry_after} s Retry-After: {log:?}",
+            (r.received_us - refused.received_us) / 1000
+        );
+        assert_ne!(r.status, 429, "a refusal after the pause: {log:?}");
+    }
+    // The refused request once more, and the 4 × 2 others.
+    assert_eq!(log.len(), 1 + 1 + 8, "{log:?}");
+}
+
+#[tokio::test]
+async fn a_rate_limit_wait_past_the_clients_bound_is_not_started() {
+    let env = Env::start().await;
+    env.emu
+        .inject(Fault::status(Op::Get, 429).retry_after(120).forever());
+    let options = AdoOptions {
+        max_retry_after: Duration::from_secs(310),
+        rate_limit_max_wait: Duration::from_secs(10),
+        ..fast()
+    };
+    let client = env.client_with(PAT, options);
+    let started = Instant::now();
+    let e = client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it did not wait"
+    );
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(e.message.contains("HTTP 429"), "{e}");
+    assert!(e.message.contains("another 120 s"), "{e}");
+    assert!(e.message.contains("10 s this client waits"), "{e}");
+    assert_eq!(env.emu.requests().len(), 1);
+    assert_no_secret(&readable(&e));
+    // The pause stays for every other request of the client: they fail at once too, unsent.
+    let e = client
+        .find(&env.org, &by_name("Platform", "aws-prod"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(e.message.contains("was not sent"), "{e}");
+    assert_eq!(env.emu.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn no_wait_runs_past_the_deadline() {
+    let env = Env::start().await;
+    env.emu
+        .inject(Fault::status(Op::Get, 429).retry_after(30).forever());
+    let options = AdoOptions {
+        max_retry_after: Duration::from_secs(310),
+        rate_limit_max_wait: Duration::from_secs(900),
+        deadline: Some(SystemTime::now() + Duration::from_secs(3)),
+        ..fast()
+    };
+    let client = env.client_with(PAT, options);
+    let started = Instant::now();
+    let e = client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it did not wait"
+    );
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(e.message.contains("past the deadline"), "{e}");
+
+    // A backoff past the deadline is not started either, and a deadline that has passed sends
+    // nothing.
+    let env = Env::start().await;
+    env.emu.inject(Fault::status(Op::Get, 500).forever());
+    let options = AdoOptions {
+        backoff_base: Duration::from_secs(5),
+        backoff_cap: Duration::from_secs(5),
+        deadline: Some(SystemTime::now() + Duration::from_secs(3)),
+        ..fast()
+    };
+    let started = Instant::now();
+    let e = env
+        .client_with(PAT, options.clone())
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it did not wait"
+    );
+    assert!(e.message.contains("HTTP 500"), "{e}");
+    assert_eq!(env.emu.requests().len(), 1);
+    let options = AdoOptions {
+        deadline: Some(SystemTime::now() - Duration::from_secs(1)),
+        ..options
+    };
+    let e = env
+        .client_with(PAT, options)
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(e.message.contains("deadline has passed"), "{e}");
+    assert_eq!(env.emu.requests().len(), 1, "nothing sent");
+}
+
+#[tokio::test]
+async fn refusals_are_bounded_in_count_and_do_not_use_up_the_retries_of_failures() {
+    let env = Env::start().await;
+    env.emu
+        .inject(Fault::status(Op::Get, 429).retry_after(0).forever());
+    let e = env
+        .client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(e.message.contains("4 attempts"), "{e}");
+    assert_eq!(env.emu.requests().len(), 4, "max_rate_limited_attempts");
+
+    // Three refusals and one failure, with room for two failed attempts: it succeeds.
+    env.emu.clear_faults();
+    env.emu
+        .inject(Fault::status(Op::Get, 429).retry_after(0).times(3));
+    env.emu.inject(Fault::status(Op::Get, 503).times(1));
+    let options = AdoOptions {
+        max_attempts: 2,
+        ..fast()
+    };
+    let client = env.client_with(PAT, options);
+    client
+        .find(&env.org, &by_id("Platform", PROD))
+        .await
+        .unwrap();
+    let statuses: Vec<u16> = env.emu.requests()[4..].iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![429, 429, 429, 503, 200]);
 }
 
 #[tokio::test]

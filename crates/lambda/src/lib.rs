@@ -30,7 +30,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use keyrotor_core::config::{Config, Target};
 use keyrotor_core::domain::{AccessKeyId, RunId};
@@ -128,7 +128,14 @@ pub struct Deps {
     origin: String,
     /// Given ready-made (tests): kept across invocations.
     fixed: bool,
+    /// The invocation's deadline less [`DEADLINE_MARGIN`]: the Azure DevOps client starts no
+    /// wait (rate limit, backoff) that would end after it.
+    deadline: Option<SystemTime>,
 }
+
+/// How long before the invocation's deadline the Azure DevOps client stops waiting, so that the
+/// step can still fail cleanly (as `Rotation.Retryable`) instead of being cut off by Lambda.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
 impl Deps {
     /// The production dependencies: AWS clients from the environment (the function's role and
@@ -149,12 +156,14 @@ impl Deps {
             notifier: Lazy::new(),
             origin: format!("AWS Step Functions (Lambda {function})"),
             fixed: false,
+            deadline: None,
         }
     }
 
-    /// The dependencies of one invocation: the same clients, and the config, PAT and webhook
-    /// read afresh (unless they were given ready-made).
-    pub fn for_invocation(&self) -> Deps {
+    /// The dependencies of one invocation that must end by `deadline` (Lambda's, if known): the
+    /// same clients, and the config, PAT and webhook read afresh (unless they were given
+    /// ready-made).
+    pub fn for_invocation(&self, deadline: Option<SystemTime>) -> Deps {
         Deps {
             iam: self.iam.clone(),
             secrets: self.secrets.clone(),
@@ -179,6 +188,7 @@ impl Deps {
             },
             origin: self.origin.clone(),
             fixed: self.fixed,
+            deadline: deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d)),
         }
     }
 
@@ -201,6 +211,7 @@ impl Deps {
             notifier: Lazy::new_with(Some(notifier)),
             origin: "AWS Step Functions (test)".into(),
             fixed: true,
+            deadline: None,
         }
     }
 
@@ -236,7 +247,11 @@ impl Deps {
                 )
                 .await
                 .map_err(|e| port_failed(step, "ado.pat: the PAT could not be read", &e))?;
-                let client = keyrotor_ado::AdoClient::new(pat)
+                let options = keyrotor_ado::AdoOptions {
+                    deadline: self.deadline,
+                    ..Default::default()
+                };
+                let client = keyrotor_ado::AdoClient::with_options(pat, options)
                     .map_err(|e| port_failed(step, "ado.pat", &e))?;
                 Ok::<Arc<dyn ServiceConnections>, Diagnostic>(Arc::new(client))
             })
@@ -635,10 +650,20 @@ fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, Diagnostic> {
     })
 }
 
-/// Runs one invocation: parses the event, dispatches on `step`, returns the step's JSON.
+/// Runs one invocation with no deadline: see [`handle_until`].
 pub async fn handle(
     event: serde_json::Value,
     deps: &Deps,
+) -> Result<serde_json::Value, Diagnostic> {
+    handle_until(event, deps, None).await
+}
+
+/// Runs one invocation that must end by `deadline` (Lambda's, from the invocation's context):
+/// parses the event, dispatches on `step`, returns the step's JSON.
+pub async fn handle_until(
+    event: serde_json::Value,
+    deps: &Deps,
+    deadline: Option<SystemTime>,
 ) -> Result<serde_json::Value, Diagnostic> {
     let request: Request = serde_json::from_value(event).map_err(|e| Diagnostic {
         error_type: error_type::FAILED.to_owned(),
@@ -646,7 +671,7 @@ pub async fn handle(
     })?;
     let step = request.step_name();
     tracing::info!(step, "step started");
-    let deps = &deps.for_invocation();
+    let deps = &deps.for_invocation(deadline);
     let out = async {
         match request {
             Request::Targets(i) => to_value(&targets(i, deps).await?),

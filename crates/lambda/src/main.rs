@@ -2,8 +2,9 @@
 //! then serves invocations from the Lambda Runtime API, one step per invocation.
 
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
-use keyrotor_lambda::{Deps, handle, logging};
+use keyrotor_lambda::{Deps, handle_until, logging};
 use lambda_runtime::{Error, LambdaEvent, Runtime, service_fn};
 use serde_json::Value;
 
@@ -13,7 +14,10 @@ async fn main() -> Result<(), Error> {
     let deps = Arc::new(Deps::from_env().await);
     let handler = service_fn(move |event: LambdaEvent<Value>| {
         let deps = deps.clone();
-        async move { handle(event.payload, &deps).await }
+        // The invocation's deadline (epoch milliseconds): the Azure DevOps client waits for
+        // nothing (rate limit, backoff) that would run past it.
+        let deadline = UNIX_EPOCH.checked_add(Duration::from_millis(event.context.deadline));
+        async move { handle_until(event.payload, &deps, deadline).await }
     });
     Runtime::new(handler)
         .layer(logging::InvocationLayer)

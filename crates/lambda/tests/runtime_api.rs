@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_ssm::types::ParameterType;
-use keyrotor_testkit::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
+use keyrotor_testkit::ado::{AdoEmulator, Fault, Op, OrgSeed, Scope, Seed, aws_endpoint};
 use keyrotor_testkit::lambda_api::{LambdaApi, Outcome};
 use keyrotor_testkit::moto::Moto;
 use serde_json::{Value, json};
@@ -18,8 +18,18 @@ const PAT: &str = "kq7xlambdatestpat0123456789abcdefghijklmnopqrstuvwxy";
 const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
 const CONFIG_PARAM: &str = "/keyrotor/config";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bootstrap_serves_invocations_from_the_runtime_api() {
+/// moto with the user (one key), the secret, the PAT and the config; the emulator with the
+/// endpoint holding the key.
+struct Seeded {
+    moto: Moto,
+    ado: AdoEmulator,
+    ssm: aws_sdk_ssm::Client,
+    config: String,
+    key_id: String,
+    key_secret: String,
+}
+
+async fn seeded() -> Seeded {
     let moto = Moto::start().expect("moto starts");
     let sdk = moto.sdk_config().await;
     let iam = aws_sdk_iam::Client::new(&sdk);
@@ -89,10 +99,19 @@ endpoints = [ {{ project = "Platform", name = "aws-prod" }} ]
             .unwrap();
     }
 
-    let api = LambdaApi::start().await.unwrap();
-    let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+    Seeded {
+        moto,
+        ado,
+        ssm,
+        config,
+        key_id,
+        key_secret,
+    }
+}
+
+/// The real `bootstrap`, served by `api`, with moto's environment.
+fn bootstrap(moto: &Moto, api: &LambdaApi, dir: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
         .env_clear()
         .envs(moto.env())
         .env("AWS_LAMBDA_RUNTIME_API", api.address())
@@ -100,7 +119,7 @@ endpoints = [ {{ project = "Platform", name = "aws-prod" }} ]
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("KEYROTOR_CONFIG_PARAMETER", CONFIG_PARAM)
-        .env("HOME", &dir)
+        .env("HOME", dir)
         .env("AWS_CONFIG_FILE", dir.join("none"))
         .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"))
         .stdin(Stdio::null())
@@ -108,7 +127,23 @@ endpoints = [ {{ project = "Platform", name = "aws-prod" }} ]
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("bootstrap starts");
+        .expect("bootstrap starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_serves_invocations_from_the_runtime_api() {
+    let Seeded {
+        moto,
+        ado,
+        ssm,
+        config,
+        key_id,
+        key_secret,
+    } = seeded().await;
+    let api = LambdaApi::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = bootstrap(&moto, &api, &dir);
 
     let run_id = uuid::Uuid::new_v4().to_string();
     let wait = Duration::from_secs(60);
@@ -206,6 +241,50 @@ endpoints = [ {{ project = "Platform", name = "aws-prod" }} ]
     for l in in_invocations {
         assert_eq!(l["span"]["run_id"], run_id.as_str(), "{l}");
     }
+    ado.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Azure DevOps' rate limit asks for a five-minute wait; the invocation has 60 s (the Runtime
+/// API's deadline). The step does not start a wait it cannot finish: it fails at once as
+/// `Rotation.Retryable`, for the state machine to retry, instead of being cut off by Lambda.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_wait_past_the_invocations_deadline_is_not_started() {
+    let Seeded { moto, ado, .. } = seeded().await;
+    ado.inject(Fault::status(Op::List, 429).retry_after(300).forever());
+    let api = LambdaApi::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = bootstrap(&moto, &api, &dir);
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let inspected = api.invoke(json!({"step": "inspect",
+        "state": {"target": "platform-prod", "run_id": run_id, "force": true}}));
+    // Well inside the 60 s deadline: a client that waited out the 300 s would not answer.
+    match api
+        .outcome(&inspected, Duration::from_secs(45))
+        .await
+        .unwrap()
+    {
+        Outcome::Error {
+            error_type,
+            error_message,
+        } => {
+            assert_eq!(error_type, "Rotation.Retryable", "{error_message}");
+            assert!(error_message.contains("429"), "{error_message}");
+        }
+        other => panic!("expected a retryable error, got {other:?}"),
+    }
+    let lists = ado
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/endpoints"))
+        .count();
+    assert_eq!(
+        lists, 1,
+        "one refused request, no retry inside the invocation"
+    );
+    api.stop().await;
+    drop(child);
     ado.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }

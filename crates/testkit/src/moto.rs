@@ -27,7 +27,7 @@ threading.Thread(target=watch, daemon=True).start()
 srv.serve_forever()
 "#;
 
-/// Loaded before [`LAUNCHER`] by [`Moto::start_authorizing_resources`]. moto 5.2.5 evaluates
+/// Loaded before moto's launcher by [`Moto::start_authorizing_resources`]. moto 5.2.5 evaluates
 /// IAM policies with its own engine once enforcement is on (`/moto-api/reset-auth`), but it
 /// authorizes IAM-user, Secrets Manager and SSM requests against the resource `"*"` (only IAM
 /// roles and SQS queues get their ARN), and it turns a policy's `?` wildcard into a regex

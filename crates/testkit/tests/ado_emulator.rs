@@ -676,11 +676,27 @@ async fn the_rate_limit_delays_then_refuses_with_429_and_its_headers() {
         assert_eq!(resp.status(), StatusCode::OK);
         assert!(!resp.headers().contains_key("x-ratelimit-delay"));
     }
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
     for _ in 0..2 {
         let resp = api.req(Method::GET, url).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "delayed, not refused");
         assert_eq!(resp.headers()["x-ratelimit-delay"], "0.020");
         assert_eq!(resp.headers()["x-ratelimit-resource"], "Core");
+        assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
+        // Microsoft's definition: when usage would be back at zero if the identity stopped
+        // now, that is a whole window after this (the newest) request.
+        let reset: u64 = resp.headers()["x-ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = epoch();
+        assert!(reset >= now + 299 && reset <= now + 301, "{reset} vs {now}");
     }
     let resp = api.req(Method::GET, url).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -691,14 +707,18 @@ async fn the_rate_limit_delays_then_refuses_with_429_and_its_headers() {
     assert_eq!(h["x-ratelimit-limit"], "3");
     assert_eq!(h["x-ratelimit-remaining"], "0");
     let reset: u64 = h["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    assert!(reset > now && reset <= now + 301, "{reset} vs {now}");
+    let now = epoch();
+    assert!(reset >= now + 299 && reset <= now + 301, "{reset} vs {now}");
     let err = body(resp).await;
     assert_vss_error(&err, "RequestBlockedException");
     assert!(err["message"].as_str().unwrap().contains("TF400733"));
+    // The log tells delays and refusals apart, with the Retry-After and the arrival times.
+    let log = api.emu.requests();
+    let delayed: Vec<bool> = log.iter().map(|r| r.delayed).collect();
+    assert_eq!(delayed, [false, false, false, true, true, false]);
+    assert_eq!(log[5].retry_after, Some(retry_after));
+    assert!(log[..5].iter().all(|r| r.retry_after.is_none()));
+    assert!(log.windows(2).all(|w| w[0].received_us <= w[1].received_us));
     // Limits count per identity.
     let resp = api
         .anon(Method::GET, url)

@@ -112,6 +112,9 @@ pub fn fast() -> AdoOptions {
         backoff_cap: Duration::from_millis(20),
         max_retry_after: Duration::from_millis(250),
         max_total: Duration::from_secs(10),
+        max_rate_limited_attempts: 4,
+        rate_limit_max_wait: Duration::from_secs(10),
+        deadline: None,
     }
 }
 

@@ -187,6 +187,17 @@ pub async fn spawn_env() -> Env {
 
 /// A fresh environment; `edit` may change the endpoint before it is seeded.
 pub async fn spawn_env_with(edit: impl FnOnce(&mut Value)) -> Env {
+    spawn(edit, 0).await
+}
+
+/// A fresh environment with `extra` more targets after the first: `fleet-N`, each its own IAM
+/// user (`fleet-user-N`) with one key, its secret and its own AWS service connection
+/// (`aws-fleet-N` in Platform).
+pub async fn spawn_fleet(extra: usize) -> Env {
+    spawn(|_| {}, extra).await
+}
+
+async fn spawn(edit: impl FnOnce(&mut Value), extra: usize) -> Env {
     let moto = Moto::start().expect("moto must start (it is installed on first use)");
     let sdk = moto.sdk_config().await;
     let iam = aws_sdk_iam::Client::new(&sdk);
@@ -234,15 +245,44 @@ pub async fn spawn_env_with(edit: impl FnOnce(&mut Value)) -> Env {
 
     let mut endpoint = shared_endpoint(&key_id, &key_secret);
     edit(&mut endpoint);
-    let seed = Seed::new().org(
-        OrgSeed::new(ORG)
-            .pat(PAT, Scope::Manage)
-            .project("Platform")
-            .project("Web")
-            .endpoint(endpoint)
-            .pipeline_permissions(EP_ID, permissions()),
-    );
-    let ado = AdoEmulator::start(seed).await.unwrap();
+    let mut org = OrgSeed::new(ORG)
+        .pat(PAT, Scope::Manage)
+        .project("Platform")
+        .project("Web")
+        .endpoint(endpoint)
+        .pipeline_permissions(EP_ID, permissions());
+    let mut fleet_config = String::new();
+    let mut fleet_known = Vec::new();
+    for i in 0..extra {
+        let (user, secret, ep_name) = (
+            format!("fleet-user-{i}"),
+            format!("/fleet/{i}/accesskey"),
+            format!("aws-fleet-{i}"),
+        );
+        iam.create_user().user_name(&user).send().await.unwrap();
+        let created = iam
+            .create_access_key()
+            .user_name(&user)
+            .send()
+            .await
+            .unwrap();
+        let key = created.access_key().unwrap();
+        let (id, secret_key) = (key.access_key_id(), key.secret_access_key());
+        let value = json!({"AccessKeyId": id, "SecretAccessKey": secret_key,
+            "UserName": user, "CreateDate": "2026-01-01T00:00:00Z"});
+        sm.create_secret()
+            .name(&secret)
+            .secret_string(value.to_string())
+            .send()
+            .await
+            .unwrap();
+        org = org.endpoint(aws_endpoint(&ep_name, id, secret_key, &["Platform"]));
+        fleet_config.push_str(&format!(
+            "\n[[target]]\nname = \"fleet-{i}\"\niam_user = \"{user}\"\nsecret = \"{secret}\"\nendpoints = [ {{ project = \"Platform\", name = \"{ep_name}\" }} ]\n"
+        ));
+        fleet_known.push((id.to_owned(), secret_key.to_owned()));
+    }
+    let ado = AdoEmulator::start(Seed::new().org(org)).await.unwrap();
 
     let dir = std::env::temp_dir().join(format!("keyrotor-binary-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -254,7 +294,8 @@ pub async fn spawn_env_with(edit: impl FnOnce(&mut Value)) -> Env {
         .replace("TARGET", TARGET)
         .replace("USER", USER)
         .replace("SECRET", SECRET)
-        .replace("EP_NAME", EP_NAME);
+        .replace("EP_NAME", EP_NAME)
+        + &fleet_config;
     std::fs::write(&config, text).unwrap();
 
     let mut known = Known::default();
@@ -265,6 +306,10 @@ pub async fn spawn_env_with(edit: impl FnOnce(&mut Value)) -> Env {
         key_secret.clone(),
     ]);
     known.key_ids.insert(key_id.clone());
+    for (id, secret) in fleet_known {
+        known.key_ids.insert(id);
+        known.secrets.insert(secret);
+    }
     Env {
         moto,
         ado,

@@ -1,13 +1,13 @@
-//! `keyrotor rotate`: success, rerun, a refused PAT, a failing update, a 429 storm, an OIDC
-//! connection, a Slack outage.
+//! `keyrotor rotate`: success, rerun, a refused PAT, a failing update, a 429 storm, a fleet
+//! against Azure DevOps' rate limit, an OIDC connection, a Slack outage.
 
-use keyrotor_testkit::ado::{Fault, Op};
+use keyrotor_testkit::ado::{Fault, Op, RateLimit};
 use keyrotor_testkit::slack::Reply;
 use serde_json::{Value, json};
 
 use crate::env::{
     EP_ID, EXTERNAL_ID, Env, ORG, Output, ROLE_ARN, SESSION_NAME, TARGET, USER, all_text, masked,
-    permissions, spawn_env, spawn_env_with, without_credentials,
+    permissions, spawn_env, spawn_env_with, spawn_fleet, without_credentials,
 };
 
 /// After a successful rotation from `old`: one key in IAM, Active, at AWSCURRENT with its
@@ -328,6 +328,50 @@ async fn a_429_storm_that_ends_is_waited_out() {
     assert_rotated_json(&o, &old, &new);
     let statuses: Vec<u16> = env.puts().into_iter().map(|(_, s)| s).collect();
     assert_eq!(statuses, vec![429, 429, 429, 200]);
+    env.stop().await;
+}
+
+/// Eight targets rotated four at a time (the default concurrency) through the one Azure DevOps
+/// client of the run, against Azure DevOps' rate limit with a shrunken window: 16 undelayed
+/// requests per 2 s, refusals from 24 — the run needs about 70. The client pauses whenever the
+/// budget is spent, so no request is ever refused and every target rotates.
+#[tokio::test]
+async fn a_fleet_rides_out_the_rate_limit_with_no_failed_target() {
+    let env = spawn_fleet(7).await;
+    env.ado.set_rate_limit(Some(RateLimit {
+        limit: 16,
+        window_seconds: 2,
+        cost_per_request: 1,
+        block_at: Some(24),
+        delay_ms: 0,
+    }));
+    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
+    assert_eq!(o.code, 0, "{}", o.show());
+    let doc = o.json();
+    let outcomes: Vec<&str> = doc["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["outcome"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(outcomes, vec!["rotated"; 8], "{}", o.show());
+    let log = env.ado.requests();
+    assert!(
+        log.len() > 16 * 2,
+        "the run needs more than two windows of budget: {} requests",
+        log.len()
+    );
+    assert!(log.iter().any(|r| r.delayed), "the budget was reached");
+    assert!(
+        log.iter().all(|r| r.status == 200),
+        "no request refused or failed: {:?}",
+        log.iter().filter(|r| r.status != 200).collect::<Vec<_>>()
+    );
+    assert!(
+        o.stderr
+            .contains("Azure DevOps rate limit: holding every request back"),
+        "the pause is logged"
+    );
     env.stop().await;
 }
 

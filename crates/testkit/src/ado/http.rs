@@ -149,15 +149,24 @@ async fn api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received = Instant::now();
     let response = match route(&method, uri.path()) {
         Ok(route) => serve(&sh, &uri, &headers, &body, &route).await,
         Err(e) => e.into_response(),
     };
+    let h = response.headers();
     sh.lock().log.push(RequestRecord {
         method: method.to_string(),
         path: uri.path().to_owned(),
         query: uri.query().map(str::to_owned),
         status: response.status().as_u16(),
+        received_us: u64::try_from(received.duration_since(sh.started).as_micros())
+            .unwrap_or(u64::MAX),
+        retry_after: h
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+        delayed: h.contains_key("x-ratelimit-delay"),
     });
     response
 }
@@ -585,20 +594,21 @@ fn throttle(inner: &mut Inner, org: &str, identity: &str) -> Throttle {
         q.pop_front();
     }
     let used: u32 = q.iter().map(|(_, c)| *c).sum();
-    // When the oldest counted request leaves the window.
-    let frees_in = q.front().map_or(window, |(t, _)| {
-        window.saturating_sub(now.duration_since(*t))
-    });
-    let reset_epoch = SystemTime::now()
-        .checked_add(frees_in)
-        .unwrap_or_else(SystemTime::now)
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-    let headers = |remaining: u32| {
+    // `X-RateLimit-Reset`: when usage would be back at zero if the identity stopped now, that
+    // is when the newest counted request leaves the window (Microsoft's definition).
+    let headers = |newest: Option<Instant>| {
+        let zero_in = newest.map_or(Duration::ZERO, |t| {
+            window.saturating_sub(now.duration_since(t))
+        });
+        let reset_epoch = SystemTime::now()
+            .checked_add(zero_in)
+            .unwrap_or_else(SystemTime::now)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-resource", HeaderValue::from_static("Core"));
         h.insert("x-ratelimit-limit", HeaderValue::from(rl.limit));
-        h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(0u32));
         h.insert("x-ratelimit-reset", HeaderValue::from(reset_epoch));
         h
     };
@@ -608,7 +618,13 @@ fn throttle(inner: &mut Inner, org: &str, identity: &str) -> Throttle {
             TF400733,
             "RequestBlockedException",
         );
-        resp.headers_mut().extend(headers(0));
+        resp.headers_mut()
+            .extend(headers(q.back().map(|(t, _)| *t)));
+        // `Retry-After`: when the oldest counted request leaves the window, which is when a
+        // request is accepted again (delayed, at first).
+        let frees_in = q.front().map_or(window, |(t, _)| {
+            window.saturating_sub(now.duration_since(*t))
+        });
         let secs = frees_in.as_secs() + u64::from(frees_in.subsec_nanos() > 0);
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -620,7 +636,7 @@ fn throttle(inner: &mut Inner, org: &str, identity: &str) -> Throttle {
         return Throttle::None;
     }
     let delay = Duration::from_millis(rl.delay_ms);
-    let mut h = headers(0);
+    let mut h = headers(Some(now));
     if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", delay.as_secs_f64())) {
         h.insert("x-ratelimit-delay", v);
     }

@@ -11,8 +11,9 @@
 //!   `-preview` version;
 //! - a wrong or missing PAT gets 203 and an HTML sign-in page, or 401 with
 //!   `X-TFS-FedAuthRedirect: Suppress`; a read-only PAT's write gets 401 `TF400813`;
-//! - optional rate limiting: delayed (`X-RateLimit-Delay`), then 429 `TF400733` with
-//!   `Retry-After` and the `X-RateLimit-*` headers.
+//! - optional rate limiting ([`RateLimit`]): delayed (`X-RateLimit-Delay`), then 429
+//!   `TF400733` with `Retry-After` and the `X-RateLimit-*` headers; `X-RateLimit-Reset` is when
+//!   the identity's usage would be back at zero if it stopped now, as Microsoft documents it.
 //!
 //! Tests drive it through [`AdoEmulator`]; the `ado-emulator` binary serves the same thing,
 //! with the control API under `/_emulator/`:
@@ -20,7 +21,7 @@
 //! | request | does |
 //! |---|---|
 //! | `GET /_emulator/state` | the whole state, passwords included |
-//! | `GET` / `DELETE /_emulator/requests` | the request log (method, path, query, status) / clear it |
+//! | `GET` / `DELETE /_emulator/requests` | the request log ([`RequestRecord`]: method, path, query, status, arrival time, `Retry-After`, delayed) / clear it |
 //! | `GET` / `POST` / `DELETE /_emulator/faults` | pending faults / add one ([`Fault`] JSON) / clear |
 //! | `POST /_emulator/reset` | back to the seed (or to the [`Seed`] in the body), faults and log cleared |
 //!
@@ -64,6 +65,15 @@ pub struct RequestRecord {
     pub query: Option<String>,
     /// The status answered.
     pub status: u16,
+    /// When the request arrived, in microseconds since the emulator started.
+    #[serde(default)]
+    pub received_us: u64,
+    /// The `Retry-After` of the answer, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// The answer was delayed by the rate limit (it carried `X-RateLimit-Delay`).
+    #[serde(default)]
+    pub delayed: bool,
 }
 
 /// A request body kept by [`AdoEmulator::capture_bodies`] (for contract tests; holds secrets).
@@ -80,6 +90,8 @@ pub struct CapturedBody {
 /// What the server task shares with the handle.
 pub(crate) struct Shared {
     pub(crate) base_url: String,
+    /// What [`RequestRecord::received_us`] counts from.
+    pub(crate) started: Instant,
     inner: Mutex<Inner>,
 }
 
@@ -101,6 +113,7 @@ impl Shared {
         let initial = EmulatorState::from_seed(seed)?;
         Ok(Self {
             base_url,
+            started: Instant::now(),
             inner: Mutex::new(Inner {
                 state: initial.0.clone(),
                 pats: initial.1.clone(),

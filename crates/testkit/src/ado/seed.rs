@@ -189,8 +189,11 @@ pub struct ProjectSeed {
 }
 
 /// Azure DevOps' global rate limit: `limit` TSTUs per sliding window per identity. Past the
-/// limit requests are delayed (answered normally, with `X-RateLimit-Delay`); at `block_at`
-/// TSTUs they are refused with 429 and `TF400733`.
+/// limit requests are delayed (answered normally, with `X-RateLimit-Delay`,
+/// `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset`, the epoch second at which usage would be
+/// back at zero if the identity stopped now); at `block_at` TSTUs they are refused with 429,
+/// `TF400733` and `Retry-After` (seconds until the oldest counted request leaves the window).
+/// Refused requests are not counted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {

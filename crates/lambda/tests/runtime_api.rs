@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_ssm::types::ParameterType;
 use keyrotor_testkit::ado::{AdoEmulator, Fault, Op, OrgSeed, Scope, Seed, aws_endpoint};
+use keyrotor_testkit::aws_seed;
 use keyrotor_testkit::lambda_api::{LambdaApi, Outcome};
 use keyrotor_testkit::moto::Moto;
 use serde_json::{Value, json};
@@ -32,30 +33,8 @@ struct Seeded {
 async fn seeded() -> Seeded {
     let moto = Moto::start().expect("moto starts");
     let sdk = moto.sdk_config().await;
-    let iam = aws_sdk_iam::Client::new(&sdk);
-    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     let ssm = aws_sdk_ssm::Client::new(&sdk);
-
-    iam.create_user().user_name(USER).send().await.unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name(USER)
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let (key_id, key_secret) = (
-        key.access_key_id().to_owned(),
-        key.secret_access_key().to_owned(),
-    );
-    sm.create_secret()
-        .name(SECRET)
-        .secret_string(
-            json!({"AccessKeyId": key_id, "SecretAccessKey": key_secret, "UserName": USER,
-                   "CreateDate": "2026-01-01T00:00:00Z"})
-            .to_string(),
-        )
-        .send()
+    let (key_id, key_secret) = aws_seed::user_with_key_in_secret(&sdk, USER, SECRET)
         .await
         .unwrap();
     let ado = AdoEmulator::start(

@@ -11,12 +11,14 @@
 //! - [`ado`]: an emulator of Azure DevOps' service-endpoint API (library and `ado-emulator`).
 //! - [`lambda_api`]: a minimal local Lambda Runtime API, to run the real `bootstrap`.
 //! - [`slack`]: a Slack incoming-webhook sink (library and `slack-sink`).
+//! - [`aws_seed`]: seeds moto as the tests start: a user whose key a secret keeps, parameters.
 //! - [`aws_proxy`]: a fault-injecting proxy in front of moto (throttling, 5xx, slow, dropped).
 
 #![warn(missing_docs)]
 
 pub mod ado;
 pub mod aws_proxy;
+pub mod aws_seed;
 pub mod fakes;
 pub mod lambda_api;
 pub mod moto;

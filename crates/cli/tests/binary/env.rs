@@ -12,6 +12,7 @@ use std::time::Duration;
 use aws_sdk_iam::types::StatusType;
 use aws_sdk_ssm::types::ParameterType;
 use keyrotor_testkit::ado::{AdoEmulator, EmulatorState, OrgSeed, Scope, Seed, aws_endpoint};
+use keyrotor_testkit::aws_seed;
 use keyrotor_testkit::moto::Moto;
 use keyrotor_testkit::slack::{Post, SlackSink};
 use serde_json::{Value, json};
@@ -203,45 +204,19 @@ async fn spawn(edit: impl FnOnce(&mut Value), extra: usize) -> Env {
     let iam = aws_sdk_iam::Client::new(&sdk);
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     let ssm = aws_sdk_ssm::Client::new(&sdk);
-
-    iam.create_user().user_name(USER).send().await.unwrap();
-    let created = iam
-        .create_access_key()
-        .user_name(USER)
-        .send()
+    let (key_id, key_secret) = aws_seed::user_with_key_in_secret(&sdk, USER, SECRET)
         .await
         .unwrap();
-    let key = created.access_key().unwrap();
-    let (key_id, key_secret) = (
-        key.access_key_id().to_owned(),
-        key.secret_access_key().to_owned(),
-    );
-    let value = json!({
-        "AccessKeyId": key_id,
-        "SecretAccessKey": key_secret,
-        "UserName": USER,
-        "CreateDate": "2026-01-01T00:00:00Z",
-    });
-    sm.create_secret()
-        .name(SECRET)
-        .secret_string(value.to_string())
-        .send()
-        .await
-        .unwrap();
-
     let slack = SlackSink::start().await.unwrap();
-    for (name, value) in [
-        (PAT_PARAM, PAT.to_owned()),
-        (WEBHOOK_PARAM, slack.webhook_url()),
-    ] {
-        ssm.put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(ParameterType::SecureString)
-            .send()
-            .await
-            .unwrap();
-    }
+    aws_seed::secure_parameters(
+        &sdk,
+        &[
+            (PAT_PARAM, PAT.to_owned()),
+            (WEBHOOK_PARAM, slack.webhook_url()),
+        ],
+    )
+    .await
+    .unwrap();
 
     let mut endpoint = shared_endpoint(&key_id, &key_secret);
     edit(&mut endpoint);
@@ -259,28 +234,14 @@ async fn spawn(edit: impl FnOnce(&mut Value), extra: usize) -> Env {
             format!("/fleet/{i}/accesskey"),
             format!("aws-fleet-{i}"),
         );
-        iam.create_user().user_name(&user).send().await.unwrap();
-        let created = iam
-            .create_access_key()
-            .user_name(&user)
-            .send()
+        let (id, secret_key) = aws_seed::user_with_key_in_secret(&sdk, &user, &secret)
             .await
             .unwrap();
-        let key = created.access_key().unwrap();
-        let (id, secret_key) = (key.access_key_id(), key.secret_access_key());
-        let value = json!({"AccessKeyId": id, "SecretAccessKey": secret_key,
-            "UserName": user, "CreateDate": "2026-01-01T00:00:00Z"});
-        sm.create_secret()
-            .name(&secret)
-            .secret_string(value.to_string())
-            .send()
-            .await
-            .unwrap();
-        org = org.endpoint(aws_endpoint(&ep_name, id, secret_key, &["Platform"]));
+        org = org.endpoint(aws_endpoint(&ep_name, &id, &secret_key, &["Platform"]));
         fleet_config.push_str(&format!(
             "\n[[target]]\nname = \"fleet-{i}\"\niam_user = \"{user}\"\nsecret = \"{secret}\"\nendpoints = [ {{ project = \"Platform\", name = \"{ep_name}\" }} ]\n"
         ));
-        fleet_known.push((id.to_owned(), secret_key.to_owned()));
+        fleet_known.push((id, secret_key));
     }
     let ado = AdoEmulator::start(Seed::new().org(org)).await.unwrap();
 

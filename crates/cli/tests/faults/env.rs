@@ -13,10 +13,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_sdk_iam::types::StatusType;
-use aws_sdk_ssm::types::ParameterType;
 use keyrotor_core::invariants::{World, WorldEndpoint, WorldKey};
 use keyrotor_testkit::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
 use keyrotor_testkit::aws_proxy::AwsProxy;
+use keyrotor_testkit::aws_seed;
 use keyrotor_testkit::moto::Moto;
 use keyrotor_testkit::slack::SlackSink;
 use serde_json::{Value, json};
@@ -121,46 +121,19 @@ impl Env {
         let sdk = moto.sdk_config().await;
         let iam = aws_sdk_iam::Client::new(&sdk);
         let sm = aws_sdk_secretsmanager::Client::new(&sdk);
-        let ssm = aws_sdk_ssm::Client::new(&sdk);
-
-        iam.create_user().user_name(USER).send().await.unwrap();
-        let created = iam
-            .create_access_key()
-            .user_name(USER)
-            .send()
+        let (key_id, key_secret) = aws_seed::user_with_key_in_secret(&sdk, USER, SECRET)
             .await
             .unwrap();
-        let key = created.access_key().unwrap();
-        let (key_id, key_secret) = (
-            key.access_key_id().to_owned(),
-            key.secret_access_key().to_owned(),
-        );
-        let value = json!({
-            "AccessKeyId": key_id,
-            "SecretAccessKey": key_secret,
-            "UserName": USER,
-            "CreateDate": "2026-01-01T00:00:00Z",
-        });
-        sm.create_secret()
-            .name(SECRET)
-            .secret_string(value.to_string())
-            .send()
-            .await
-            .unwrap();
-
         let slack = SlackSink::start().await.unwrap();
-        for (name, value) in [
-            (PAT_PARAM, PAT.to_owned()),
-            (WEBHOOK_PARAM, slack.webhook_url()),
-        ] {
-            ssm.put_parameter()
-                .name(name)
-                .value(value)
-                .r#type(ParameterType::SecureString)
-                .send()
-                .await
-                .unwrap();
-        }
+        aws_seed::secure_parameters(
+            &sdk,
+            &[
+                (PAT_PARAM, PAT.to_owned()),
+                (WEBHOOK_PARAM, slack.webhook_url()),
+            ],
+        )
+        .await
+        .unwrap();
 
         let mut endpoint = aws_endpoint(EP_NAME, &key_id, &key_secret, &["Platform", "Web"]);
         endpoint["id"] = json!(EP_ID);

@@ -15,6 +15,7 @@ use aws_sdk_ssm::types::ParameterType;
 use futures::StreamExt;
 use keyrotor_testkit::ado::{AdoEmulator, OrgSeed, RateLimit, Scope, Seed, aws_endpoint};
 use keyrotor_testkit::aws_proxy::AwsProxy;
+use keyrotor_testkit::aws_seed;
 use keyrotor_testkit::moto::Moto;
 use keyrotor_testkit::slack::SlackSink;
 use serde_json::{Value, json};
@@ -106,14 +107,12 @@ impl World {
         let proxy = AwsProxy::start(&moto.endpoint).await?;
         let slack = SlackSink::start().await?;
         let sdk = moto.sdk_config().await;
-        let iam = aws_sdk_iam::Client::new(&sdk);
-        let sm = aws_sdk_secretsmanager::Client::new(&sdk);
         let ssm = aws_sdk_ssm::Client::new(&sdk);
 
         // Users, keys and secrets, 16 at a time (moto serves a thread per request).
         let seeded: Vec<Result<(TargetSeed, Value)>> = futures::stream::iter(0..opts.targets)
             .map(|i| {
-                let (iam, sm) = (iam.clone(), sm.clone());
+                let sdk = sdk.clone();
                 async move {
                     let name = target_name(i);
                     let t = TargetSeed {
@@ -122,18 +121,9 @@ impl World {
                         endpoint: format!("aws-{name}"),
                         name,
                     };
-                    iam.create_user().user_name(&t.user).send().await?;
-                    let created = iam.create_access_key().user_name(&t.user).send().await?;
-                    let key = created.access_key().context("no key")?;
-                    let (id, secret) = (key.access_key_id(), key.secret_access_key());
-                    let value = json!({"AccessKeyId": id, "SecretAccessKey": secret,
-                        "UserName": t.user, "CreateDate": "2026-01-01T00:00:00Z"});
-                    sm.create_secret()
-                        .name(&t.secret)
-                        .secret_string(value.to_string())
-                        .send()
-                        .await?;
-                    let mut ep = aws_endpoint(&t.endpoint, id, secret, &[PROJECT]);
+                    let (id, secret) =
+                        aws_seed::user_with_key_in_secret(&sdk, &t.user, &t.secret).await?;
+                    let mut ep = aws_endpoint(&t.endpoint, &id, &secret, &[PROJECT]);
                     ep["id"] = json!(uuid::Uuid::new_v4().to_string());
                     ep["description"] = json!("Deploys from Azure Pipelines");
                     ep["data"] = json!({"region": "eu-west-1"});

@@ -284,8 +284,8 @@ impl Transport {
 }
 
 /// How long to wait before the next attempt after `failures` failed ones (not 429: the pacer
-/// handles those): the server's `Retry-After` (capped by `max_retry_after`), else `backoff_base · 2^(failures-1)` capped by
-/// `backoff_cap`.
+/// handles those): the server's `Retry-After` (capped by `max_retry_after`), else
+/// `backoff_base · 2^(failures-1)` capped by `backoff_cap`.
 pub(crate) fn retry_delay(
     options: &AdoOptions,
     failures: u32,

@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use keyrotor_aws::Aws;
 use keyrotor_testkit::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
+use keyrotor_testkit::aws_seed;
 use keyrotor_testkit::moto::Moto;
 use keyrotor_testkit::slack::SlackSink;
 use serde_json::{Value, json};
@@ -96,32 +97,7 @@ async fn body(args: &SandboxArgs, dir: &Path, io: &mut Io<'_>) -> Result<i32> {
 
     let sdk = moto.sdk_config().await;
     let aws = Aws::new(&sdk);
-    aws.iam()
-        .create_user()
-        .user_name(USER)
-        .send()
-        .await
-        .context("creating the IAM user")?;
-    let key = aws
-        .iam()
-        .create_access_key()
-        .user_name(USER)
-        .send()
-        .await
-        .context("creating the first key")?;
-    let key = key.access_key().context("moto returned no key")?;
-    let (old_id, old_secret) = (
-        key.access_key_id().to_owned(),
-        key.secret_access_key().to_owned(),
-    );
-    let stored = json!({"AccessKeyId": old_id, "SecretAccessKey": old_secret, "UserName": USER, "CreateDate": "2026-01-01T00:00:00Z"});
-    aws.secrets_client()
-        .create_secret()
-        .name(SECRET)
-        .secret_string(stored.to_string())
-        .send()
-        .await
-        .context("creating the secret")?;
+    let (old_id, old_secret) = aws_seed::user_with_key_in_secret(&sdk, USER, SECRET).await?;
 
     let pat = random_token(52);
     let mut endpoint = aws_endpoint("aws-prod", &old_id, &old_secret, &["Platform", "Web"]);

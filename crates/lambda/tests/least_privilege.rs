@@ -25,6 +25,7 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::types::StatusType;
 use aws_sdk_ssm::types::ParameterType;
 use keyrotor_testkit::ado::{AdoEmulator, Fault, Op, OrgSeed, Scope, Seed, aws_endpoint};
+use keyrotor_testkit::aws_seed;
 use keyrotor_testkit::lambda_api::{LambdaApi, Outcome};
 use keyrotor_testkit::moto::Moto;
 use keyrotor_testkit::slack::SlackSink;
@@ -267,32 +268,16 @@ impl World {
         let template = Template::load();
         let admin = moto.sdk_config().await;
         let iam = aws_sdk_iam::Client::new(&admin);
-        let sm = aws_sdk_secretsmanager::Client::new(&admin);
         let ssm = aws_sdk_ssm::Client::new(&admin);
         let sts = aws_sdk_sts::Client::new(&admin);
 
         let user = template.param("IamUserName").to_owned();
         let secret = template.param("SecretName").to_owned();
-        let mut keys = Vec::new();
-        for u in [user.as_str(), OTHER_USER] {
-            iam.create_user().user_name(u).send().await.unwrap();
-            let k = iam.create_access_key().user_name(u).send().await.unwrap();
-            let k = k.access_key().unwrap();
-            keys.push((
-                k.access_key_id().to_owned(),
-                k.secret_access_key().to_owned(),
-            ));
-        }
-        let (initial_key, other_key) = (keys[0].clone(), keys[1].clone());
-        let other_secret_value = json!({"AccessKeyId": other_key.0,
-            "SecretAccessKey": other_key.1})
-        .to_string();
-        sm.create_secret()
-            .name(OTHER_SECRET)
-            .secret_string(&other_secret_value)
-            .send()
+        let initial_key = aws_seed::user_with_key(&admin, &user).await.unwrap();
+        let other_key = aws_seed::user_with_key_in_secret(&admin, OTHER_USER, OTHER_SECRET)
             .await
             .unwrap();
+        let other_secret_value = aws_seed::key_json(OTHER_USER, &other_key);
 
         let project = template.param("EndpointProject").to_owned();
         let endpoint = template.param("EndpointName").to_owned();
@@ -625,16 +610,7 @@ impl Functions {
         let outcome = match api.outcome(&id, Duration::from_secs(60)).await {
             Ok(o) => o,
             Err(e) => {
-                let (_, printed) = std::mem::replace(
-                    self,
-                    Functions {
-                        by_role: HashMap::new(),
-                        step_role: BTreeMap::new(),
-                        payloads: Vec::new(),
-                    },
-                )
-                .stop()
-                .await;
+                let (_, printed) = self.stop().await;
                 panic!("{step} in {role}: {e}\n{printed}");
             }
         };
@@ -677,10 +653,10 @@ impl Functions {
         (state, None)
     }
 
-    /// Stops the functions; returns everything they printed.
-    async fn stop(self) -> (Vec<String>, String) {
+    /// Stops the functions; returns every payload and everything they printed.
+    async fn stop(&mut self) -> (Vec<String>, String) {
         let mut printed = String::new();
-        for (_, (api, mut running)) in self.by_role {
+        for (_, (api, mut running)) in self.by_role.drain() {
             api.stop().await;
             tokio::time::timeout(Duration::from_secs(30), running.child.wait())
                 .await
@@ -689,7 +665,7 @@ impl Functions {
             printed.push_str(&String::from_utf8_lossy(&running.out.await.unwrap()));
             printed.push_str(&String::from_utf8_lossy(&running.err.await.unwrap()));
         }
-        (self.payloads, printed)
+        (std::mem::take(&mut self.payloads), printed)
     }
 }
 

@@ -9,6 +9,7 @@ use keyrotor::{AwsPorts, Backend, Io};
 use keyrotor_aws::Aws;
 use keyrotor_core::invariants::{World, WorldKey};
 use keyrotor_core::ports::{Notifier, PortResult, ServiceConnections};
+use keyrotor_testkit::aws_seed;
 use keyrotor_testkit::fakes::{Fakes, ORG};
 use keyrotor_testkit::moto::Moto;
 use secrecy::SecretString;
@@ -279,31 +280,14 @@ pub async fn spawn_env(secret: SecretStart) -> Env {
     let moto = Moto::start().expect("moto must start (it is installed on first use)");
     let sdk = moto.sdk_config().await;
     let aws = Aws::new(&sdk);
-    aws.iam()
-        .create_user()
-        .user_name(USER)
-        .send()
-        .await
-        .unwrap();
-    let k = aws
-        .iam()
-        .create_access_key()
-        .user_name(USER)
-        .send()
-        .await
-        .unwrap();
-    let k = k.access_key().unwrap();
-    let (id, secret_key) = (
-        k.access_key_id().to_owned(),
-        k.secret_access_key().to_owned(),
-    );
+    let key = aws_seed::user_with_key(&sdk, USER).await.unwrap();
+    let (id, secret_key) = key.clone();
     match secret {
         SecretStart::Json => {
-            let v = serde_json::json!({"AccessKeyId": id, "SecretAccessKey": secret_key, "UserName": USER, "CreateDate": "2026-01-01T00:00:00Z"});
             aws.secrets_client()
                 .create_secret()
                 .name(SECRET)
-                .secret_string(v.to_string())
+                .secret_string(aws_seed::key_json(USER, &key))
                 .send()
                 .await
                 .unwrap();

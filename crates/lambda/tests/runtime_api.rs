@@ -229,7 +229,12 @@ async fn bootstrap_serves_invocations_from_the_runtime_api() {
 /// `Rotation.Retryable`, for the state machine to retry, instead of being cut off by Lambda.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_wait_past_the_invocations_deadline_is_not_started() {
-    let Seeded { moto, ado, .. } = seeded().await;
+    let Seeded {
+        moto,
+        ado,
+        key_secret,
+        ..
+    } = seeded().await;
     ado.inject(Fault::status(Op::List, 429).retry_after(300).forever());
     let api = LambdaApi::start().await.unwrap();
     let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
@@ -250,6 +255,9 @@ async fn a_rate_limit_wait_past_the_invocations_deadline_is_not_started() {
         } => {
             assert_eq!(error_type, "Rotation.Retryable", "{error_message}");
             assert!(error_message.contains("429"), "{error_message}");
+            for secret in [PAT, key_secret.as_str()] {
+                assert!(!error_message.contains(secret), "a secret in the error");
+            }
         }
         other => panic!("expected a retryable error, got {other:?}"),
     }
@@ -262,8 +270,21 @@ async fn a_rate_limit_wait_past_the_invocations_deadline_is_not_started() {
         lists, 1,
         "one refused request, no retry inside the invocation"
     );
+    // What the function logged while it gave up (the pacing warning included) names no secret.
     api.stop().await;
-    drop(child);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("bootstrap ends once the Runtime API is gone")
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("rate limit"), "{printed}");
+    for secret in [PAT, key_secret.as_str()] {
+        assert!(!printed.contains(secret), "a secret was logged");
+    }
     ado.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -178,6 +178,39 @@ plain_newtype!(
     }
 );
 
+plain_newtype!(
+    /// An Azure DevOps service connection's id, as Azure DevOps gives it (a GUID).
+    ///
+    /// Parsed leniently: 1 to 64 characters without whitespace or control characters.
+    EndpointId,
+    |raw| {
+        let ok = (1..=64).contains(&raw.len())
+            && !raw.chars().any(|c| c.is_whitespace() || c.is_control());
+        if ok { Ok(()) } else { err("an endpoint id is 1 to 64 characters without whitespace") }
+    }
+);
+
+plain_newtype!(
+    /// A Secrets Manager version id (a version's `ClientRequestToken`: 32 to 64 characters).
+    ///
+    /// Parsed leniently: 1 to 64 of `[A-Za-z0-9-]`.
+    SecretVersionId,
+    |raw| {
+        let ok = (1..=64).contains(&raw.len())
+            && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if ok { Ok(()) } else { err("a secret version id is 1 to 64 letters, digits or '-'") }
+    }
+);
+
+plain_newtype!(
+    /// An Amazon Resource Name: `arn:` and more, at most 2048 characters.
+    Arn,
+    |raw| {
+        let ok = raw.len() > "arn:".len() && raw.len() <= 2048 && raw.starts_with("arn:");
+        if ok { Ok(()) } else { err("an ARN starts with 'arn:' and is at most 2048 characters") }
+    }
+);
+
 /// An Azure DevOps organization URL, such as `https://dev.azure.com/contoso`.
 ///
 /// Always https, except plain http to a loopback host (tests, the sandbox). Stored without a
@@ -289,13 +322,37 @@ pub struct EndpointRef {
 }
 
 /// By name or by id.
+///
+/// Deserializing checks the value like the config does: a name is not blank, an id is an
+/// [`EndpointId`].
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "RawEndpointSelector")]
 pub enum EndpointSelector {
     /// The connection's name in the project.
     Name(String),
     /// The connection's id (a GUID).
     Id(String),
+}
+
+/// [`EndpointSelector`] as it comes in, before its value is checked.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawEndpointSelector {
+    Name(String),
+    Id(String),
+}
+
+impl TryFrom<RawEndpointSelector> for EndpointSelector {
+    type Error = ParseError;
+    fn try_from(raw: RawEndpointSelector) -> Result<Self, ParseError> {
+        match raw {
+            RawEndpointSelector::Name(n) if n.trim().is_empty() => {
+                err("a service connection name is not blank")
+            }
+            RawEndpointSelector::Name(n) => Ok(Self::Name(n)),
+            RawEndpointSelector::Id(id) => Ok(Self::Id(EndpointId::parse(&id)?.0)),
+        }
+    }
 }
 
 impl fmt::Display for EndpointRef {
@@ -325,39 +382,79 @@ impl fmt::Display for KeyStatus {
     }
 }
 
-/// A run's id: names one rotation attempt, doubles as the `ClientRequestToken` of the secret
-/// version it writes (and as the Step Functions execution name).
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+/// A run's id: names one rotation attempt (the Step Functions execution name, in Lambda), and
+/// derives the `ClientRequestToken`s of the secret versions the run writes ([`RunId::token`]).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct RunId(String);
 
+/// The longest run id: a Step Functions execution name is at most 80 characters.
+pub const RUN_ID_MAX_LEN: usize = 80;
+
+/// How many hex digits of the digest a token carries (160 bits).
+const TOKEN_DIGEST_HEX: usize = 40;
+
+/// How many characters of the purpose a token shows (only to be readable; see [`RunId::token`]).
+const TOKEN_PURPOSE_MAX: usize = 16;
+
 impl RunId {
-    /// A fresh random run id (a UUID v4: 36 characters, as `ClientRequestToken` wants 32-64).
+    /// A fresh random run id (a UUID v4).
     pub fn new() -> Self {
         Self(uuid::Uuid::new_v4().to_string())
     }
-    /// Parses a run id given from outside (an execution name): 1 to 64 of `[A-Za-z0-9_-]`.
+
+    /// Parses a run id given from outside (an execution name): 1 to 80 of `[A-Za-z0-9_-]`.
+    ///
+    /// Every Step Functions execution name made of letters, digits, `-` and `_` is accepted;
+    /// the other characters execution names may hold (non-ASCII letters, `.`, …) are refused.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let ok = (1..=64).contains(&raw.len())
+        let ok = (1..=RUN_ID_MAX_LEN).contains(&raw.len())
             && raw
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
         if ok {
             Ok(Self(raw.into()))
         } else {
-            err("a run id is 1 to 64 of A-Z a-z 0-9 - _")
+            err("a run id is 1 to 80 of A-Z a-z 0-9 - _")
         }
     }
+
     /// The id.
     pub fn as_str(&self) -> &str {
         &self.0
     }
-    /// A `ClientRequestToken` derived from the run id for one purpose (32 to 64 characters).
+
+    /// The `ClientRequestToken` of the secret version this run writes for `purpose` (`"intent"`,
+    /// `"key"`): `kr-<purpose>-<digest>`, 32 to 64 of `[A-Za-z0-9-]`.
+    ///
+    /// The digest is the first 160 bits (40 hex digits) of SHA-256 over the purpose and the
+    /// whole run id, length-prefixed, so every run id works, distinct (run id, purpose) pairs
+    /// give distinct tokens (short of a SHA-256 collision), and the same pair always gives the
+    /// same token: a retried step reuses its token, and the intent's version id can be computed
+    /// again later. The purpose shown in the token (its ASCII letters and digits, at most 16)
+    /// is only there to be read; uniqueness never depends on it.
     pub fn token(&self, purpose: &str) -> String {
-        let mut t = format!("{}-{}", self.0, purpose);
-        while t.len() < 32 {
-            t.push('0');
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"keyrotor-token-v1\0");
+        h.update((purpose.len() as u64).to_be_bytes());
+        h.update(purpose.as_bytes());
+        h.update(self.0.as_bytes());
+        let digest = h.finalize();
+
+        let mut t = String::with_capacity(64);
+        t.push_str("kr-");
+        t.extend(
+            purpose
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(TOKEN_PURPOSE_MAX),
+        );
+        t.push('-');
+        for b in digest.iter().take(TOKEN_DIGEST_HEX / 2) {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            t.push(HEX[usize::from(b >> 4)].into());
+            t.push(HEX[usize::from(b & 0xf)].into());
         }
-        t.truncate(64);
         t
     }
 }
@@ -373,6 +470,7 @@ impl fmt::Display for RunId {
         f.write_str(&self.0)
     }
 }
+string_newtype_serde!(RunId);
 
 #[cfg(test)]
 mod tests {
@@ -447,12 +545,181 @@ mod tests {
         assert!(IamUserName::parse(&"a".repeat(65)).is_err());
     }
 
+    /// Run ids at the bounds, with `_` and `-`, and the distinct ones `truncation` used to merge.
+    fn bound_run_ids() -> Vec<String> {
+        let mut ids = Vec::new();
+        for len in [1, 31, 32, 33, 58, 59, 63, 64, 65, 79, 80] {
+            let body: String = "a_b-C9".chars().cycle().take(len).collect();
+            ids.push(body);
+            ids.push("x".repeat(len));
+            ids.push("-".repeat(len));
+            ids.push("_".repeat(len));
+        }
+        // Differ only past character 64, or only in the last character.
+        ids.push(format!("{}a", "r".repeat(79)));
+        ids.push(format!("{}b", "r".repeat(79)));
+        ids.push(format!("{}-", "r".repeat(63)));
+        ids.push(format!("{}_", "r".repeat(63)));
+        ids.push("r".repeat(63));
+        ids.push(RunId::new().to_string());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    fn is_token(t: &str) -> bool {
+        (32..=64).contains(&t.len()) && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    }
+
     #[test]
-    fn run_tokens_fit_client_request_token_bounds() {
-        let run = RunId::parse("x").unwrap();
-        assert_eq!(run.token("key").len(), 32);
-        let run = RunId::new();
-        let t = run.token("intent");
-        assert!((32..=64).contains(&t.len()));
+    fn run_ids_take_every_execution_name_of_letters_digits_dash_and_underscore() {
+        for id in bound_run_ids() {
+            let run = RunId::parse(&id).unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert_eq!(run.as_str(), id);
+        }
+        assert!(RunId::parse(&"a".repeat(80)).is_ok());
+    }
+
+    #[test]
+    fn run_ids_refuse_empty_too_long_and_other_characters() {
+        for bad in ["", "a b", "a.b", "a/b", "a:b", "é", "a\u{0}"] {
+            let e = RunId::parse(bad).unwrap_err();
+            assert_eq!(e.0, "a run id is 1 to 80 of A-Z a-z 0-9 - _", "{bad:?}");
+        }
+        assert!(RunId::parse(&"a".repeat(81)).is_err());
+    }
+
+    #[test]
+    fn tokens_are_32_to_64_letters_digits_and_dashes_for_every_run_id() {
+        for id in bound_run_ids() {
+            let run = RunId::parse(&id).unwrap();
+            for purpose in ["intent", "key", "", "a_purpose_far_too_long_to_show_whole"] {
+                let t = run.token(purpose);
+                assert!(is_token(&t), "{id:?} {purpose:?}: {t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn distinct_run_ids_and_purposes_never_share_a_token() {
+        let mut seen = std::collections::HashMap::new();
+        for id in bound_run_ids() {
+            let run = RunId::parse(&id).unwrap();
+            for purpose in ["intent", "key", "intent2", "in-tent", "in_tent"] {
+                let t = run.token(purpose);
+                if let Some(prev) = seen.insert(t.clone(), (id.clone(), purpose)) {
+                    panic!("{prev:?} and {:?} share {t}", (&id, purpose));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_is_the_same_every_time_for_the_same_run_and_purpose() {
+        let id = format!("{}_x-", "e".repeat(77));
+        let a = RunId::parse(&id).unwrap();
+        let b: RunId = serde_json::from_str(&format!("\"{id}\"")).unwrap();
+        assert_eq!(a.token("intent"), b.token("intent"));
+        assert_eq!(a.token("key"), a.clone().token("key"));
+        assert_ne!(a.token("intent"), a.token("key"));
+        assert!(a.token("intent").starts_with("kr-intent-"));
+        // Pinned: a change of derivation would orphan the versions of runs in flight.
+        let run = RunId::parse("run-1").unwrap();
+        assert_eq!(
+            run.token("intent"),
+            "kr-intent-15433d760e5ca9fb22a3051df9123dfe8d7e7abc"
+        );
+        assert_eq!(
+            run.token("key"),
+            "kr-key-6525f0888df6e6adb4c6f69aa621f53d552e4f88"
+        );
+    }
+
+    #[test]
+    fn deserializing_goes_through_every_parser() {
+        fn refused<T: serde::de::DeserializeOwned>(json: &str) -> bool {
+            serde_json::from_str::<T>(json).is_err()
+        }
+        assert!(refused::<RunId>("\"\""));
+        assert!(refused::<RunId>(&format!("\"{}\"", "a".repeat(81))));
+        assert!(refused::<RunId>("\"a b\""));
+        assert!(refused::<RunId>("42"));
+        assert!(refused::<AccessKeyId>("\"akiaiosfodnn7example\""));
+        assert!(refused::<IamUserName>("\"a b\""));
+        assert!(refused::<SecretName>("\"a b\""));
+        assert!(refused::<TargetName>("\"a/b\""));
+        assert!(refused::<ProjectName>("\"a/b\""));
+        assert!(refused::<OrgUrl>("\"http://dev.azure.com/x\""));
+        assert!(refused::<EndpointId>("\"a b\""));
+        assert!(refused::<SecretVersionId>("\"a_b\""));
+        assert!(refused::<Arn>("\"secret\""));
+        assert!(refused::<EndpointSelector>("{\"name\":\" \"}"));
+        assert!(refused::<EndpointSelector>("{\"id\":\"\"}"));
+        assert!(refused::<EndpointSelector>("{\"id\":\"a b\"}"));
+        assert!(refused::<EndpointRef>(
+            "{\"project\":\"P\",\"by\":{\"id\":\"a b\"}}"
+        ));
+        assert!(refused::<EndpointRef>(
+            "{\"project\":\"a/b\",\"by\":{\"name\":\"n\"}}"
+        ));
+
+        let run: RunId = serde_json::from_str("\"run_1-x\"").unwrap();
+        assert_eq!(serde_json::to_string(&run).unwrap(), "\"run_1-x\"");
+        let r = EndpointRef {
+            project: ProjectName::parse("P").unwrap(),
+            by: EndpointSelector::Id("00000000-0000-0000-0000-000000000000".into()),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<EndpointRef>(&json).unwrap(), r);
+        let by: EndpointSelector = serde_json::from_str("{\"name\":\"aws-prod\"}").unwrap();
+        assert_eq!(by, EndpointSelector::Name("aws-prod".into()));
+    }
+
+    #[test]
+    fn endpoint_ids_are_lenient_but_not_blank() {
+        let id = EndpointId::parse("00000000-0000-0000-0000-000000000000").unwrap();
+        assert_eq!(id.as_str(), "00000000-0000-0000-0000-000000000000");
+        assert_eq!(id.to_string(), id.as_str());
+        assert!(EndpointId::parse("not-a-guid-but-fine").is_ok());
+        assert!(EndpointId::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", " ", "a b", "a\tb", "a\n"] {
+            assert!(EndpointId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(EndpointId::parse(&"a".repeat(65)).is_err());
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<EndpointId>(&json).unwrap(), id);
+    }
+
+    #[test]
+    fn secret_version_ids_are_letters_digits_and_dashes() {
+        let uuid = RunId::new().to_string();
+        assert_eq!(SecretVersionId::parse(&uuid).unwrap().as_str(), uuid);
+        let token = RunId::parse("r").unwrap().token("intent");
+        assert!(SecretVersionId::parse(&token).is_ok());
+        assert!(SecretVersionId::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "a_b", "a b", "a.b"] {
+            assert!(SecretVersionId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(SecretVersionId::parse(&"a".repeat(65)).is_err());
+        let v = SecretVersionId::parse("v-1").unwrap();
+        assert_eq!(v.to_string(), "v-1");
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(json, "\"v-1\"");
+        assert_eq!(serde_json::from_str::<SecretVersionId>(&json).unwrap(), v);
+    }
+
+    #[test]
+    fn arns_start_with_arn_and_fit_2048() {
+        let raw = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ado/key-AbCdEf";
+        let arn = Arn::parse(raw).unwrap();
+        assert_eq!(arn.as_str(), raw);
+        assert_eq!(arn.to_string(), raw);
+        assert!(Arn::parse(&format!("arn:{}", "x".repeat(2044))).is_ok());
+        assert!(Arn::parse(&format!("arn:{}", "x".repeat(2045))).is_err());
+        for bad in ["", "arn:", "ARN:aws:iam::1:user/u", "aws:iam::1:user/u"] {
+            assert!(Arn::parse(bad).is_err(), "{bad:?}");
+        }
+        let json = serde_json::to_string(&arn).unwrap();
+        assert_eq!(serde_json::from_str::<Arn>(&json).unwrap(), arn);
     }
 }

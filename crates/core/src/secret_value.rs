@@ -4,7 +4,11 @@
 //! (written to AWSPENDING before `CreateAccessKey`, so another run can tell a key being created
 //! from an orphan): `{"KeyrotorIntent":{"RunId","ExpiresAt"}}`. A legacy value (the older design
 //! stored the bare secret access key) is adopted: the first rotation writes the JSON.
+//!
+//! The secret stays the user's: [`key_value_over`] writes a new key over the previous value,
+//! keeping every field other programs put there (`Region`, `Owner`, …).
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -67,8 +71,44 @@ struct IntentBody {
     expires_at: String,
 }
 
-/// The JSON for a key.
+/// The fields keyrotor owns in the secret's JSON: it writes the first four and never copies
+/// the last (an intent record) from a previous value.
+pub const OWNED_FIELDS: [&str; 5] = [
+    "AccessKeyId",
+    "SecretAccessKey",
+    "UserName",
+    "CreateDate",
+    "KeyrotorIntent",
+];
+
+/// Whether keyrotor owns a field of the secret's JSON. Compared ignoring ASCII case, so that a
+/// previous value's `secretAccessKey` (another tool's spelling) neither keeps the old secret
+/// nor sits next to `SecretAccessKey` (PowerShell's `ConvertFrom-Json`, say, refuses keys
+/// that differ only in case).
+fn owned(field: &str) -> bool {
+    OWNED_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(field))
+}
+
+/// The JSON for a key, with no other field: [`key_value_over`] with no previous value.
 pub fn key_value(
+    id: &AccessKeyId,
+    secret: &SecretString,
+    user_name: &str,
+    created: SystemTime,
+) -> SecretString {
+    key_value_over(None, id, secret, user_name, created)
+}
+
+/// The JSON for a key, written over the previous value `base` of the secret.
+///
+/// When `base` is a JSON object, every field keyrotor does not own (see [`OWNED_FIELDS`]) is
+/// kept with its value (any JSON type); keyrotor's four fields are replaced and an intent
+/// record's `KeyrotorIntent` is dropped. Any other `base` (a legacy bare key, an array, text
+/// that is not JSON) contributes nothing. The output is deterministic: keyrotor's fields first
+/// (`AccessKeyId`, `SecretAccessKey`, `UserName`, `CreateDate`), then the kept fields sorted
+/// by name.
+pub fn key_value_over(
+    base: Option<&SecretString>,
     id: &AccessKeyId,
     secret: &SecretString,
     user_name: &str,
@@ -80,8 +120,24 @@ pub fn key_value(
         user_name,
         create_date: humantime::format_rfc3339_seconds(created).to_string(),
     };
-    // Serialising a struct of strings cannot fail.
-    SecretString::from(serde_json::to_string(&json).unwrap_or_default())
+    // Serialising strings and JSON values cannot fail.
+    let mut text = serde_json::to_string(&json).unwrap_or_default();
+    let kept = base
+        .and_then(|b| {
+            serde_json::from_str::<BTreeMap<String, serde_json::Value>>(b.expose_secret()).ok()
+        })
+        .unwrap_or_default();
+    if text.ends_with('}') {
+        text.pop();
+        for (field, value) in kept.iter().filter(|(f, _)| !owned(f)) {
+            text.push(',');
+            text.push_str(&serde_json::to_string(field).unwrap_or_default());
+            text.push(':');
+            text.push_str(&serde_json::to_string(value).unwrap_or_default());
+        }
+        text.push('}');
+    }
+    SecretString::from(text)
 }
 
 /// The JSON for an intent record.
@@ -188,5 +244,132 @@ mod tests {
             classify(&SecretString::from("hello world")),
             Content::Foreign
         );
+    }
+
+    const OLD_SECRET: &str = "oldOLDold/secret+KEY0123456789abcdefABCDEF";
+
+    fn old_value(extra: &str) -> SecretString {
+        SecretString::from(format!(
+            "{{\"AccessKeyId\":\"AKIAOLDOLDOLDOLD0000\",\"SecretAccessKey\":\"{OLD_SECRET}\",\
+             \"UserName\":\"old-user\",\"CreateDate\":\"2001-01-01T00:00:00Z\"{extra}}}"
+        ))
+    }
+
+    fn new_over(base: Option<&SecretString>) -> SecretString {
+        key_value_over(
+            base,
+            &AccessKeyId::parse("AKIANEWNEWNEWNEW1111").unwrap(),
+            &SecretString::from("new/secret"),
+            "new-user",
+            SystemTime::UNIX_EPOCH,
+        )
+    }
+
+    fn object(v: &SecretString) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::from_str(v.expose_secret()).unwrap() {
+            serde_json::Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn other_fields_of_every_json_type_survive_a_new_key() {
+        let extra = r#","Region":"eu-west-1","Port":5432,"Big":18446744073709551615,"Ratio":0.25,"Neg":-7,"Enabled":true,"Nothing":null,"Tags":["a",1,{"b":[]}],"Owner":{"team":"platform","oncall":["x"]},"Empty":"""#;
+        let base = old_value(extra);
+        let out = object(&new_over(Some(&base)));
+        let before = object(&base);
+        for field in [
+            "Region", "Port", "Big", "Ratio", "Neg", "Enabled", "Nothing", "Tags", "Owner", "Empty",
+        ] {
+            assert_eq!(out.get(field), before.get(field), "{field}");
+        }
+        assert_eq!(out.len(), 4 + 10);
+    }
+
+    #[test]
+    fn keyrotor_fields_are_replaced() {
+        let base = old_value(r#","Region":"eu-west-1""#);
+        let v = new_over(Some(&base));
+        let out = object(&v);
+        assert_eq!(out["AccessKeyId"], "AKIANEWNEWNEWNEW1111");
+        assert_eq!(out["SecretAccessKey"], "new/secret");
+        assert_eq!(out["UserName"], "new-user");
+        assert_eq!(out["CreateDate"], "1970-01-01T00:00:00Z");
+        let k = parse_key(&v).unwrap();
+        assert_eq!(k.id.as_str(), "AKIANEWNEWNEWNEW1111");
+        assert_eq!(k.secret.expose_secret(), "new/secret");
+        assert!(matches!(classify(&v), Content::Key { .. }));
+    }
+
+    #[test]
+    fn the_old_secret_survives_nowhere() {
+        let base = old_value(&format!(
+            r#","secretAccessKey":"{OLD_SECRET}","SECRETACCESSKEY":"{OLD_SECRET}","Region":"x""#
+        ));
+        let v = new_over(Some(&base));
+        let text = v.expose_secret();
+        assert!(!text.contains(OLD_SECRET), "{text}");
+        assert!(!text.contains("AKIAOLDOLDOLDOLD0000"), "{text}");
+        assert!(!text.contains("old-user"), "{text}");
+        assert!(!text.contains("2001-01-01"), "{text}");
+        assert!(text.contains("\"Region\":\"x\""), "{text}");
+    }
+
+    #[test]
+    fn an_intent_record_is_never_copied() {
+        let intent = intent_value("run-1", SystemTime::UNIX_EPOCH);
+        let v = new_over(Some(&intent));
+        assert_eq!(v.expose_secret(), new_over(None).expose_secret());
+        let mixed = old_value(
+            r#","KeyrotorIntent":{"RunId":"r","ExpiresAt":"x"},"keyrotorintent":1,"Owner":"o""#,
+        );
+        let out = object(&new_over(Some(&mixed)));
+        assert!(
+            out.keys()
+                .all(|k| !k.eq_ignore_ascii_case("KeyrotorIntent")),
+            "{out:?}"
+        );
+        assert_eq!(out["Owner"], "o");
+    }
+
+    #[test]
+    fn a_legacy_or_non_object_base_contributes_nothing() {
+        let fresh = new_over(None);
+        for base in [
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "[1,2,3]",
+            "\"text\"",
+            "42",
+            "null",
+            "not json {",
+            "",
+        ] {
+            let v = new_over(Some(&SecretString::from(base)));
+            assert_eq!(v.expose_secret(), fresh.expose_secret(), "{base:?}");
+        }
+        let id = AccessKeyId::parse("AKIANEWNEWNEWNEW1111").unwrap();
+        let plain = key_value(
+            &id,
+            &SecretString::from("new/secret"),
+            "new-user",
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(plain.expose_secret(), fresh.expose_secret());
+    }
+
+    #[test]
+    fn the_field_order_is_deterministic() {
+        let a = old_value(r#","Zeta":1,"Alpha":{"x":2,"y":1},"Mid":"m""#);
+        let b = old_value(r#","Mid":"m","Alpha":{"x":2,"y":1},"Zeta":1"#);
+        let (va, vb) = (new_over(Some(&a)), new_over(Some(&b)));
+        assert_eq!(va.expose_secret(), vb.expose_secret());
+        assert_eq!(
+            va.expose_secret(),
+            "{\"AccessKeyId\":\"AKIANEWNEWNEWNEW1111\",\"SecretAccessKey\":\"new/secret\",\
+             \"UserName\":\"new-user\",\"CreateDate\":\"1970-01-01T00:00:00Z\",\
+             \"Alpha\":{\"x\":2,\"y\":1},\"Mid\":\"m\",\"Zeta\":1}"
+        );
+        // Written over its own output, a value does not change.
+        assert_eq!(new_over(Some(&va)).expose_secret(), va.expose_secret());
     }
 }

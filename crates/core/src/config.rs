@@ -322,7 +322,49 @@ impl Config {
                 ));
             }
             let iam_user = cx.parse(&t.iam_user, &f("iam_user"), IamUserName::parse)?;
+            // IAM user names are unique ignoring case: `Bob` and `bob` are one user.
+            let same_user =
+                |o: &&Target| o.iam_user.as_str().eq_ignore_ascii_case(iam_user.as_str());
+            if let Some(other) = targets.iter().find(same_user) {
+                let spelled = if other.iam_user == iam_user {
+                    String::new()
+                } else {
+                    format!(
+                        " ('{}' in '{}'; IAM user names ignore case)",
+                        other.iam_user, other.name
+                    )
+                };
+                return Err(cx.error(
+                    Some(t.iam_user.span()),
+                    &f("iam_user"),
+                    format!(
+                        "targets '{}' and '{name}' both rotate the IAM user '{iam_user}'{spelled}: \
+                         give each user one target, or they undo each other's rotations",
+                        other.name
+                    ),
+                ));
+            }
             let secret = cx.parse(&t.secret, &f("secret"), SecretName::parse)?;
+            let region = aws_region.as_deref();
+            if let Some(other) = targets
+                .iter()
+                .find(|o| same_secret(&o.secret, &secret, region))
+            {
+                let spelled = if other.secret == secret {
+                    String::new()
+                } else {
+                    format!(" ('{}' in '{}')", other.secret, other.name)
+                };
+                return Err(cx.error(
+                    Some(t.secret.span()),
+                    &f("secret"),
+                    format!(
+                        "targets '{}' and '{name}' both keep their key in the secret '{secret}'{spelled}: \
+                         give each secret one target, or they overwrite each other's key",
+                        other.name
+                    ),
+                ));
+            }
             let organization = match &t.organization {
                 Some(o) => cx.parse(o, &f("organization"), OrgUrl::parse)?,
                 None => organization.clone(),
@@ -414,6 +456,82 @@ impl Config {
                     .ok_or_else(|| format!("there is no target named '{n}' in the config"))
             })
             .collect()
+    }
+}
+
+/// Whether two configured secrets are the same secret, as far as the config alone can tell.
+///
+/// A chosen, conservative rule (a missed match only leaves things as they were; a false one
+/// refuses a valid config):
+///
+/// - Names compare case-sensitively, as given (as Secrets Manager does).
+/// - A `secretsmanager` ARN (`arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME-XXXXXX`)
+///   stands for `NAME`: a last `-` and six letters or digits are Secrets Manager's random
+///   suffix. Without them it is a partial ARN and the whole rest is the name. (A partial ARN
+///   of a name that itself ends in `-` and six such characters is read as a full ARN, the
+///   ambiguity AWS itself warns of.)
+/// - Two such ARNs are one secret when region, account and name are the same.
+/// - Such an ARN and a bare name are one secret when the names are the same and the ARN's
+///   region is `aws.region`, or `aws.region` is unset (the region then comes from the
+///   environment, which the config cannot see). The account is not compared: a bare name is
+///   in the caller's account, which the config cannot see either.
+/// - Any other ARN is compared as written, like a name.
+fn same_secret(a: &SecretName, b: &SecretName, region: Option<&str>) -> bool {
+    match (SecretId::of(a.as_str()), SecretId::of(b.as_str())) {
+        (SecretId::Name(x), SecretId::Name(y)) => x == y,
+        (SecretId::Arn(x), SecretId::Arn(y)) => x == y,
+        (SecretId::Arn(arn), SecretId::Name(name)) | (SecretId::Name(name), SecretId::Arn(arn)) => {
+            arn.name == name && region.is_none_or(|r| r == arn.region)
+        }
+    }
+}
+
+/// A secret as the config names it: see [`same_secret`].
+enum SecretId<'a> {
+    /// A name (or an ARN that is not a Secrets Manager secret's).
+    Name(&'a str),
+    /// A Secrets Manager secret's ARN.
+    Arn(SecretArn<'a>),
+}
+
+/// What identifies a secret in its ARN.
+#[derive(PartialEq, Eq)]
+struct SecretArn<'a> {
+    region: &'a str,
+    account: &'a str,
+    name: &'a str,
+}
+
+impl<'a> SecretId<'a> {
+    fn of(raw: &'a str) -> Self {
+        let parts: Vec<&str> = raw.splitn(7, ':').collect();
+        let [
+            "arn",
+            _partition,
+            "secretsmanager",
+            region,
+            account,
+            "secret",
+            rest,
+        ] = parts[..]
+        else {
+            return Self::Name(raw);
+        };
+        let name = match rest.rsplit_once('-') {
+            Some((name, suffix))
+                if !name.is_empty()
+                    && suffix.len() == 6
+                    && suffix.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                name
+            }
+            _ => rest,
+        };
+        Self::Arn(SecretArn {
+            region,
+            account,
+            name,
+        })
     }
 }
 
@@ -529,5 +647,124 @@ endpoints = [ { project = "Platform", name = "aws-prod" } ]
         let c = parse(MINIMAL).unwrap();
         assert!(c.select(&["nope".into()]).unwrap_err().contains("nope"));
         assert_eq!(c.select(&[]).unwrap().len(), 1);
+    }
+
+    /// MINIMAL and a second target with this user and secret.
+    fn two_targets(user: &str, secret: &str) -> String {
+        format!(
+            "{MINIMAL}\n[[target]]\nname = \"web-prod\"\niam_user = \"{user}\"\n\
+             secret = \"{secret}\"\nendpoints = [ {{ project = \"Web\", name = \"aws\" }} ]\n"
+        )
+    }
+
+    fn line_of(text: &str, needle: &str) -> usize {
+        text[..text.rfind(needle).unwrap()].lines().count() + 1
+    }
+
+    #[test]
+    fn two_targets_rotating_one_iam_user_are_refused_whatever_the_case() {
+        let text = two_targets("Azure-DevOps-Pipeline", "/other/secret");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("target[1].iam_user"));
+        assert_eq!(e.line, Some(line_of(&text, "iam_user = \"Azure")));
+        let shown = e.to_string();
+        let start = format!("keyrotor.toml:{}: target[1].iam_user: ", e.line.unwrap());
+        assert!(shown.starts_with(&start), "{shown}");
+        for part in [
+            "'platform-prod'",
+            "'web-prod'",
+            "'Azure-DevOps-Pipeline'",
+            "'azure-devops-pipeline'",
+        ] {
+            assert!(e.message.contains(part), "{part}: {shown}");
+        }
+
+        let e = parse(&two_targets("azure-devops-pipeline", "/other/secret")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("target[1].iam_user"));
+        assert!(!e.message.contains("ignore case"), "{e}");
+    }
+
+    #[test]
+    fn two_targets_keeping_one_secret_are_refused() {
+        let text = two_targets("other-user", "/azure/devops/agent/iam/accesskey");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("target[1].secret"));
+        assert_eq!(e.line, Some(line_of(&text, "secret = ")));
+        for part in [
+            "'platform-prod'",
+            "'web-prod'",
+            "'/azure/devops/agent/iam/accesskey'",
+        ] {
+            assert!(e.message.contains(part), "{part}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_arn_and_a_name_of_one_secret_are_one_secret() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:/azure/devops/agent/iam/accesskey-AbC123";
+        let e = parse(&two_targets("other-user", arn)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("target[1].secret"));
+        assert!(
+            e.message.contains("'platform-prod'") && e.message.contains(arn),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("'/azure/devops/agent/iam/accesskey'"),
+            "{e}"
+        );
+
+        // A partial ARN (no random suffix) names the same secret too.
+        let partial = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:/azure/devops/agent/iam/accesskey";
+        assert!(parse(&two_targets("other-user", partial)).is_err());
+
+        // With aws.region set, an ARN in that region is the named secret; in another it is not.
+        let in_region = |region: &str, secret: &str| {
+            let text = two_targets("other-user", secret);
+            parse(&format!("[aws]\nregion = \"{region}\"\n{text}"))
+        };
+        assert!(in_region("eu-west-1", arn).is_err());
+        assert!(in_region("us-east-1", arn).is_ok());
+
+        // Two ARNs of one secret (full and partial), in one region and account.
+        let text = two_targets("other-user", partial).replace(
+            "secret = \"/azure/devops/agent/iam/accesskey\"",
+            &format!("secret = \"{arn}\""),
+        );
+        assert!(parse(&text).is_err());
+        // The same name in another account is another secret.
+        let text = two_targets(
+            "other-user",
+            &partial.replace("123456789012", "210987654321"),
+        )
+        .replace(
+            "secret = \"/azure/devops/agent/iam/accesskey\"",
+            &format!("secret = \"{arn}\""),
+        );
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn different_users_and_secrets_are_fine() {
+        let c = parse(&two_targets("other-user", "/other/secret")).unwrap();
+        assert_eq!(c.targets.len(), 2);
+        // Secret names are case-sensitive: these are two secrets.
+        assert!(
+            parse(&two_targets(
+                "other-user",
+                "/Azure/devops/agent/iam/accesskey"
+            ))
+            .is_ok()
+        );
+        // The suffix of another secret's ARN is not this name's.
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:/azure/devops/agent/iam/accesskey-2-AbC123";
+        assert!(parse(&two_targets("other-user", arn)).is_ok());
+        // An ARN that is not a Secrets Manager secret's compares as written.
+        assert!(
+            parse(&two_targets(
+                "other-user",
+                "arn:aws:ssm:eu-west-1:123456789012:secret:/azure/devops/agent/iam/accesskey"
+            ))
+            .is_ok()
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The ADO emulator follows Microsoft's contract and its quirks: 200 + `null` for an unknown
-//! id, `password: null`, a 203 sign-in page (or 401 with `X-TFS-FedAuthRedirect: Suppress`),
+//! id, `password: null` (a PUT keeps a secret sent `null` or left out, clears it with `""`),
+//! a 203 sign-in page (or 401 with `X-TFS-FedAuthRedirect: Suppress`),
 //! a required api-version, `{count, value}` lists, server-assigned ids, `projectIds` on delete,
 //! faults that expire, and a rate limit that delays and then refuses.
 
@@ -478,6 +479,70 @@ async fn update_keeps_the_id_and_a_null_secret_keeps_the_stored_one() {
     .await;
     assert_eq!(perms["pipelines"][0]["id"], 7);
     assert_eq!(perms["resource"]["id"], EP);
+}
+
+#[tokio::test]
+async fn a_secret_is_kept_by_null_or_absence_cleared_by_empty_and_replaced_by_a_value() {
+    let api = Api::start(seed()).await;
+    let url = format!("Platform/_apis/serviceendpoint/endpoints/{EP}?api-version=7.1");
+    let got = body(api.req(Method::GET, &url).send().await.unwrap()).await;
+    // PUTs the object as read, with `sessionToken` set to `token` (`None`: left out).
+    let put = |token: Option<Value>| {
+        let mut sent = got.clone();
+        let params = sent["authorization"]["parameters"].as_object_mut().unwrap();
+        match token {
+            Some(t) => params.insert("sessionToken".into(), t),
+            None => params.remove("sessionToken"),
+        };
+        api.req(
+            Method::PUT,
+            &format!("_apis/serviceendpoint/endpoints/{EP}?api-version=7.1"),
+        )
+        .json(&sent)
+        .send()
+    };
+    let stored = |field: &str| {
+        api.emu.endpoint("contoso", EP).unwrap()["authorization"]["parameters"][field].clone()
+    };
+    let cases = [
+        (
+            Some(Value::Null),
+            json!("session-token-secret"),
+            "null keeps",
+        ),
+        (None, json!("session-token-secret"), "absence keeps"),
+        (Some(json!("")), json!(""), "the empty string clears"),
+        (Some(Value::Null), json!(""), "null keeps the cleared value"),
+        (
+            Some(json!("session-two")),
+            json!("session-two"),
+            "a value replaces",
+        ),
+        (Some(json!("")), json!(""), "the empty string clears again"),
+    ];
+    for (sent, expected, what) in cases {
+        let resp = put(sent).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{what}");
+        let answered = body(resp).await;
+        assert_eq!(stored("sessionToken"), expected, "{what}");
+        // Stored or cleared, a confidential field is answered null, by the PUT and a GET.
+        assert!(
+            answered["authorization"]["parameters"]["sessionToken"].is_null(),
+            "{what}: {answered}"
+        );
+        let read = body(api.req(Method::GET, &url).send().await.unwrap()).await;
+        assert!(
+            read["authorization"]["parameters"]["sessionToken"].is_null(),
+            "{what}: {read}"
+        );
+        // The password went back null every time: still the seeded one.
+        assert_eq!(stored("password"), SECRET, "{what}");
+        assert_eq!(
+            stored("assumeRoleArn"),
+            "arn:aws:iam::123456789012:role/deploy",
+            "{what}"
+        );
+    }
 }
 
 #[tokio::test]

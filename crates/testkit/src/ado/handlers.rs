@@ -282,8 +282,9 @@ fn check_unique(org: &OrgState, ep: &Value, except: Option<&str>) -> Result<(), 
     Ok(())
 }
 
-/// `PUT {org}/_apis/serviceendpoint/endpoints/{id}`: replaces the object, keeps the id; a
-/// `null` confidential parameter keeps the stored secret.
+/// `PUT {org}/_apis/serviceendpoint/endpoints/{id}`: replaces the object, keeps the id. A
+/// confidential parameter sent as `null`, or left out of the parameters, keeps the stored
+/// secret; `""` clears it; any other string replaces it (see the module docs).
 fn update(org: &mut OrgState, id: &str, mut ep: Value) -> Result<Response, ApiError> {
     let Some(index) = org.index_of(id) else {
         return Err(not_found(id));
@@ -299,14 +300,16 @@ fn update(org: &mut OrgState, id: &str, mut ep: Value) -> Result<Response, ApiEr
     check_unique(org, &ep, Some(id))?;
     let stored = &org.endpoints[index];
     let stored_id = id_of(stored).to_owned();
+    // Only a string replaces a secret (`""` included, which clears it); `null` and absence keep
+    // the stored one. Without a parameters object at all there is nothing to keep it in.
     let kept: Vec<(&str, Value)> = CONFIDENTIAL
         .iter()
         .filter_map(|k| {
-            let sent_null = ep
+            let keeps = ep
                 .pointer(&format!("/authorization/parameters/{k}"))
-                .is_some_and(Value::is_null);
+                .is_none_or(Value::is_null);
             let old = stored.pointer(&format!("/authorization/parameters/{k}"))?;
-            sent_null.then(|| (*k, old.clone()))
+            keeps.then(|| (*k, old.clone()))
         })
         .collect();
     if let Some(params) = ep

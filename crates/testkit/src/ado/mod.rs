@@ -3,8 +3,8 @@
 //!
 //! - an unknown endpoint id answers HTTP 200 with the body `null`;
 //! - lists answer `{"count": N, "value": [...]}`;
-//! - `password` and `sessionToken` come back `null` (a `null` sent in a PUT keeps the stored
-//!   value); every other field is stored and returned exactly as given, unknown ones too;
+//! - `password` and `sessionToken` come back `null`; every other field is stored and returned
+//!   exactly as given, unknown ones too (see "Confidential fields on update" for a PUT);
 //! - POST assigns the id (one in the body is ignored); PUT keeps it; DELETE needs
 //!   `projectIds`; a duplicate name in a project is `DuplicateServiceConnectionException`;
 //! - `api-version` from the query or the `Accept` header, else 400; pipeline permissions need a
@@ -24,6 +24,28 @@
 //! | `GET` / `DELETE /_emulator/requests` | the request log ([`RequestRecord`]: method, path, query, status, arrival time, `Retry-After`, delayed) / clear it |
 //! | `GET` / `POST` / `DELETE /_emulator/faults` | pending faults / add one ([`Fault`] JSON) / clear |
 //! | `POST /_emulator/reset` | back to the seed (or to the [`Seed`] in the body), faults and log cleared |
+//!
+//! # Confidential fields on update
+//!
+//! What a PUT does with a confidential parameter (`password`, `sessionToken`):
+//!
+//! | sent | stored afterwards |
+//! |---|---|
+//! | `null` | the value stored before (kept) |
+//! | absent (the parameters object is there, the field is not) | the value stored before (kept) |
+//! | `""` | `""`: cleared |
+//! | any other string | that string |
+//!
+//! Whatever is stored, a GET answers `null`. Microsoft documents only the last two rows; the
+//! `null` row is what the web UI relies on. For absence, reports differ (Terraform provider
+//! users saw secrets reset by updates that left them out, `SERVICE-ENDPOINTS.md`): the
+//! emulator chooses *keep*, like `null`, so that a client which only leaves a stale
+//! `sessionToken` out, rather than sending `""`, still finds it stored, as it would on a
+//! service that keeps it (AWS then answers "The security token included in the request is
+//! invalid"). A PUT whose `authorization` has no `parameters` object keeps no secret.
+//!
+//! Tests read what is stored, secrets unredacted, through [`AdoEmulator::endpoint`] and
+//! [`AdoEmulator::state`] (the binary: `GET /_emulator/state`).
 //!
 //! # Layout
 //!

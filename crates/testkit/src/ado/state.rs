@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use super::seed::{PatSeed, Seed};
 
 /// Authorization parameters the service never returns (it answers `null`). On a PUT, a
-/// `null` for one of them keeps the stored value, as the web UI relies on.
+/// `null` for one of them (or its absence) keeps the stored value, as the web UI relies on;
+/// `""` clears it (stored as `""`, still answered `null`); another string replaces it.
 pub(crate) const CONFIDENTIAL: [&str; 2] = ["password", "sessionToken"];
 
 /// Everything the emulator holds, passwords included (for assertions).

@@ -269,6 +269,7 @@ impl ServiceConnections for AdoClient {
         if let Some(reason) = current.unrotatable_reason() {
             return Err(PortError::new(PortErrorKind::Refused, reason));
         }
+        // The new key, and `sessionToken: ""`: a stale token must not outlive the old key.
         endpoint::put_credentials(&mut object, key, secret)?;
         let body = serde_json::to_vec(&object).map_err(|_| {
             PortError::new(

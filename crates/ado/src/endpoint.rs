@@ -1,10 +1,14 @@
 //! The `ServiceEndpoint` JSON object: read into the core's [`Endpoint`], and edited for an
-//! update in place (only `username` and `password` change; everything else is kept as is).
+//! update in place (`username` and `password` change and `sessionToken` is cleared; everything
+//! else is kept as is).
 
 use keyrotor_core::domain::{AccessKeyId, OrgUrl, ProjectName};
 use keyrotor_core::ports::{Endpoint, EndpointHandle, PortError, PortErrorKind, PortResult};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+
+/// The authorization parameter of a temporary key's session token, cleared with every key put.
+const SESSION_TOKEN: &str = "sessionToken";
 
 /// A string field by JSON pointer.
 pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -92,10 +96,14 @@ pub(crate) fn to_endpoint(v: &Value, org: &OrgUrl, project: &ProjectName) -> Por
     })
 }
 
-/// Puts the new key into the object, changing `authorization.parameters.username` and
-/// `.password` only. Everything else — `assumeRoleArn`, `externalId`, `roleSessionName`,
-/// `sessionToken` (answered as `null`, which the service reads as "keep"), `data`, project
-/// references — goes back exactly as it came.
+/// Puts the new key into the object: `authorization.parameters.username` and `.password`
+/// become the key, and `.sessionToken` becomes `""`, which clears it. An IAM user's key has no
+/// session token, and sent back as it came (`null`, which the service reads as "keep") a token
+/// stored once would outlive the key it went with: AWS then refuses every call with "The
+/// security token included in the request is invalid" (`SERVICE-ENDPOINTS.md`, "Confidential
+/// fields on update"). Everything else — `assumeRoleArn`, `externalId`, `roleSessionName`,
+/// other confidential parameters (`null`: kept), `data`, project references — goes back exactly
+/// as it came.
 pub(crate) fn put_credentials(
     v: &mut Value,
     key: &AccessKeyId,
@@ -115,6 +123,7 @@ pub(crate) fn put_credentials(
         "password".into(),
         Value::String(secret.expose_secret().to_owned()),
     );
+    params.insert(SESSION_TOKEN.into(), Value::String(String::new()));
     Ok(())
 }
 
@@ -181,24 +190,44 @@ mod tests {
     }
 
     #[test]
-    fn only_username_and_password_change() {
+    fn the_key_changes_the_session_token_is_cleared_and_nothing_else_changes() {
+        // As the service answers a connection that once had a session token: `null`.
         let mut v = sample();
+        v["authorization"]["parameters"]["sessionToken"] = Value::Null;
+        v["authorization"]["parameters"]["otherSecret"] = Value::Null;
         let before = v.clone();
         let key = AccessKeyId::parse("AKIAI44QH8DHBEXAMPLE").unwrap();
         put_credentials(&mut v, &key, &SecretString::from("s3cret")).unwrap();
         assert_eq!(parameter(&v, "username"), Some("AKIAI44QH8DHBEXAMPLE"));
         assert_eq!(parameter(&v, "password"), Some("s3cret"));
-        for p in [
-            "/authorization/parameters/username",
-            "/authorization/parameters/password",
-        ] {
-            *v.pointer_mut(p).unwrap() = Value::Null;
-        }
+        assert_eq!(
+            v["authorization"]["parameters"]["sessionToken"],
+            json!(""),
+            "sent explicitly empty: the service clears it (null would keep it)"
+        );
         let mut expected = before;
-        *expected
-            .pointer_mut("/authorization/parameters/username")
-            .unwrap() = Value::Null;
-        assert_eq!(v, expected);
+        let p = expected["authorization"]["parameters"]
+            .as_object_mut()
+            .unwrap();
+        p.insert("username".into(), json!("AKIAI44QH8DHBEXAMPLE"));
+        p.insert("password".into(), json!("s3cret"));
+        p.insert("sessionToken".into(), json!(""));
+        assert_eq!(
+            v, expected,
+            "otherSecret stays null (kept), all else as it came"
+        );
+    }
+
+    #[test]
+    fn a_session_token_the_answer_left_out_is_sent_empty_too() {
+        let mut v = sample();
+        assert!(
+            v.pointer("/authorization/parameters/sessionToken")
+                .is_none()
+        );
+        let key = AccessKeyId::parse("AKIAI44QH8DHBEXAMPLE").unwrap();
+        put_credentials(&mut v, &key, &SecretString::from("s3cret")).unwrap();
+        assert_eq!(v["authorization"]["parameters"]["sessionToken"], json!(""));
     }
 
     #[test]

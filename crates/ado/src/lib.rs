@@ -3,16 +3,22 @@
 //! Azure DevOps service-endpoint REST client: keyrotor's [`ServiceConnections`] adapter.
 //!
 //! [`AdoClient`] finds a service connection by name or id, reads it, and changes its AWS key
-//! **in place**: it GETs the whole `ServiceEndpoint` object, changes only
-//! `authorization.parameters.username` and `.password`, and PUTs the object back to the same
-//! id (`PUT {org}/_apis/serviceendpoint/endpoints/{id}?api-version=7.1`). Deleting and
+//! **in place**: it GETs the whole `ServiceEndpoint` object, sets
+//! `authorization.parameters.username` and `.password` to the new key and `.sessionToken` to
+//! `""`, and PUTs the object back to the same id
+//! (`PUT {org}/_apis/serviceendpoint/endpoints/{id}?api-version=7.1`). Deleting and
 //! re-creating would give a new id and drop every pipeline authorization, so it never does.
 //!
 //! The facts it relies on (`shared/ado/SERVICE-ENDPOINTS.md`): an unknown id answers 200 with
-//! `null`; lists answer `{"count", "value"}`; the password always comes back `null`, and a
-//! `null` sent back keeps the stored value (which is how `sessionToken` survives); a bad PAT
-//! can come back as a 203 HTML sign-in page or a 302, so every request sends
-//! `X-TFS-FedAuthRedirect: Suppress` and any non-JSON answer is an authentication failure.
+//! `null`; lists answer `{"count", "value"}`; confidential parameters (`password`,
+//! `sessionToken`) always come back `null`; an explicit value sent back, `""` included,
+//! replaces the stored one, while a `null` keeps it (what the web UI relies on; it is not
+//! documented). So a key update does not send `sessionToken` back `null`, which would keep a
+//! stale token beside the new key and make AWS refuse every call ("The security token included
+//! in the request is invalid"), but `""`: an IAM user's key has no session token. Any other
+//! confidential parameter goes back `null`, kept. A bad PAT can come back as a 203 HTML
+//! sign-in page or a 302, so every request sends `X-TFS-FedAuthRedirect: Suppress` and any
+//! non-JSON answer is an authentication failure.
 //!
 //! Errors are [`PortError`]s: 5xx, 408, timeouts and dropped connections are retried with
 //! capped exponential backoff, 429 after its full `Retry-After`, and both become `Retryable`

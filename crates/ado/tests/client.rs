@@ -214,16 +214,21 @@ async fn an_update_in_place_changes_the_credentials_and_nothing_else() {
     );
     assert_eq!(after["authorization"]["parameters"]["username"], NEW_KEY);
     assert_eq!(after["authorization"]["parameters"]["password"], NEW_SECRET);
+    // The session token stored beside the old key is cleared: kept (it came back null, and a
+    // null sent back keeps it), it would go with the new key and AWS would refuse every call.
+    assert_eq!(
+        before["authorization"]["parameters"]["sessionToken"],
+        SESSION_TOKEN
+    );
+    assert_eq!(
+        after["authorization"]["parameters"]["sessionToken"], "",
+        "a key update clears the stale session token"
+    );
     assert_eq!(without_credentials(&after), without_credentials(&before));
-    // Byte for byte: the serialized forms match too (sessionToken included, which came back
-    // null and was sent back null).
+    // Byte for byte: the serialized forms of everything else match too.
     assert_eq!(
         serde_json::to_string(&without_credentials(&after)).unwrap(),
         serde_json::to_string(&without_credentials(&before)).unwrap()
-    );
-    assert_eq!(
-        after["authorization"]["parameters"]["sessionToken"],
-        SESSION_TOKEN
     );
     assert_eq!(
         env.emu.state().organizations["contoso"].pipeline_permissions,
@@ -245,6 +250,57 @@ async fn an_update_in_place_changes_the_credentials_and_nothing_else() {
     let now = env.client.get(&h).await.unwrap().unwrap();
     assert_eq!(now.username.as_deref(), Some(NEW_KEY));
     assert_eq!(now.key_id(), Some(key));
+}
+
+/// Issue "Safe among others", case 6: a connection that once had a session token kept it
+/// through every key update (sent back `null`, which the service reads as "keep"), and AWS
+/// refused the new key with it ("The security token included in the request is invalid").
+#[tokio::test]
+async fn a_key_update_clears_a_stale_session_token_and_keeps_the_rest() {
+    let env = Env::start().await;
+    let h = env.handle("Platform", PROD);
+    let before = env.stored(PROD);
+    assert_eq!(
+        before["authorization"]["parameters"]["sessionToken"],
+        SESSION_TOKEN
+    );
+    // The client reads it as the service answers it: null, like the password.
+    let answered = env.client.get(&h).await.unwrap().unwrap();
+    assert_eq!(answered.username.as_deref(), Some(OLD_KEY));
+
+    let (key, secret) = new_key();
+    env.client.set_credentials(&h, &key, &secret).await.unwrap();
+    let after = env.stored(PROD);
+    let params = &after["authorization"]["parameters"];
+    assert_eq!(params["username"], NEW_KEY);
+    assert_eq!(params["password"], NEW_SECRET);
+    assert_eq!(
+        params["sessionToken"], "",
+        "the stale session token is cleared"
+    );
+    for field in ["assumeRoleArn", "externalId", "roleSessionName"] {
+        assert_eq!(
+            params[field], before["authorization"]["parameters"][field],
+            "{field} is kept"
+        );
+    }
+    assert_eq!(without_credentials(&after), without_credentials(&before));
+
+    // A connection that never had one (`""` stored) keeps its empty one.
+    let shared_before = env.stored(SHARED);
+    env.client
+        .set_credentials(&env.handle("Web", SHARED), &key, &secret)
+        .await
+        .unwrap();
+    let shared_after = env.stored(SHARED);
+    assert_eq!(
+        shared_after["authorization"]["parameters"]["sessionToken"],
+        ""
+    );
+    assert_eq!(
+        without_credentials(&shared_after),
+        without_credentials(&shared_before)
+    );
 }
 
 #[tokio::test]

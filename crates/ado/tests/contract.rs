@@ -355,6 +355,20 @@ async fn the_body_the_client_puts_is_a_valid_service_endpoint() {
         spec.assert_valid("ServiceEndpoint", ep, "the contract seed");
     }
     let env = Env::with(seed, fast()).await;
+    // What a GET answers, as the client reads it before its PUT.
+    let answered: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/Web/_apis/serviceendpoint/endpoints/{PROD}?api-version=7.1",
+            env.emu.org_url("contoso")
+        ))
+        .basic_auth("", Some(PAT))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answered["authorization"]["parameters"]["sessionToken"].is_null());
     env.emu.capture_bodies(true);
     let key = AccessKeyId::parse(NEW_KEY).unwrap();
     env.client
@@ -372,8 +386,14 @@ async fn the_body_the_client_puts_is_a_valid_service_endpoint() {
     spec.assert_valid("ServiceEndpoint", sent, "the client's PUT body");
     assert_eq!(sent["id"], PROD);
     assert_eq!(sent["authorization"]["parameters"]["username"], NEW_KEY);
-    // What the GET answered as null goes back as null (the service keeps the stored value).
-    assert!(sent["authorization"]["parameters"]["sessionToken"].is_null());
+    assert_eq!(sent["authorization"]["parameters"]["password"], NEW_SECRET);
+    // The session token goes back as an explicit "", which clears it: sent back null, as the
+    // GET answered it, the service would keep the stale one beside the new key.
+    assert_eq!(sent["authorization"]["parameters"]["sessionToken"], "");
+    let stored = env.stored(PROD);
+    assert_eq!(stored["authorization"]["parameters"]["sessionToken"], "");
+    // Everything else goes back as the GET answered it.
+    assert_eq!(without_credentials(sent), without_credentials(&answered));
 }
 
 #[tokio::test]

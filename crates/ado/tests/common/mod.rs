@@ -160,7 +160,8 @@ impl Env {
     }
 }
 
-/// The object without `username` and `password`: what an update must leave exactly as is.
+/// The object without what a key update writes (`username`, `password`, and `sessionToken`,
+/// which it clears): what an update must leave exactly as is.
 pub fn without_credentials(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(p) = v
@@ -169,6 +170,7 @@ pub fn without_credentials(v: &Value) -> Value {
     {
         p.remove("username");
         p.remove("password");
+        p.remove("sessionToken");
     }
     v
 }

@@ -1,6 +1,7 @@
 //! The fault-injecting AWS proxy, driven by the AWS SDK through it, in front of moto: the SDK
 //! must see each fault exactly as it would see the real service's (retry what it retries, map
-//! error codes), and the proxy must count what it saw.
+//! error codes), and the proxy must count what it saw. Strict mode: each rule is shown to matter
+//! (moto alone accepts the request) and to answer as AWS does.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
-use keyrotor_testkit::aws_proxy::{AwsProxy, Fault, FaultKind, Seen};
+use keyrotor_testkit::aws_proxy::{AwsProxy, Fault, FaultKind, Seen, StrictOptions, StrictRule};
 use keyrotor_testkit::moto::Moto;
 
 /// One moto for every test of this file (they use distinct names); it exits with the process.
@@ -25,10 +26,20 @@ fn unique(prefix: &str) -> String {
 
 /// An SDK config that reaches moto through `endpoint`, with `attempts` attempts per call.
 async fn sdk(endpoint: &str, attempts: u32) -> SdkConfig {
+    sdk_as(
+        endpoint,
+        attempts,
+        Credentials::new("testing", "testing", None, None, "t"),
+    )
+    .await
+}
+
+/// Like [`sdk`], signing with `credentials`.
+async fn sdk_as(endpoint: &str, attempts: u32, credentials: Credentials) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "t"))
+        .credentials_provider(credentials)
         .retry_config(RetryConfig::standard().with_max_attempts(attempts))
         .load()
         .await
@@ -358,4 +369,503 @@ async fn a_stopped_proxy_no_longer_listens() {
     tokio::net::TcpStream::connect(&addr).await.unwrap();
     p.stop().await;
     assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+}
+
+// --- Strict mode --------------------------------------------------------------------------------
+
+/// An access key: its id and secret.
+struct Key {
+    id: String,
+    secret: String,
+}
+
+/// Creates an access key for `user` (through whatever endpoint `iam` reaches).
+async fn create_key(iam: &aws_sdk_iam::Client, user: &str) -> Key {
+    let k = iam
+        .create_access_key()
+        .user_name(user)
+        .send()
+        .await
+        .unwrap()
+        .access_key
+        .unwrap();
+    Key {
+        id: k.access_key_id,
+        secret: k.secret_access_key,
+    }
+}
+
+/// STS through `endpoint`, signed with `key`, one attempt per call.
+async fn sts_as(endpoint: &str, key: &Key) -> aws_sdk_sts::Client {
+    let creds = Credentials::new(&key.id, &key.secret, None, None, "key");
+    aws_sdk_sts::Client::new(&sdk_as(endpoint, 1, creds).await)
+}
+
+/// `GetCallerIdentity` signed with `key`: the caller's ARN, or the error's HTTP status and code.
+async fn whoami(endpoint: &str, key: &Key) -> Result<String, (Option<u16>, Option<String>)> {
+    match sts_as(endpoint, key)
+        .await
+        .get_caller_identity()
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out.arn.unwrap_or_default()),
+        Err(e) => Err(status_and_code(&e)),
+    }
+}
+
+/// The answer strict mode gives for a key STS must not accept yet, or any more.
+fn invalid_token() -> Result<String, (Option<u16>, Option<String>)> {
+    Err((Some(403), Some("InvalidClientTokenId".into())))
+}
+
+/// The strict-mode rules applied to requests of `op`, in order (`None` for those forwarded).
+fn strict_rules(p: &AwsProxy, op: &str) -> Vec<Option<StrictRule>> {
+    p.seen()
+        .iter()
+        .filter(|s| s.op == op)
+        .map(|s| s.strict)
+        .collect()
+}
+
+/// A user made straight at moto; its ARN.
+async fn user(name: &str) -> String {
+    direct_iam()
+        .await
+        .create_user()
+        .user_name(name)
+        .send()
+        .await
+        .unwrap()
+        .user
+        .unwrap()
+        .arn
+}
+
+#[tokio::test]
+async fn strict_sts_refuses_a_new_key_until_the_delay_has_passed() {
+    const DELAY: Duration = Duration::from_millis(700);
+    let p = proxy().await;
+    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let name = unique("newkey");
+    let arn = user(&name).await;
+
+    // moto alone: a key works the moment it exists.
+    let key = create_key(&iam, &name).await;
+    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn.clone()));
+
+    p.set_strict(Some(StrictOptions::with_new_key_delay(DELAY)));
+    let before_create = Instant::now();
+    let key = create_key(&iam, &name).await;
+    assert_eq!(
+        whoami(p.endpoint(), &key).await,
+        invalid_token(),
+        "a key younger than the delay is refused"
+    );
+    // Other services do not check: IAM still answers calls signed with the admin key.
+    iam.list_access_keys()
+        .user_name(&name)
+        .send()
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refusals = 1;
+    let worked_at = loop {
+        match whoami(p.endpoint(), &key).await {
+            Ok(got) => {
+                assert_eq!(got, arn);
+                break Instant::now();
+            }
+            Err(e) => {
+                assert_eq!(Err(e), invalid_token());
+                refusals += 1;
+            }
+        }
+        assert!(Instant::now() < deadline, "the new key never worked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        worked_at - before_create >= DELAY,
+        "accepted {:?} after its creation started, before the delay",
+        worked_at - before_create
+    );
+    let rules = strict_rules(&p, "GetCallerIdentity");
+    assert_eq!(rules.len(), 1 + refusals + 1);
+    assert_eq!(rules[0], None, "strict mode was off");
+    assert!(
+        rules[1..=refusals]
+            .iter()
+            .all(|r| *r == Some(StrictRule::NewKey))
+    );
+    assert_eq!(rules.last(), Some(&None));
+    assert_eq!(p.refused("GetCallerIdentity"), refusals);
+}
+
+#[tokio::test]
+async fn strict_sts_refuses_inactive_and_deleted_keys() {
+    let p = proxy().await;
+    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let name = unique("deadkey");
+    let arn = user(&name).await;
+    let set = |key: &Key, status: aws_sdk_iam::types::StatusType| {
+        iam.update_access_key()
+            .user_name(&name)
+            .access_key_id(&key.id)
+            .status(status)
+            .send()
+    };
+    let delete = |key: &Key| {
+        iam.delete_access_key()
+            .user_name(&name)
+            .access_key_id(&key.id)
+            .send()
+    };
+    use aws_sdk_iam::types::StatusType::{Active, Inactive};
+
+    // moto alone: an Inactive key still signs; a deleted one too (as some default identity).
+    let key = create_key(&iam, &name).await;
+    set(&key, Inactive).await.unwrap();
+    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn.clone()));
+    delete(&key).await.unwrap();
+    assert!(whoami(p.endpoint(), &key).await.is_ok());
+
+    p.set_strict(Some(StrictOptions::with_new_key_delay(Duration::ZERO)));
+    let key = create_key(&iam, &name).await;
+    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn.clone()));
+    set(&key, Inactive).await.unwrap();
+    assert_eq!(whoami(p.endpoint(), &key).await, invalid_token());
+    let listed = iam
+        .list_access_keys()
+        .user_name(&name)
+        .send()
+        .await
+        .expect("IAM is not refused");
+    assert_eq!(listed.access_key_metadata[0].status, Some(Inactive));
+    set(&key, Active).await.unwrap();
+    assert_eq!(
+        whoami(p.endpoint(), &key).await,
+        Ok(arn.clone()),
+        "Active again"
+    );
+    delete(&key).await.unwrap();
+    assert_eq!(whoami(p.endpoint(), &key).await, invalid_token());
+
+    assert_eq!(
+        strict_rules(&p, "GetCallerIdentity"),
+        vec![
+            None,
+            None,
+            None,
+            Some(StrictRule::InactiveKey),
+            None,
+            Some(StrictRule::DeletedKey)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn strict_sts_ignores_a_state_change_that_failed() {
+    let p = proxy()
+        .await
+        .strict(StrictOptions::with_new_key_delay(Duration::ZERO));
+    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let name = unique("failedchange");
+    let arn = user(&name).await;
+    let key = create_key(&iam, &name).await;
+    // Deleting it as another user's key fails at moto: the key stays usable.
+    let other = unique("other");
+    user(&other).await;
+    let e = iam
+        .delete_access_key()
+        .user_name(&other)
+        .access_key_id(&key.id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status_and_code(&e).0, Some(404), "{e:?}");
+    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn));
+}
+
+/// Secrets Manager through `endpoint`, one attempt per call.
+async fn secrets(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&sdk(endpoint, 1).await)
+}
+
+/// A 32-character version id / client request token.
+fn token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A secret created straight at moto, its value `v1` under version `token`.
+async fn secret(name: &str, token: &str) {
+    secrets(&moto().endpoint)
+        .await
+        .create_secret()
+        .name(name)
+        .secret_string("v1")
+        .client_request_token(token)
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn value_of(name: &str, version: &str) -> String {
+    secrets(&moto().endpoint)
+        .await
+        .get_secret_value()
+        .secret_id(name)
+        .version_id(version)
+        .send()
+        .await
+        .unwrap()
+        .secret_string
+        .unwrap()
+}
+
+/// Version id → labels, as moto holds them.
+async fn stages(name: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    secrets(&moto().endpoint)
+        .await
+        .describe_secret()
+        .secret_id(name)
+        .send()
+        .await
+        .unwrap()
+        .version_ids_to_stages
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort();
+            (k, v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn strict_put_secret_value_refuses_a_token_reused_with_another_value() {
+    let p = proxy().await;
+    let sm = secrets(p.endpoint()).await;
+    let put = |name: &str, token: &str, value: &str| {
+        sm.put_secret_value()
+            .secret_id(name)
+            .client_request_token(token)
+            .secret_string(value)
+            .version_stages("AWSPENDING")
+            .send()
+    };
+
+    // moto alone: the second put silently overwrites the pending version's value.
+    let lax = unique("lax");
+    secret(&lax, &token()).await;
+    let t = token();
+    put(&lax, &t, "first").await.unwrap();
+    put(&lax, &t, "second").await.unwrap();
+    assert_eq!(value_of(&lax, &t).await, "second");
+
+    p.set_strict(Some(StrictOptions::default()));
+    let name = unique("strict");
+    secret(&name, &token()).await;
+    let t = token();
+    put(&name, &t, "first").await.unwrap();
+    let e = put(&name, &t, "second").await.unwrap_err();
+    assert_eq!(
+        status_and_code(&e),
+        (Some(400), Some("ResourceExistsException".into())),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.message(),
+        Some("You can't modify an existing version, you can only create a new version.")
+    );
+    assert_eq!(
+        value_of(&name, &t).await,
+        "first",
+        "the version is untouched"
+    );
+    // The same token with the same value is a retry: AWS (and the proxy) accept it.
+    let again = put(&name, &t, "first").await.unwrap();
+    assert_eq!(again.version_id.as_deref(), Some(t.as_str()));
+    // A new token is a new version.
+    let t2 = token();
+    put(&name, &t2, "second").await.unwrap();
+    assert_eq!(value_of(&name, &t2).await, "second");
+
+    assert_eq!(
+        strict_rules(&p, "PutSecretValue"),
+        vec![
+            None,
+            None,
+            None,
+            Some(StrictRule::VersionExists),
+            None,
+            None
+        ]
+    );
+}
+
+#[tokio::test]
+async fn strict_stage_moves_need_the_version_that_holds_the_label() {
+    let p = proxy().await;
+    let sm = secrets(p.endpoint()).await;
+    let labels = |ls: &[&str]| ls.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    // A secret with `a` AWSCURRENT, `b` AWSPENDING and `c` (labelled `candidate`).
+    let setup = |name: String| async move {
+        let (a, b, c) = (token(), token(), token());
+        secret(&name, &a).await;
+        for (t, label) in [(&b, "AWSPENDING"), (&c, "candidate")] {
+            secrets(&moto().endpoint)
+                .await
+                .put_secret_value()
+                .secret_id(&name)
+                .client_request_token(t)
+                .secret_string(format!("value {label}"))
+                .version_stages(label)
+                .send()
+                .await
+                .unwrap();
+        }
+        (name, a, b, c)
+    };
+    let mv = |name: &str, label: &str, to: &str, from: Option<&str>| {
+        sm.update_secret_version_stage()
+            .secret_id(name)
+            .version_stage(label)
+            .move_to_version_id(to)
+            .set_remove_from_version_id(from.map(str::to_owned))
+            .send()
+    };
+
+    // moto alone: AWSPENDING moved without RemoveFromVersionId ends up on two versions.
+    let (lax, _, b, c) = setup(unique("lax")).await;
+    mv(&lax, "AWSPENDING", &c, None).await.unwrap();
+    let s = stages(&lax).await;
+    assert_eq!(s[&b], labels(&["AWSPENDING"]));
+    assert_eq!(s[&c], labels(&["AWSPENDING", "candidate"]));
+
+    p.set_strict(Some(StrictOptions::default()));
+    let (name, a, b, c) = setup(unique("strict")).await;
+    let before = stages(&name).await;
+    let e = mv(&name, "AWSPENDING", &c, None).await.unwrap_err();
+    assert_eq!(
+        status_and_code(&e),
+        (Some(400), Some("InvalidParameterException".into())),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.message(),
+        Some(
+            format!(
+                "The parameter RemoveFromVersionId can't be empty. Staging label AWSPENDING is \
+                 currently attached to version {b}, so you must explicitly reference that version \
+                 in RemoveFromVersionId."
+            )
+            .as_str()
+        )
+    );
+    // Naming a version that does not hold the label.
+    let e = mv(&name, "AWSPENDING", &c, Some(&a)).await.unwrap_err();
+    assert_eq!(
+        status_and_code(&e).1.as_deref(),
+        Some("InvalidParameterException")
+    );
+    assert_eq!(stages(&name).await, before, "nothing moved");
+    // The right one: the label moves.
+    mv(&name, "AWSPENDING", &c, Some(&b)).await.unwrap();
+    let s = stages(&name).await;
+    assert_eq!(s[&b], labels(&[]));
+    assert_eq!(s[&c], labels(&["AWSPENDING", "candidate"]));
+    // AWSCURRENT: moto refuses the move without RemoveFromVersionId too; strict mode answers
+    // first, with the same words.
+    let e = mv(&name, "AWSCURRENT", &c, None).await.unwrap_err();
+    assert_eq!(
+        e.message(),
+        Some(
+            format!(
+                "The parameter RemoveFromVersionId can't be empty. Staging label AWSCURRENT is \
+                 currently attached to version {a}, so you must explicitly reference that version \
+                 in RemoveFromVersionId."
+            )
+            .as_str()
+        )
+    );
+    mv(&name, "AWSCURRENT", &c, Some(&a)).await.unwrap();
+    let s = stages(&name).await;
+    assert_eq!(s[&a], labels(&["AWSPREVIOUS"]));
+    assert_eq!(s[&c], labels(&["AWSCURRENT", "AWSPENDING", "candidate"]));
+
+    assert_eq!(
+        strict_rules(&p, "UpdateSecretVersionStage"),
+        vec![
+            None,
+            Some(StrictRule::RemoveFromVersion),
+            Some(StrictRule::RemoveFromVersion),
+            None,
+            Some(StrictRule::RemoveFromVersion),
+            None
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_strict_control_route_switches_strict_mode() {
+    let p = proxy().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/_proxy/strict", p.endpoint());
+    let get = || async {
+        http.get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json::<Option<StrictOptions>>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(get().await, None, "off by default");
+
+    let r = http
+        .post(&url)
+        .body(r#"{"new_key_delay_ms": 600000, "stage_moves": false}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let expected = StrictOptions {
+        stage_moves: false,
+        ..StrictOptions::with_new_key_delay(Duration::from_secs(600))
+    };
+    assert_eq!(get().await, Some(expected.clone()));
+    assert_eq!(p.strict_options(), Some(expected));
+
+    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let name = unique("route");
+    let arn = user(&name).await;
+    let key = create_key(&iam, &name).await;
+    assert_eq!(whoami(p.endpoint(), &key).await, invalid_token());
+    let seen: Vec<Seen> = http
+        .get(format!("{}/_proxy/seen", p.endpoint()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.op.as_str(), last.strict),
+        ("GetCallerIdentity", Some(StrictRule::NewKey))
+    );
+
+    assert_eq!(http.delete(&url).send().await.unwrap().status(), 204);
+    assert_eq!(get().await, None);
+    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn), "off: forwarded");
+    assert_eq!(
+        http.post(&url)
+            .body(r#"{"delay": 1}"#)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 }

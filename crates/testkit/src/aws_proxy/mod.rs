@@ -24,7 +24,7 @@
 //! (moto acts on it) and then closes the connection without answering.
 //!
 //! Every request is recorded ([`Seen`]: operation, the SDK's `amz-sdk-invocation-id` and attempt
-//! number, the fault applied), so tests can count operations ([`AwsProxy::counts`]) and retries
+//! number, the fault applied, the strict-mode rule that refused it), so tests can count operations ([`AwsProxy::counts`]) and retries
 //! per SDK call ([`AwsProxy::max_attempts_per_call`]).
 //!
 //! Other processes drive the same thing over HTTP under `/_proxy/`:
@@ -36,6 +36,34 @@
 //! | `DELETE /_proxy/faults` | removes every fault |
 //! | `GET /_proxy/seen` | the requests seen ([`Seen`] JSON), oldest first |
 //! | `DELETE /_proxy/seen` | forgets them |
+//! | `GET /_proxy/strict` | the strict mode's options ([`StrictOptions`] JSON), `null` when off |
+//! | `POST /_proxy/strict` | switches strict mode on with these options (`{}`: the defaults) |
+//! | `DELETE /_proxy/strict` | switches strict mode off |
+//!
+//! # Strict mode
+//!
+//! moto is kinder than AWS in ways that hide bugs. In strict mode (off by default;
+//! [`AwsProxy::strict`], [`AwsProxy::set_strict`], `POST /_proxy/strict`) the proxy answers as
+//! AWS does where moto does not; each rule can be switched off in [`StrictOptions`]:
+//!
+//! | rule ([`StrictRule`]) | request | moto | strict mode (as AWS) |
+//! |---|---|---|---|
+//! | [`NewKey`](StrictRule::NewKey) | STS, signed with a key IAM `CreateAccessKey` returned less than [`new_key_delay`](StrictOptions::new_key_delay) ago | accepts it | 403 `InvalidClientTokenId` "The security token included in the request is invalid." |
+//! | [`InactiveKey`](StrictRule::InactiveKey), [`DeletedKey`](StrictRule::DeletedKey) | STS, signed with a key `UpdateAccessKey` set `Inactive` (and not `Active` again) or `DeleteAccessKey` deleted | accepts it (a deleted key as a default identity) | 403 `InvalidClientTokenId` |
+//! | [`VersionExists`](StrictRule::VersionExists) | `PutSecretValue` whose `ClientRequestToken` names a version of the secret with another value | overwrites the version's value when it is `AWSPENDING` (refuses otherwise, in its own words) | 400 `ResourceExistsException` "You can't modify an existing version, you can only create a new version." |
+//! | [`RemoveFromVersion`](StrictRule::RemoveFromVersion) | `UpdateSecretVersionStage` moving a label another version holds without `RemoveFromVersionId`, or with one that does not hold the label | refuses only for `AWSCURRENT`; any other label ends up on two versions | 400 `InvalidParameterException` "The parameter RemoveFromVersionId can't be empty. Staging label … is currently attached to version …, so you must explicitly reference that version in RemoveFromVersionId." |
+//!
+//! The key rules apply to STS requests only (IAM, Secrets Manager and SSM calls signed with any
+//! key are forwarded) and only to keys whose creation, deactivation or deletion went through the
+//! proxy and succeeded: the proxy learns them by watching IAM's answers (always, strict or not).
+//! The Secrets Manager rules ask moto who holds what (`GetSecretValue` of the token's version,
+//! `DescribeSecret`) with the incoming request's headers; when moto cannot say, the request is
+//! forwarded untouched. The error message for a `RemoveFromVersionId` that names the wrong
+//! version is the proxy's wording (the code, `InvalidParameterException`, is AWS's). Secret
+//! values are only compared in memory, never kept or logged.
+//!
+//! A fault wins over strict mode: a request that gets a fault is not checked. A refusal is
+//! recorded in [`Seen::strict`] ([`AwsProxy::refused`] counts them).
 //!
 //! The proxy stops when the [`AwsProxy`] is dropped.
 
@@ -50,6 +78,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+
+mod strict;
+
+pub use strict::{StrictOptions, StrictRule};
 
 /// What the proxy does to a request instead of forwarding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,12 +205,28 @@ pub struct Seen {
     pub attempt: Option<u32>,
     /// The fault applied, if any.
     pub fault: Option<FaultKind>,
+    /// The strict-mode rule that refused the request, if any (it was not forwarded).
+    #[serde(default)]
+    pub strict: Option<StrictRule>,
 }
 
 #[derive(Default)]
 struct State {
     faults: Vec<Fault>,
     seen: Vec<Seen>,
+    /// Bumped whenever `seen` is cleared, so a [`Slot`] from before points nowhere.
+    generation: u64,
+    /// `Some` when strict mode is on.
+    strict: Option<StrictOptions>,
+    /// What the proxy saw IAM do to access keys.
+    keys: strict::KeyBook,
+}
+
+/// Where a request's [`Seen`] is, to complete it once its answer is known.
+#[derive(Clone, Copy)]
+struct Slot {
+    generation: u64,
+    index: usize,
 }
 
 struct Shared {
@@ -196,7 +244,7 @@ impl Shared {
     }
 
     /// Records the request and decides its fault.
-    fn decide(&self, seen: Seen) -> Option<FaultKind> {
+    fn decide(&self, seen: Seen) -> (Option<FaultKind>, Slot) {
         let mut st = self.lock();
         let mut chosen = None;
         for f in st.faults.iter_mut().filter(|f| f.op == seen.op) {
@@ -210,9 +258,34 @@ impl Shared {
             ..seen
         });
         let n = st.seen.len();
+        let slot = Slot {
+            generation: st.generation,
+            index: n - 1,
+        };
         drop(st);
         self.count.send_replace(n);
-        chosen
+        (chosen, slot)
+    }
+
+    /// Records that strict mode refused the request in `slot` (unless the record was cleared).
+    fn refused(&self, slot: Slot, rule: StrictRule) {
+        let mut st = self.lock();
+        if st.generation == slot.generation
+            && let Some(s) = st.seen.get_mut(slot.index)
+        {
+            s.strict = Some(rule);
+        }
+        let n = st.seen.len();
+        drop(st);
+        self.count.send_replace(n);
+    }
+
+    fn clear_seen(&self) {
+        let mut st = self.lock();
+        st.seen.clear();
+        st.generation += 1;
+        drop(st);
+        self.count.send_replace(0);
     }
 }
 
@@ -305,8 +378,33 @@ impl AwsProxy {
 
     /// Forgets the requests seen.
     pub fn clear_seen(&self) {
-        self.shared.lock().seen.clear();
-        self.shared.count.send_replace(0);
+        self.shared.clear_seen();
+    }
+
+    /// Switches strict mode on with `options` (see [the module documentation](self)).
+    pub fn strict(self, options: StrictOptions) -> Self {
+        self.set_strict(Some(options));
+        self
+    }
+
+    /// Switches strict mode on (`Some`) or off (`None`).
+    pub fn set_strict(&self, options: Option<StrictOptions>) {
+        self.shared.lock().strict = options;
+    }
+
+    /// The strict mode's options; `None` when it is off.
+    pub fn strict_options(&self) -> Option<StrictOptions> {
+        self.shared.lock().strict.clone()
+    }
+
+    /// How many requests of `op` strict mode refused.
+    pub fn refused(&self, op: &str) -> usize {
+        self.shared
+            .lock()
+            .seen
+            .iter()
+            .filter(|s| s.op == op && s.strict.is_some())
+            .count()
     }
 
     /// How many requests of each operation were seen.
@@ -569,6 +667,34 @@ fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// A query-protocol (IAM, STS) error: `<ErrorResponse xmlns="{ns}"><Error>…`.
+fn query_error(status: u16, ns: &str, sender: bool, code: &str, message: &str) -> Answer {
+    let rid = request_id();
+    let kind = if sender { "Sender" } else { "Receiver" };
+    let mut a = Answer::new(
+        status,
+        "text/xml",
+        format!(
+            "<ErrorResponse xmlns=\"{ns}\">\n  <Error>\n    <Type>{kind}</Type>\n    \
+             <Code>{code}</Code>\n    <Message>{message}</Message>\n  </Error>\n  \
+             <RequestId>{rid}</RequestId>\n</ErrorResponse>\n"
+        ),
+    );
+    a.headers.push(("x-amzn-requestid".into(), rid));
+    a
+}
+
+/// A JSON-protocol (Secrets Manager, SSM) error: `{"__type":"{code}","message":"{message}"}`.
+fn json_error(status: u16, code: &str, message: &str) -> Answer {
+    let mut a = Answer::new(
+        status,
+        "application/x-amz-json-1.1",
+        serde_json::json!({"__type": code, "message": message}).to_string(),
+    );
+    a.headers.push(("x-amzn-requestid".into(), request_id()));
+    a
+}
+
 /// The answer the real service gives for this fault.
 fn error_answer(kind: FaultKind, query_protocol: bool, service: Option<&str>) -> Answer {
     let (status, code, json_code, message, sender) = match kind {
@@ -594,31 +720,15 @@ fn error_answer(kind: FaultKind, query_protocol: bool, service: Option<&str>) ->
             false,
         ),
     };
-    let rid = request_id();
-    let mut a = if query_protocol {
+    if query_protocol {
         let ns = match service {
             Some("sts") => "https://sts.amazonaws.com/doc/2011-06-15/",
             _ => "https://iam.amazonaws.com/doc/2010-05-08/",
         };
-        let kind = if sender { "Sender" } else { "Receiver" };
-        Answer::new(
-            status,
-            "text/xml",
-            format!(
-                "<ErrorResponse xmlns=\"{ns}\">\n  <Error>\n    <Type>{kind}</Type>\n    \
-                 <Code>{code}</Code>\n    <Message>{message}</Message>\n  </Error>\n  \
-                 <RequestId>{rid}</RequestId>\n</ErrorResponse>\n"
-            ),
-        )
+        query_error(status, ns, sender, code, message)
     } else {
-        Answer::new(
-            status,
-            "application/x-amz-json-1.1",
-            serde_json::json!({"__type": json_code, "message": message}).to_string(),
-        )
-    };
-    a.headers.push(("x-amzn-requestid".into(), rid));
-    a
+        json_error(status, json_code, message)
+    }
 }
 
 async fn forward(sh: &Shared, req: &Request) -> Answer {
@@ -694,8 +804,19 @@ async fn control(sh: &Shared, req: &Request) -> Answer {
         }
         ("GET", "/_proxy/seen") => json(serde_json::json!(sh.lock().seen)),
         ("DELETE", "/_proxy/seen") => {
-            sh.lock().seen.clear();
-            sh.count.send_replace(0);
+            sh.clear_seen();
+            Answer::new(204, "text/plain", "")
+        }
+        ("GET", "/_proxy/strict") => json(serde_json::json!(sh.lock().strict)),
+        ("POST", "/_proxy/strict") => match serde_json::from_slice::<StrictOptions>(&req.body) {
+            Ok(o) => {
+                sh.lock().strict = Some(o);
+                Answer::new(204, "text/plain", "")
+            }
+            Err(e) => Answer::new(400, "text/plain", format!("not strict options: {e}")),
+        },
+        ("DELETE", "/_proxy/strict") => {
+            sh.lock().strict = None;
             Answer::new(204, "text/plain", "")
         }
         _ => Answer::new(404, "text/plain", "no such control route"),
@@ -728,16 +849,25 @@ async fn connection(stream: TcpStream, sh: Arc<Shared>) {
             invocation: req.header("amz-sdk-invocation-id").map(str::to_owned),
             attempt,
             fault: None,
+            strict: None,
         };
-        let answer = match sh.decide(seen) {
-            None => forward(&sh, &req).await,
+        let op = seen.op.clone();
+        let (fault, slot) = sh.decide(seen);
+        let pass = Pass {
+            req: &req,
+            op: &op,
+            service: service.as_deref(),
+            slot,
+        };
+        let answer = match fault {
+            None => pass.run(&sh).await,
             Some(FaultKind::Slow { ms }) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                forward(&sh, &req).await
+                pass.run(&sh).await
             }
             Some(FaultKind::Drop) => return,
             Some(FaultKind::ResponseLost) => {
-                let _ = forward(&sh, &req).await;
+                let _ = pass.run(&sh).await;
                 return;
             }
             Some(kind) => error_answer(kind, query_protocol, service.as_deref()),
@@ -745,5 +875,30 @@ async fn connection(stream: TcpStream, sh: Arc<Shared>) {
         if answer.write(&mut stream).await.is_err() || req.wants_close() {
             return;
         }
+    }
+}
+
+/// A request no fault stops: strict mode may refuse it, else it is forwarded.
+struct Pass<'a> {
+    req: &'a Request,
+    op: &'a str,
+    service: Option<&'a str>,
+    slot: Slot,
+}
+
+impl Pass<'_> {
+    async fn run(&self, sh: &Shared) -> Answer {
+        let options = sh.lock().strict.clone();
+        if let Some(options) = options
+            && let Some((rule, answer)) =
+                strict::check(sh, self.req, self.op, self.service, &options).await
+        {
+            sh.refused(self.slot, rule);
+            return answer;
+        }
+        let answer = forward(sh, self.req).await;
+        // Before the caller gets the answer, so its next request finds the key noted.
+        strict::observe(sh, self.req, self.op, self.service, &answer);
+        answer
     }
 }

@@ -26,20 +26,10 @@ fn unique(prefix: &str) -> String {
 
 /// An SDK config that reaches moto through `endpoint`, with `attempts` attempts per call.
 async fn sdk(endpoint: &str, attempts: u32) -> SdkConfig {
-    sdk_as(
-        endpoint,
-        attempts,
-        Credentials::new("testing", "testing", None, None, "t"),
-    )
-    .await
-}
-
-/// Like [`sdk`], signing with `credentials`.
-async fn sdk_as(endpoint: &str, attempts: u32, credentials: Credentials) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
-        .credentials_provider(credentials)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "t"))
         .retry_config(RetryConfig::standard().with_max_attempts(attempts))
         .load()
         .await
@@ -395,20 +385,19 @@ async fn create_key(iam: &aws_sdk_iam::Client, user: &str) -> Key {
     }
 }
 
-/// STS through `endpoint`, signed with `key`, one attempt per call.
-async fn sts_as(endpoint: &str, key: &Key) -> aws_sdk_sts::Client {
+/// STS as `conf` says, signed with `key` (no loading: ready the moment the key is).
+fn sts_as(conf: &SdkConfig, key: &Key) -> aws_sdk_sts::Client {
     let creds = Credentials::new(&key.id, &key.secret, None, None, "key");
-    aws_sdk_sts::Client::new(&sdk_as(endpoint, 1, creds).await)
+    aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(conf)
+            .credentials_provider(creds)
+            .build(),
+    )
 }
 
 /// `GetCallerIdentity` signed with `key`: the caller's ARN, or the error's HTTP status and code.
-async fn whoami(endpoint: &str, key: &Key) -> Result<String, (Option<u16>, Option<String>)> {
-    match sts_as(endpoint, key)
-        .await
-        .get_caller_identity()
-        .send()
-        .await
-    {
+async fn whoami(conf: &SdkConfig, key: &Key) -> Result<String, (Option<u16>, Option<String>)> {
+    match sts_as(conf, key).get_caller_identity().send().await {
         Ok(out) => Ok(out.arn.unwrap_or_default()),
         Err(e) => Err(status_and_code(&e)),
     }
@@ -444,21 +433,22 @@ async fn user(name: &str) -> String {
 
 #[tokio::test]
 async fn strict_sts_refuses_a_new_key_until_the_delay_has_passed() {
-    const DELAY: Duration = Duration::from_millis(700);
+    const DELAY: Duration = Duration::from_millis(800);
     let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let conf = sdk(p.endpoint(), 1).await;
+    let iam = aws_sdk_iam::Client::new(&conf);
     let name = unique("newkey");
     let arn = user(&name).await;
 
     // moto alone: a key works the moment it exists.
     let key = create_key(&iam, &name).await;
-    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn.clone()));
+    assert_eq!(whoami(&conf, &key).await, Ok(arn.clone()));
 
     p.set_strict(Some(StrictOptions::with_new_key_delay(DELAY)));
     let before_create = Instant::now();
     let key = create_key(&iam, &name).await;
     assert_eq!(
-        whoami(p.endpoint(), &key).await,
+        whoami(&conf, &key).await,
         invalid_token(),
         "a key younger than the delay is refused"
     );
@@ -472,7 +462,7 @@ async fn strict_sts_refuses_a_new_key_until_the_delay_has_passed() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut refusals = 1;
     let worked_at = loop {
-        match whoami(p.endpoint(), &key).await {
+        match whoami(&conf, &key).await {
             Ok(got) => {
                 assert_eq!(got, arn);
                 break Instant::now();
@@ -505,7 +495,8 @@ async fn strict_sts_refuses_a_new_key_until_the_delay_has_passed() {
 #[tokio::test]
 async fn strict_sts_refuses_inactive_and_deleted_keys() {
     let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let conf = sdk(p.endpoint(), 1).await;
+    let iam = aws_sdk_iam::Client::new(&conf);
     let name = unique("deadkey");
     let arn = user(&name).await;
     let set = |key: &Key, status: aws_sdk_iam::types::StatusType| {
@@ -526,15 +517,15 @@ async fn strict_sts_refuses_inactive_and_deleted_keys() {
     // moto alone: an Inactive key still signs; a deleted one too (as some default identity).
     let key = create_key(&iam, &name).await;
     set(&key, Inactive).await.unwrap();
-    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn.clone()));
+    assert_eq!(whoami(&conf, &key).await, Ok(arn.clone()));
     delete(&key).await.unwrap();
-    assert!(whoami(p.endpoint(), &key).await.is_ok());
+    assert!(whoami(&conf, &key).await.is_ok());
 
     p.set_strict(Some(StrictOptions::with_new_key_delay(Duration::ZERO)));
     let key = create_key(&iam, &name).await;
-    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn.clone()));
+    assert_eq!(whoami(&conf, &key).await, Ok(arn.clone()));
     set(&key, Inactive).await.unwrap();
-    assert_eq!(whoami(p.endpoint(), &key).await, invalid_token());
+    assert_eq!(whoami(&conf, &key).await, invalid_token());
     let listed = iam
         .list_access_keys()
         .user_name(&name)
@@ -543,13 +534,9 @@ async fn strict_sts_refuses_inactive_and_deleted_keys() {
         .expect("IAM is not refused");
     assert_eq!(listed.access_key_metadata[0].status, Some(Inactive));
     set(&key, Active).await.unwrap();
-    assert_eq!(
-        whoami(p.endpoint(), &key).await,
-        Ok(arn.clone()),
-        "Active again"
-    );
+    assert_eq!(whoami(&conf, &key).await, Ok(arn.clone()), "Active again");
     delete(&key).await.unwrap();
-    assert_eq!(whoami(p.endpoint(), &key).await, invalid_token());
+    assert_eq!(whoami(&conf, &key).await, invalid_token());
 
     assert_eq!(
         strict_rules(&p, "GetCallerIdentity"),
@@ -569,7 +556,8 @@ async fn strict_sts_ignores_a_state_change_that_failed() {
     let p = proxy()
         .await
         .strict(StrictOptions::with_new_key_delay(Duration::ZERO));
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let conf = sdk(p.endpoint(), 1).await;
+    let iam = aws_sdk_iam::Client::new(&conf);
     let name = unique("failedchange");
     let arn = user(&name).await;
     let key = create_key(&iam, &name).await;
@@ -584,7 +572,7 @@ async fn strict_sts_ignores_a_state_change_that_failed() {
         .await
         .unwrap_err();
     assert_eq!(status_and_code(&e).0, Some(404), "{e:?}");
-    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn));
+    assert_eq!(whoami(&conf, &key).await, Ok(arn));
 }
 
 /// Secrets Manager through `endpoint`, one attempt per call.
@@ -837,11 +825,12 @@ async fn the_strict_control_route_switches_strict_mode() {
     assert_eq!(get().await, Some(expected.clone()));
     assert_eq!(p.strict_options(), Some(expected));
 
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let conf = sdk(p.endpoint(), 1).await;
+    let iam = aws_sdk_iam::Client::new(&conf);
     let name = unique("route");
     let arn = user(&name).await;
     let key = create_key(&iam, &name).await;
-    assert_eq!(whoami(p.endpoint(), &key).await, invalid_token());
+    assert_eq!(whoami(&conf, &key).await, invalid_token());
     let seen: Vec<Seen> = http
         .get(format!("{}/_proxy/seen", p.endpoint()))
         .send()
@@ -858,7 +847,7 @@ async fn the_strict_control_route_switches_strict_mode() {
 
     assert_eq!(http.delete(&url).send().await.unwrap().status(), 204);
     assert_eq!(get().await, None);
-    assert_eq!(whoami(p.endpoint(), &key).await, Ok(arn), "off: forwarded");
+    assert_eq!(whoami(&conf, &key).await, Ok(arn), "off: forwarded");
     assert_eq!(
         http.post(&url)
             .body(r#"{"delay": 1}"#)

@@ -39,6 +39,7 @@ pub struct Ports {
 
 /// What a step failure means for the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StepErrorKind {
     /// Transient; retrying the step may work.
     Retryable,
@@ -55,7 +56,7 @@ pub enum StepErrorKind {
 }
 
 /// A failed step: which, why (one sentence, no secret).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{step}: {message}")]
 pub struct StepError {
     /// The step.
@@ -67,7 +68,8 @@ pub struct StepError {
 }
 
 impl StepError {
-    pub(crate) fn new(step: Step, kind: StepErrorKind, message: impl Into<String>) -> Self {
+    /// A step error; key ids in the message are masked.
+    pub fn new(step: Step, kind: StepErrorKind, message: impl Into<String>) -> Self {
         Self {
             step,
             kind,
@@ -389,6 +391,7 @@ pub async fn create(
 ) -> Result<(), StepError> {
     let step = Step::Create;
     let now = ports.clock.now();
+    let mut own_intent = None;
     let keys = ports
         .iam
         .list_keys(&target.iam_user)
@@ -419,6 +422,12 @@ pub async fn create(
                         StepErrorKind::Busy,
                         format!("another run ({run_id}) is creating a key for this user"),
                     ));
+                }
+                // This run's own intent, written by an earlier attempt of this step: keep it.
+                // Writing it again under the same request token with a new expiry is refused
+                // by Secrets Manager (ResourceExistsException).
+                Content::Intent { run_id, .. } if run_id == progress.run_id.as_str() => {
+                    own_intent = Some(info.version);
                 }
                 _ => {}
             }
@@ -455,16 +464,36 @@ pub async fn create(
         ));
     }
 
-    // The intent record: announces the key about to exist, so no other run takes it for an orphan.
-    let intent = secret_value::intent_value(progress.run_id.as_str(), now + policy.intent_lease);
-    let token = progress.run_id.token("intent");
-    let version = with_retries(3, || {
+    // Invariant 8 (the secret stays the user's): the new version is written over AWSCURRENT,
+    // keeping every field keyrotor does not own. Read before the key exists, so nothing slows
+    // the CreateAccessKey → PutSecretValue window.
+    let base = if exists {
         ports
             .secrets
-            .put(&target.secret, &token, &intent, Stage::Pending)
-    })
-    .await
-    .map_err(at(step, "writing the intent record"))?;
+            .read(&target.secret, Stage::Current)
+            .await
+            .map_err(at(step, "reading AWSCURRENT"))?
+            .map(|(_, v)| v)
+    } else {
+        None
+    };
+
+    // The intent record: announces the key about to exist, so no other run takes it for an orphan.
+    let version = match own_intent {
+        Some(v) => v,
+        None => {
+            let intent =
+                secret_value::intent_value(progress.run_id.as_str(), now + policy.intent_lease);
+            let token = progress.run_id.token("intent");
+            with_retries(3, || {
+                ports
+                    .secrets
+                    .put(&target.secret, &token, &intent, Stage::Pending)
+            })
+            .await
+            .map_err(at(step, "writing the intent record"))?
+        }
+    };
     progress.intent_version = Some(version.clone());
     let pending = ports
         .secrets
@@ -493,7 +522,8 @@ pub async fn create(
         }
         Err(e) => return Err(StepError::port(step, "creating the access key", e)),
     };
-    let value = secret_value::key_value(
+    let value = secret_value::key_value_over(
+        base.as_ref(),
         &new.info.id,
         &new.secret,
         target.iam_user.as_str(),
@@ -831,7 +861,7 @@ async fn compensate_inner(
     target: &Target,
     progress: &Progress,
 ) -> Result<Compensation, StepError> {
-    let step = Step::Report;
+    let step = Step::Compensate;
     let Some(new) = &progress.new_key else {
         if let Some(v) = &progress.intent_version {
             // Take our intent record off AWSPENDING if it is still there.

@@ -503,3 +503,44 @@ async fn slack_hears_of_a_rotation_but_not_of_a_run_with_nothing_due() {
         "no message for a quiet run"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn fields_other_readers_rely_on_survive_every_rotation() {
+    // "Safe among others", case 4: a secret JSON with fields keyrotor does not own came back
+    // with only keyrotor's four.
+    let sc = Scenario::new(1);
+    let (old_id, old_secret) = sc.initial_key.clone();
+    {
+        let mut st = sc.fakes.state();
+        let v = st
+            .secrets
+            .get_mut("pipeline-key")
+            .unwrap()
+            .last_mut()
+            .unwrap();
+        let mut j: serde_json::Value = serde_json::from_str(&v.value).unwrap();
+        j["Region"] = serde_json::json!("eu-west-1");
+        j["Owner"] = serde_json::json!({"team": "platform", "oncall": ["a", "b"]});
+        v.value = j.to_string();
+    }
+    for round in 0..2 {
+        let mut o = opts();
+        o.force = true;
+        let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+        assert_eq!(r.outcome, Outcome::Rotated, "round {round}: {r:?}");
+        let st = sc.fakes.state();
+        let current = st.secrets["pipeline-key"]
+            .iter()
+            .find(|v| v.stages.iter().any(|s| s == "AWSCURRENT"))
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&current.value).unwrap();
+        assert_eq!(j["Region"], "eu-west-1", "round {round}: {j}");
+        assert_eq!(j["Owner"]["oncall"][1], "b", "round {round}");
+        assert_ne!(j["AccessKeyId"], old_id.as_str());
+        assert!(
+            !current.value.contains(&old_secret),
+            "the old secret is not carried over"
+        );
+        assert!(j.get("KeyrotorIntent").is_none());
+    }
+}

@@ -12,7 +12,8 @@
 //! - [`secret_value`]: the JSON keyrotor keeps in the secret, intent records, legacy values.
 //! - [`plan`]: `plan(snapshot, policy, now, run, force)`, a pure function.
 //! - [`protocol`]: one function per step, each re-reading the real state it acts on.
-//! - [`engine`]: runs the steps for many targets, compensates, reports.
+//! - [`machine`]: the one state machine (state, transition, recovery, report) both drivers run.
+//! - [`engine`]: the CLI's loop over the machine for many targets.
 //! - [`report`]: what a run did; exit codes.
 //! - [`invariants`]: the seven invariants, checked by tests over a view of the world.
 //! - [`secrets`]: resolves `ssm:`, `secretsmanager:` and `env:` references.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod invariants;
+pub mod machine;
 pub mod plan;
 pub mod ports;
 pub mod protocol;

@@ -12,6 +12,7 @@ use crate::config::Policy;
 use crate::domain::{AccessKeyId, IamUserName, KeyStatus};
 use crate::ports::{Endpoint, KeyInfo};
 use crate::secret_value::Content;
+use serde::{Deserialize, Serialize};
 
 /// One labelled version of the secret, without its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +73,8 @@ impl Snapshot {
 }
 
 /// What the run does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Decision {
     /// Create a new key and rotate it in.
     Rotate,
@@ -88,8 +90,9 @@ pub enum Decision {
     Invalid,
 }
 
-/// The plan for one target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The plan for one target. Ids and sentences only, never a secret: it travels in the Step
+/// Functions payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// What the run does.
     pub decision: Decision,
@@ -112,7 +115,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn new(decision: Decision, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(decision: Decision, reason: impl Into<String>) -> Self {
         Self {
             decision,
             reason: reason.into(),

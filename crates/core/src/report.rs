@@ -29,13 +29,15 @@ pub enum Step {
     Promote,
     /// Deactivate and delete the old key.
     Retire,
+    /// Undo a failed rotation as far as is safe (only after a failure).
+    Compensate,
     /// Notify.
     Report,
 }
 
 impl Step {
     /// Every step, in protocol order (the state machine has the same list; a test checks).
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::Inspect,
         Step::Cleanup,
         Step::Create,
@@ -44,6 +46,7 @@ impl Step {
         Step::Confirm,
         Step::Promote,
         Step::Retire,
+        Step::Compensate,
         Step::Report,
     ];
 
@@ -58,6 +61,7 @@ impl Step {
             Step::Confirm => "confirm",
             Step::Promote => "promote",
             Step::Retire => "retire",
+            Step::Compensate => "compensate",
             Step::Report => "report",
         }
     }
@@ -70,7 +74,7 @@ impl fmt::Display for Step {
 }
 
 /// How a target's run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// A new key is in every endpoint and AWSCURRENT; the old one is retired.
@@ -102,7 +106,7 @@ impl Outcome {
 }
 
 /// Which key one endpoint holds after the run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct EndpointReport {
     /// `project/name`.
     pub endpoint: String,
@@ -167,7 +171,7 @@ impl TargetReport {
 }
 
 /// Whether the run's notification went out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "status", content = "error")]
 pub enum NotificationStatus {
     /// No notifier configured.
@@ -209,6 +213,16 @@ pub mod exit {
 }
 
 impl RunReport {
+    /// Whether a person must act: a target failed, was refused, or is misconfigured.
+    pub fn needs_attention(&self) -> bool {
+        self.targets.iter().any(|t| {
+            matches!(
+                t.outcome,
+                Outcome::Failed | Outcome::Refused | Outcome::Invalid
+            )
+        })
+    }
+
     /// The exit code: failed beats refused beats invalid beats a failed notification.
     pub fn exit_code(&self) -> i32 {
         let has = |o: Outcome| self.targets.iter().any(|t| t.outcome == o);

@@ -47,6 +47,13 @@ struct Ids {
 #[derive(Deserialize, Default)]
 struct StateIds {
     #[serde(default)]
+    progress: ProgressIds,
+}
+
+/// `state.progress`: where a target's state keeps its name and the run id.
+#[derive(Deserialize, Default)]
+struct ProgressIds {
+    #[serde(default)]
     run_id: Option<String>,
     #[serde(default)]
     target: Option<String>,
@@ -55,7 +62,7 @@ struct StateIds {
 /// The span of one invocation: the Lambda request id, the run id, the step, the target's name.
 pub fn invocation_span(request_id: &str, event: &[u8]) -> tracing::Span {
     let ids: Ids = serde_json::from_slice(event).unwrap_or_default();
-    let state = ids.state.unwrap_or_default();
+    let state = ids.state.unwrap_or_default().progress;
     let run_id = state.run_id.or(ids.run_id).unwrap_or_default();
     tracing::info_span!(
         "invocation",

@@ -1,6 +1,9 @@
-//! The state machine's definition against the core: its steps are `Step::ALL`, in order, and
-//! every Task retries and catches as the design says.
+//! The state machine's definition against core's machine: every transition of
+//! `keyrotor_core::machine::TRANSITIONS` is a route of the definition (and no other), every
+//! step's failure goes to `compensate`, and only the kinds core calls retryable are retried.
 
+use keyrotor_core::machine::{ERROR_KINDS, TRANSITIONS, error_name};
+use keyrotor_core::protocol::StepErrorKind;
 use keyrotor_core::report::Step;
 use serde_json::Value;
 
@@ -29,45 +32,139 @@ fn all_states(machine: &Value) -> Vec<(String, Value)> {
     out
 }
 
-/// The `step` values of the Task states met on the happy path (Choice: Default; Map: into its
-/// iteration), in order.
-fn happy_path_steps(machine: &Value) -> Vec<String> {
-    let states = machine["States"].as_object().unwrap();
-    let mut out = Vec::new();
-    let mut at = machine["StartAt"].as_str().map(str::to_owned);
-    let mut guard = 0;
-    while let Some(name) = at {
-        guard += 1;
-        assert!(guard < 100, "the happy path loops");
-        let st = &states[&name];
+/// The Map's iteration: where the machine's transitions are.
+fn iteration(machine: &Value) -> serde_json::Map<String, Value> {
+    machine["States"]["RotateTargets"]["ItemProcessor"]["States"]
+        .as_object()
+        .expect("RotateTargets is a Map with an ItemProcessor")
+        .clone()
+}
+
+/// The Task state that runs `step`, by its payload (exactly one).
+fn task_of(states: &serde_json::Map<String, Value>, step: &str) -> String {
+    let found: Vec<&String> = states
+        .iter()
+        .filter(|(_, st)| {
+            st.pointer("/Parameters/Payload/step")
+                .and_then(Value::as_str)
+                == Some(step)
+        })
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one Task runs step {step}: {found:?}"
+    );
+    found[0].clone()
+}
+
+/// Where the iteration goes after the Task `from` succeeds with a state whose `next` is
+/// `next`: the step of the Task it reaches (through Choice, Wait and Pass states), or "done" at
+/// the iteration's end. `None` when no route matches.
+fn route(states: &serde_json::Map<String, Value>, from: &str, next: &str) -> Option<String> {
+    let mut at = states[from]["Next"].as_str()?.to_owned();
+    for _ in 0..20 {
+        let st = &states[&at];
         match st["Type"].as_str().unwrap() {
-            "Task" => out.extend(
-                st.pointer("/Parameters/Payload/step")
+            "Task" => {
+                return st
+                    .pointer("/Parameters/Payload/step")
                     .and_then(Value::as_str)
-                    .map(str::to_owned),
-            ),
-            "Map" => out.extend(happy_path_steps(&st["ItemProcessor"])),
-            _ => {}
+                    .map(str::to_owned);
+            }
+            "Choice" => {
+                let hit = st["Choices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["Variable"] == "$.state.next" && c["StringEquals"] == next);
+                at = match hit {
+                    Some(c) => c["Next"].as_str().unwrap().to_owned(),
+                    None => st["Default"].as_str()?.to_owned(),
+                };
+            }
+            _ if st["End"] == true => return Some("done".into()),
+            _ => at = st["Next"].as_str()?.to_owned(),
         }
-        at = match st["Type"].as_str().unwrap() {
-            "Choice" => st["Default"].as_str().map(str::to_owned),
-            _ => st["Next"].as_str().map(str::to_owned),
-        };
     }
-    out
+    None
 }
 
 #[test]
-fn the_state_machine_runs_the_core_s_steps_in_order() {
-    let steps: Vec<String> = happy_path_steps(&asl())
-        .into_iter()
-        .filter(|s| s != "targets")
-        .collect();
-    let core: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
+fn every_transition_of_core_s_machine_is_a_route_of_the_definition() {
+    let states = iteration(&asl());
+    for (from, successors) in TRANSITIONS {
+        let task = task_of(&states, from.name());
+        let names: Vec<&str> = successors
+            .iter()
+            .map(|s| s.map_or("done", Step::name))
+            .collect();
+        for want in &names {
+            assert_eq!(
+                route(&states, &task, want).as_deref(),
+                Some(*want),
+                "after {from} core may go to {want}; deploy/statemachine/rotate.asl.json does not route there"
+            );
+        }
+        // And nowhere else: where a step has several successors, a `next` core never sets after
+        // it falls to the Default, which records a failure (compensate), never another step.
+        if names.len() > 1 {
+            for other in Step::ALL.iter().map(|s| s.name()).chain(["done"]) {
+                if names.contains(&other) {
+                    continue;
+                }
+                assert_eq!(
+                    route(&states, &task, other).as_deref(),
+                    Some("compensate"),
+                    "after {from} the definition routes next={other} somewhere core never goes"
+                );
+            }
+        }
+    }
+    let tasks = states
+        .iter()
+        .filter(|(_, st)| st.pointer("/Parameters/Payload/step").is_some())
+        .count();
     assert_eq!(
-        steps, core,
-        "deploy/statemachine/rotate.asl.json has drifted from keyrotor_core::report::Step::ALL"
+        tasks,
+        TRANSITIONS.len(),
+        "one Task per step of core's machine, no more"
     );
+}
+
+#[test]
+fn every_failure_of_a_step_goes_to_compensate_with_the_state_it_started_from() {
+    let states = iteration(&asl());
+    let compensate = task_of(&states, "compensate");
+    for (from, _) in TRANSITIONS.iter().filter(|(s, _)| *s != Step::Compensate) {
+        let task = task_of(&states, from.name());
+        assert_eq!(
+            states[&task]["Catch"],
+            serde_json::json!([{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": compensate}]),
+            "{task}: every error, with the state kept at $.state and the error at $.error"
+        );
+    }
+}
+
+#[test]
+fn the_definition_retries_only_the_kinds_core_calls_retryable() {
+    let retried_by_core: Vec<&str> = ERROR_KINDS
+        .iter()
+        .filter(|k| matches!(k, StepErrorKind::Retryable | StepErrorKind::NotPropagated))
+        .map(|k| error_name(*k))
+        .collect();
+    for (name, st) in all_states(&asl()) {
+        for r in st["Retry"].as_array().into_iter().flatten() {
+            for e in r["ErrorEquals"].as_array().unwrap() {
+                let e = e.as_str().unwrap();
+                assert!(
+                    LAMBDA_ERRORS.contains(&e) || retried_by_core.contains(&e),
+                    "{name} retries {e}, which core does not call retryable"
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -83,12 +180,13 @@ fn every_step_the_machine_names_is_one_the_lambda_handles() {
     named.sort();
     named.dedup();
     let mut expected: Vec<String> = Step::ALL.iter().map(|s| s.name().to_owned()).collect();
-    expected.extend(["targets".to_owned(), "compensate".to_owned()]);
+    expected.push("targets".to_owned());
     expected.sort();
     assert_eq!(named, expected);
     for step in &expected {
         let req: Result<keyrotor_lambda::Request, _> =
-            serde_json::from_value(serde_json::json!({"step": step, "state": {}, "error": {}}));
+            serde_json::from_value(serde_json::json!({"step": step, "error": {},
+                "state": {"progress": {"target": "t", "run_id": "r"}, "next": "inspect"}}));
         assert!(
             req.is_ok(),
             "the Lambda does not parse step {step}: {req:?}"

@@ -1,7 +1,9 @@
-//! The handlers called directly, as the state machine would chain them, against the in-memory
-//! fakes (which enforce IAM's, Secrets Manager's and Azure DevOps' rules and check the
-//! invariants after every change). Every payload that leaves a handler is scanned for the fake
-//! world's secrets.
+//! The handlers called directly, as the state machine would chain them (routing on the state's
+//! `next`, retrying `Rotation.NotPropagated`, handing a caught error to `compensate`), against
+//! the in-memory fakes (which enforce IAM's, Secrets Manager's and Azure DevOps' rules and check
+//! the invariants after every change). Every payload that leaves a handler is scanned for the
+//! fake world's secrets. The parity tests run the same case through the CLI's engine and through
+//! the handlers and compare the outcomes: both drivers run core's one machine.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -9,9 +11,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyrotor_core::config::Config;
+use keyrotor_core::domain::RunId;
+use keyrotor_core::engine::{self, Observer, RunOptions};
+use keyrotor_core::machine::TargetState;
+use keyrotor_core::plan::Decision;
 use keyrotor_core::ports::{Notifier, PortError, PortErrorKind, PortResult};
-use keyrotor_core::report::RunReport;
-use keyrotor_lambda::{Deps, OutcomeName, PlanDecision, TargetState, error_type, handle};
+use keyrotor_core::report::{Outcome, RunReport, Step, TargetReport};
+use keyrotor_lambda::{Deps, handle};
 use keyrotor_testkit::fakes::{ORG, Scenario};
 use lambda_runtime::Diagnostic;
 use serde_json::{Value, json};
@@ -145,49 +151,100 @@ fn state(v: &Value) -> TargetState {
 }
 
 fn fresh() -> Value {
-    json!({"target": "platform", "run_id": RUN, "force": false})
+    serde_json::to_value(TargetState::new(
+        &Scenario::new(1).target,
+        RunId::parse(RUN).unwrap(),
+        false,
+    ))
+    .unwrap()
 }
 
-/// What the state machine does at verify: retry on Rotation.NotPropagated.
-async fn verify_until_propagated(h: &mut Harness, s: &Value) -> Value {
-    for _ in 0..8 {
-        match h.step("verify", s).await {
-            Ok(v) => return v,
-            Err(d) if d.error_type == error_type::NOT_PROPAGATED => {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+fn next(v: &Value) -> String {
+    v["next"]
+        .as_str()
+        .expect("the state names its next step")
+        .to_owned()
+}
+
+/// What a Catch hands to `compensate` for a Lambda error.
+fn caught(d: &Diagnostic) -> Value {
+    json!({
+        "Error": d.error_type,
+        "Cause": json!({"errorType": d.error_type, "errorMessage": d.error_message}).to_string(),
+    })
+}
+
+impl Harness {
+    /// Drives one target as the state machine does: the Task the state's `next` names; on
+    /// `Rotation.NotPropagated` or `Rotation.Retryable` the same Task again (after a pause);
+    /// any other error goes to `compensate` with the state the failed Task started from.
+    /// Returns the final state.
+    async fn drive(&mut self, mut s: Value) -> Value {
+        for _ in 0..50 {
+            let step = next(&s);
+            if step == "done" {
+                return s;
             }
-            Err(d) => panic!("verify failed: {d:?}"),
+            match self.step(&step, &s).await {
+                Ok(v) => s = v,
+                Err(d)
+                    if matches!(
+                        d.error_type.as_str(),
+                        "Rotation.NotPropagated" | "Rotation.Retryable"
+                    ) =>
+                {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Err(d) => {
+                    return self
+                        .call(json!({"step": "compensate", "state": s, "error": caught(&d)}))
+                        .await
+                        .expect("compensate answers a state");
+                }
+            }
         }
+        panic!("the target never finished: {s}")
     }
-    panic!("verify never succeeded")
+}
+
+/// The same case through the CLI's engine, on a world of its own.
+async fn cli_run(sc: &Scenario) -> TargetReport {
+    let quiet: Observer = Arc::new(|_| {});
+    let opts = RunOptions {
+        run_id: RunId::parse(RUN).unwrap(),
+        force: false,
+        dry_run: false,
+        origin: "test".into(),
+    };
+    engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &opts, &quiet).await
+}
+
+/// The same case through the Lambda's handlers; the report the `report` step would show.
+async fn lambda_run(h: &mut Harness) -> TargetReport {
+    let s = h.drive(fresh()).await;
+    keyrotor_core::machine::target_report(&state(&s))
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_state_machine_s_chain_of_handlers_rotates_the_key() {
     let mut h = Harness::new(false);
     let listed = h
-        .call(json!({"step": "targets", "input": {}}))
+        .call(json!({"step": "targets", "run_id": RUN, "input": {}}))
         .await
         .unwrap();
-    assert_eq!(listed, json!({"targets": ["platform"], "force": false}));
+    assert_eq!(listed["targets"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["targets"][0], fresh());
 
     let s = h.step("inspect", &fresh()).await.unwrap();
-    assert_eq!(state(&s).decision, Some(PlanDecision::Rotate));
-    let s = h.step("cleanup", &s).await.unwrap();
-    let s = h.step("create", &s).await.unwrap();
-    let created = state(&s);
-    assert!(created.new_key.is_some() && created.pending_version.is_some());
-    let s = verify_until_propagated(&mut h, &s).await;
-    let s = h.step("push", &s).await.unwrap();
-    let s = h.step("confirm", &s).await.unwrap();
-    let s = h.step("promote", &s).await.unwrap();
-    let s = h.step("retire", &s).await.unwrap();
+    assert_eq!(state(&s).plan.unwrap().decision, Decision::Rotate);
+    assert_eq!(next(&s), "create", "nothing to tidy: no cleanup invocation");
+    let s = h.drive(s).await;
     let done = state(&s);
-    assert_eq!(done.outcome, Some(OutcomeName::Rotated));
+    assert_eq!(done.outcome, Some(Outcome::Rotated));
     assert_eq!(
         done.steps.iter().map(|s| s.name()).collect::<Vec<_>>(),
         [
-            "inspect", "cleanup", "create", "verify", "push", "confirm", "promote", "retire"
+            "inspect", "create", "verify", "push", "confirm", "promote", "retire"
         ]
     );
     h.scenario.world().after_success().unwrap();
@@ -199,19 +256,19 @@ async fn the_state_machine_s_chain_of_handlers_rotates_the_key() {
         .unwrap();
     assert_eq!(summary["rotated"], 1);
     assert_eq!(summary["needs_attention"], false);
-    assert_eq!(summary["notification"], "sent");
+    assert_eq!(summary["notification"], json!({"status": "sent"}));
     let seen = h.notifier.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].run_id, RUN);
     h.assert_no_secret_in_outputs();
 
     // A second run right after: nothing due, nothing to tidy.
-    let again = json!({"target": "platform", "run_id": "second-run-0000000000000000000000", "force": false});
-    let s = h.step("inspect", &again).await.unwrap();
-    let s = state(&s);
-    assert_eq!(s.decision, Some(PlanDecision::NothingDue));
-    assert_eq!(s.outcome, Some(OutcomeName::NothingDue));
-    assert!(!s.tidy);
+    let mut again = fresh();
+    again["progress"]["run_id"] = json!("second-run");
+    let s = state(&h.step("inspect", &again).await.unwrap());
+    assert_eq!(s.plan.unwrap().decision, Decision::NothingDue);
+    assert_eq!(s.outcome, Some(Outcome::NothingDue));
+    assert_eq!(s.next, None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -219,17 +276,11 @@ async fn a_key_iam_never_accepts_raises_not_propagated_and_compensation_deletes_
     let mut h = Harness::new(false);
     h.scenario.fakes.state().propagation = Duration::from_secs(3600);
     let s = h.step("inspect", &fresh()).await.unwrap();
-    let s = h.step("cleanup", &s).await.unwrap();
     let s = h.step("create", &s).await.unwrap();
-    let new_key = state(&s).new_key.unwrap();
+    let new_key = state(&s).progress.new_key.unwrap();
 
     let err = h.step("verify", &s).await.unwrap_err();
     assert_eq!(err.error_type, "Rotation.NotPropagated");
-    assert!(
-        err.error_message.starts_with("verify: "),
-        "{}",
-        err.error_message
-    );
     assert!(
         !err.error_message.contains(new_key.as_str()),
         "key ids are masked in errors: {}",
@@ -237,17 +288,18 @@ async fn a_key_iam_never_accepts_raises_not_propagated_and_compensation_deletes_
     );
 
     // The Catch: ResultPath $.error keeps the state; compensate gets both.
-    let caught = json!({
-        "Error": err.error_type,
-        "Cause": json!({"errorType": err.error_type, "errorMessage": err.error_message}).to_string(),
-    });
     let out_v = h
-        .call(json!({"step": "compensate", "state": s, "error": caught}))
+        .call(json!({"step": "compensate", "state": s, "error": caught(&err)}))
         .await
         .unwrap();
     let out = state(&out_v);
-    assert_eq!(out.outcome, Some(OutcomeName::Failed));
-    assert_eq!(out.failed_step.map(|s| s.name()), Some("verify"));
+    assert_eq!(out.outcome, Some(Outcome::Failed));
+    assert_eq!(out.failure.as_ref().map(|f| f.step), Some(Step::Verify));
+    assert_eq!(
+        out.steps.last(),
+        Some(&Step::Compensate),
+        "compensation is a step of its own"
+    );
     assert!(out.compensation.unwrap().contains("deleted"));
     let keys: Vec<String> = h.scenario.fakes.state().users["pipeline"]
         .iter()
@@ -270,34 +322,62 @@ async fn a_key_iam_never_accepts_raises_not_propagated_and_compensation_deletes_
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_crashed_step_without_a_lambda_error_is_attributed_to_the_next_step() {
+async fn a_crashed_step_is_the_step_the_state_named_as_next() {
     let mut h = Harness::new(false);
     let s = h.step("inspect", &fresh()).await.unwrap();
-    let s = h.step("cleanup", &s).await.unwrap();
+    assert_eq!(next(&s), "create");
     let caught = json!({"Error": "States.Timeout", "Cause": "Task timed out"});
     let out = h
         .call(json!({"step": "compensate", "state": s, "error": caught}))
         .await
         .unwrap();
     let out = state(&out);
-    assert_eq!(out.failed_step.map(|s| s.name()), Some("create"));
-    assert_eq!(out.error.as_deref(), Some("States.Timeout: Task timed out"));
-    assert_eq!(out.outcome, Some(OutcomeName::Failed));
+    let f = out.failure.unwrap();
+    assert_eq!(f.step, Step::Create);
+    assert_eq!(
+        f.message,
+        "the step stopped without a result (States.Timeout: Task timed out)"
+    );
+    assert_eq!(out.outcome, Some(Outcome::Failed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_failed_step_is_never_read_from_the_message() {
+    // Was: the Lambda parsed "step: " off the message. A message that starts with another
+    // step's name is still attributed to the step that failed.
+    let mut h = Harness::new(false);
+    let s = h.step("inspect", &fresh()).await.unwrap();
+    let s = h.step("create", &s).await.unwrap();
+    let caught = json!({"Error": "Rotation.Failed",
+        "Cause": json!({"errorType": "Rotation.Failed", "errorMessage": "push: looks like push"}).to_string()});
+    let out = state(
+        &h.call(json!({"step": "compensate", "state": s, "error": caught}))
+            .await
+            .unwrap(),
+    );
+    let f = out.failure.unwrap();
+    assert_eq!(f.step, Step::Verify);
+    assert_eq!(f.message, "push: looks like push");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_slack_failure_is_reported_in_the_summary_and_does_not_fail_the_run() {
     let mut h = Harness::new(true);
-    let s = json!({"target": "platform", "run_id": RUN, "outcome": "rotated"});
+    let mut ok = fresh();
+    ok["outcome"] = json!("rotated");
+    ok["next"] = json!("done");
+    let mut gone = fresh();
+    gone["progress"]["target"] = json!("gone");
     let summary = h
-        .call(json!({"step": "report", "run_id": RUN, "results": [{"state": s}, {"state": {"target": "gone", "run_id": RUN}, "error": {"Error": "States.Runtime", "Cause": "boom"}}]}))
+        .call(json!({"step": "report", "run_id": RUN, "results": [{"state": ok}, {"state": gone, "error": {"Error": "States.Runtime", "Cause": "boom"}}]}))
         .await
         .expect("a Slack failure never fails the report step");
+    assert_eq!(summary["notification"]["status"], "failed", "{summary}");
     assert!(
-        summary["notification"]
+        summary["notification"]["error"]
             .as_str()
             .unwrap()
-            .starts_with("failed: "),
+            .contains("channel_not_found"),
         "{summary}"
     );
     assert_eq!(
@@ -311,55 +391,60 @@ async fn a_slack_failure_is_reported_in_the_summary_and_does_not_fail_the_run() 
 async fn a_refused_target_ends_at_inspect_with_its_reason() {
     let mut h = Harness::new(false);
     h.scenario.fakes.state().endpoints[0].oidc = true;
-    let s = h.step("inspect", &fresh()).await.unwrap();
-    let s = state(&s);
-    assert_eq!(s.decision, Some(PlanDecision::Refused));
-    assert_eq!(s.outcome, Some(OutcomeName::Refused));
-    assert!(s.error.unwrap().contains("OIDC"));
+    let s = state(&h.step("inspect", &fresh()).await.unwrap());
+    assert_eq!(s.plan.unwrap().decision, Decision::Refuse);
+    assert_eq!(s.outcome, Some(Outcome::Refused));
+    assert_eq!(s.next, None);
+    assert!(s.failure.unwrap().message.contains("OIDC"));
 }
 
 #[tokio::test]
-async fn bad_input_and_unknown_targets_are_rotation_failed() {
+async fn bad_input_unknown_targets_and_a_step_the_state_does_not_name_are_rotation_failed() {
     let mut h = Harness::new(false);
     let e = h.call(json!({"step": "dance"})).await.unwrap_err();
     assert_eq!(e.error_type, "Rotation.Failed");
-    let e = h
-        .step("inspect", &json!({"target": "nope", "run_id": RUN}))
-        .await
-        .unwrap_err();
+    let mut nope = fresh();
+    nope["progress"]["target"] = json!("nope");
+    let e = h.step("inspect", &nope).await.unwrap_err();
     assert_eq!(e.error_type, "Rotation.Failed");
     assert!(e.error_message.contains("no target named 'nope'"));
-    let e = h
-        .step(
-            "inspect",
-            &json!({"target": "platform", "run_id": "has spaces"}),
-        )
-        .await
-        .unwrap_err();
+    let mut bad = fresh();
+    bad["progress"]["run_id"] = json!("has spaces");
+    let e = h.step("inspect", &bad).await.unwrap_err();
     assert_eq!(e.error_type, "Rotation.Failed");
+    let e = h.step("push", &fresh()).await.unwrap_err();
+    assert_eq!(e.error_type, "Rotation.Failed");
+    assert!(
+        e.error_message.contains("names 'inspect' as next"),
+        "{}",
+        e.error_message
+    );
+    assert_eq!(h.scenario.fakes.state().mutations, 0);
 }
 
 #[test]
-fn step_errors_map_to_the_four_fixed_names() {
+fn every_kind_has_its_own_error_name() {
+    use keyrotor_core::machine::error_name;
     use keyrotor_core::protocol::StepErrorKind as K;
-    use keyrotor_lambda::error_type_of;
-    assert_eq!(error_type_of(K::Retryable), "Rotation.Retryable");
-    assert_eq!(error_type_of(K::NotPropagated), "Rotation.NotPropagated");
-    assert_eq!(error_type_of(K::Refused), "Rotation.Refused");
-    assert_eq!(error_type_of(K::Busy), "Rotation.Refused");
-    assert_eq!(error_type_of(K::Invalid), "Rotation.Failed");
-    assert_eq!(error_type_of(K::Failed), "Rotation.Failed");
+    assert_eq!(error_name(K::Retryable), "Rotation.Retryable");
+    assert_eq!(error_name(K::NotPropagated), "Rotation.NotPropagated");
+    assert_eq!(error_name(K::Busy), "Rotation.Busy");
+    assert_eq!(error_name(K::Refused), "Rotation.Refused");
+    assert_eq!(error_name(K::Invalid), "Rotation.Invalid");
+    assert_eq!(error_name(K::Failed), "Rotation.Failed");
 }
 
 #[tokio::test]
 async fn a_run_where_nothing_happened_posts_nothing() {
     let mut h = Harness::new(false);
+    let mut s = fresh();
+    s["outcome"] = json!("nothing-due");
+    s["next"] = json!("done");
     let summary = h
-        .call(json!({"step": "report", "run_id": RUN, "results": [
-            {"state": {"target": "platform", "run_id": RUN, "outcome": "nothing-due"}}]}))
+        .call(json!({"step": "report", "run_id": RUN, "results": [{"state": s}]}))
         .await
         .unwrap();
-    assert_eq!(summary["notification"], "skipped");
+    assert_eq!(summary["notification"], json!({"status": "skipped"}));
     assert_eq!(summary["needs_attention"], false);
     assert!(h.notifier.seen.lock().unwrap().is_empty());
 }
@@ -391,10 +476,18 @@ async fn a_push_that_fails_halfway_is_compensated_back_onto_the_old_key() {
         None,
     );
     let s = h.step("inspect", &fresh()).await.unwrap();
-    let s = h.step("cleanup", &s).await.unwrap();
     let s = h.step("create", &s).await.unwrap();
-    assert!(state(&s).created_here);
-    let s = verify_until_propagated(&mut h, &s).await;
+    assert!(state(&s).progress.created_here);
+    let mut s = s;
+    loop {
+        match h.step("verify", &s).await {
+            Ok(v) => {
+                s = v;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(5)).await,
+        }
+    }
     h.scenario.fakes.state().ado_put_script = [
         None,
         Some(PortError::new(
@@ -406,15 +499,13 @@ async fn a_push_that_fails_halfway_is_compensated_back_onto_the_old_key() {
     .collect();
     let err = h.step("push", &s).await.unwrap_err();
     assert_eq!(err.error_type, "Rotation.Failed");
-    let caught = json!({"Error": err.error_type,
-        "Cause": json!({"errorType": err.error_type, "errorMessage": err.error_message}).to_string()});
-    let out = h
-        .call(json!({"step": "compensate", "state": s, "error": caught}))
-        .await
-        .unwrap();
-    let out = state(&out);
-    assert_eq!(out.failed_step.map(|s| s.name()), Some("push"));
-    assert!(out.put_attempted);
+    let out = state(
+        &h.call(json!({"step": "compensate", "state": s, "error": caught(&err)}))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(out.failure.as_ref().map(|f| f.step), Some(Step::Push));
+    assert!(out.progress.put_attempted);
     assert!(out.compensation.unwrap().contains("deleted"));
     let st = h.scenario.fakes.state();
     for e in &st.endpoints {
@@ -429,4 +520,146 @@ async fn a_push_that_fails_halfway_is_compensated_back_onto_the_old_key() {
     assert!(st.violations.is_empty(), "{:?}", st.violations);
     drop(st);
     h.assert_no_secret_in_outputs();
+}
+
+// ---- Parity: the CLI's engine and the Lambda's handlers run core's one machine. Each case
+// below was a divergence between the two copies of the orchestration; both paths must now give
+// the same outcome.
+
+fn same(cli: &TargetReport, lambda: &TargetReport) {
+    assert_eq!(
+        cli.outcome, lambda.outcome,
+        "outcome: cli {cli:?}\nlambda {lambda:?}"
+    );
+    assert_eq!(cli.failed_step, lambda.failed_step, "failed step");
+    assert_eq!(cli.error, lambda.error, "error");
+    assert_eq!(
+        cli.compensation.is_some(),
+        lambda.compensation.is_some(),
+        "compensation"
+    );
+    assert_eq!(cli.next_step, lambda.next_step, "next step");
+    assert_eq!(cli.steps, lambda.steps, "steps");
+}
+
+/// Another run's live intent record at AWSPENDING, written after this run's inspect would
+/// have planned (so the target is found busy at `create`, not at inspect).
+fn other_runs_intent(sc: &Scenario) {
+    let now = keyrotor_core::ports::Clock::now(&sc.fakes);
+    let st = &mut *sc.fakes.state();
+    let v = keyrotor_core::secret_value::intent_value("other-run", now + Duration::from_secs(3600));
+    let versions = st.secrets.get_mut("pipeline-key").unwrap();
+    for v in versions.iter_mut() {
+        v.stages.retain(|s| s != "AWSPENDING");
+    }
+    versions.push(keyrotor_testkit::fakes::FakeVersion {
+        id: "intent-of-other-run-0000000000000000".into(),
+        value: secrecy::ExposeSecret::expose_secret(&v).to_owned(),
+        stages: vec!["AWSPENDING".into()],
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn parity_a_target_another_run_owns_stands_aside_on_both_paths_and_nothing_is_undone() {
+    let cli_sc = Scenario::new(1);
+    other_runs_intent(&cli_sc);
+    let cli = cli_run(&cli_sc).await;
+    let mut h = Harness::new(false);
+    other_runs_intent(&h.scenario);
+    let lambda = lambda_run(&mut h).await;
+    same(&cli, &lambda);
+    assert_eq!(cli.outcome, Outcome::Busy);
+    assert!(
+        cli.compensation.is_none(),
+        "busy is never compensated: {cli:?}"
+    );
+    for sc in [&cli_sc, &h.scenario] {
+        let st = sc.fakes.state();
+        assert_eq!(st.users["pipeline"].len(), 1);
+        assert!(
+            st.secrets["pipeline-key"]
+                .iter()
+                .any(|v| v.id.starts_with("intent-of-other-run") && v.stages == ["AWSPENDING"]),
+            "the other run's intent is untouched"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn parity_a_user_that_does_not_exist_is_invalid_on_both_paths() {
+    // Was: the Lambda reported `failed` (Rotation.Failed), the CLI `invalid`.
+    let cli_sc = Scenario::new(1);
+    cli_sc.fakes.state().users.clear();
+    let cli = cli_run(&cli_sc).await;
+    let mut h = Harness::new(false);
+    h.scenario.fakes.state().users.clear();
+    let lambda = lambda_run(&mut h).await;
+    same(&cli, &lambda);
+    assert_eq!(cli.outcome, Outcome::Invalid);
+}
+
+#[tokio::test(start_paused = true)]
+async fn parity_a_failed_push_is_compensated_alike() {
+    let script = || {
+        [Some(PortError::new(
+            PortErrorKind::Failed,
+            "TF400813: not authorized",
+        ))]
+        .into_iter()
+        .collect()
+    };
+    let cli_sc = Scenario::new(1);
+    cli_sc.fakes.state().ado_put_script = script();
+    let cli = cli_run(&cli_sc).await;
+    let mut h = Harness::new(false);
+    h.scenario.fakes.state().ado_put_script = script();
+    let lambda = lambda_run(&mut h).await;
+    same(&cli, &lambda);
+    assert_eq!(cli.failed_step, Some(Step::Push));
+    assert!(cli.compensation.as_deref().unwrap().contains("deleted"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn parity_the_whole_rotation_takes_the_same_steps() {
+    let cli_sc = Scenario::new(1);
+    let cli = cli_run(&cli_sc).await;
+    let mut h = Harness::new(false);
+    let lambda = lambda_run(&mut h).await;
+    same(&cli, &lambda);
+    assert_eq!(cli.outcome, Outcome::Rotated);
+}
+
+#[tokio::test]
+async fn parity_an_empty_run_is_quiet_on_both_paths() {
+    // Was: an empty run was quiet for the CLI and posted for the Lambda.
+    let recorder = Arc::new(Recorder::default());
+    let sc = Scenario::new(1);
+    let quiet: Observer = Arc::new(|_| {});
+    let opts = RunOptions {
+        run_id: RunId::parse(RUN).unwrap(),
+        force: false,
+        dry_run: false,
+        origin: "test".into(),
+    };
+    let cli = engine::run(
+        &sc.fakes.ports(),
+        &sc.policy,
+        &[],
+        &opts,
+        Some(recorder.as_ref() as &dyn Notifier),
+        &quiet,
+    )
+    .await;
+    let mut h = Harness::new(false);
+    let summary = h
+        .call(json!({"step": "report", "run_id": RUN, "results": []}))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&cli.notification).unwrap(),
+        summary["notification"]
+    );
+    assert_eq!(summary["notification"], json!({"status": "skipped"}));
+    assert!(recorder.seen.lock().unwrap().is_empty());
+    assert!(h.notifier.seen.lock().unwrap().is_empty());
 }

@@ -636,18 +636,21 @@ impl Functions {
         target: &str,
         run_id: &str,
     ) -> (Json, Option<(String, (String, String))>) {
-        let mut state = json!({"target": target, "run_id": run_id, "force": true});
-        for step in [
-            "inspect", "cleanup", "create", "verify", "push", "confirm", "promote", "retire",
-        ] {
+        let mut state = json!({"progress": {"target": target, "run_id": run_id}, "force": true, "next": "inspect"});
+        // As the state machine routes: the Task the state's `next` names.
+        while let Some(step) = state["next"]
+            .as_str()
+            .filter(|n| *n != "done")
+            .map(str::to_owned)
+        {
             match self.call(json!({"step": step, "state": state})).await {
                 Ok(next) => {
                     if step == "inspect" {
-                        assert_eq!(next["decision"], "rotate", "{next}");
+                        assert_eq!(next["plan"]["decision"], "rotate", "{next}");
                     }
                     state = next;
                 }
-                Err(e) => return (state, Some((step.to_owned(), e))),
+                Err(e) => return (state, Some((step, e))),
             }
         }
         (state, None)
@@ -727,7 +730,8 @@ async fn every_step_succeeds_with_only_its_own_roles_policy() {
         .call(json!({"step": "targets", "run_id": "lp-1", "input": {"force": true}}))
         .await
         .expect("targets");
-    assert_eq!(listed["targets"], json!([target]));
+    assert_eq!(listed["targets"][0]["progress"]["target"], json!(target));
+    assert_eq!(listed["targets"].as_array().unwrap().len(), 1);
 
     // 1. The first rotation: the secret does not exist yet, the rotator creates it.
     let before = w.observe().await;
@@ -736,7 +740,7 @@ async fn every_step_succeeds_with_only_its_own_roles_policy() {
     let (state, failed) = f.rotate(&target, &run1).await;
     assert!(failed.is_none(), "first rotation: {failed:?}");
     assert_eq!(state["outcome"], "rotated", "{state}");
-    let new1 = state["new_key"].as_str().unwrap().to_owned();
+    let new1 = state["progress"]["new_key"].as_str().unwrap().to_owned();
     let after = w.observe().await;
     assert_eq!(
         after.keys[&w.user],
@@ -750,7 +754,7 @@ async fn every_step_succeeds_with_only_its_own_roles_policy() {
     let run2 = uuid::Uuid::new_v4().to_string();
     let (state2, failed) = f.rotate(&target, &run2).await;
     assert!(failed.is_none(), "second rotation: {failed:?}");
-    let new2 = state2["new_key"].as_str().unwrap().to_owned();
+    let new2 = state2["progress"]["new_key"].as_str().unwrap().to_owned();
     assert_ne!(new1, new2);
     let after = w.observe().await;
     assert_eq!(after.keys[&w.user], [(new2.clone(), true)]);
@@ -784,7 +788,11 @@ async fn every_step_succeeds_with_only_its_own_roles_policy() {
         .call(json!({"step": "report", "run_id": run2, "results": [{"state": state2}]}))
         .await
         .expect("report");
-    assert_eq!(summary["notification"], "sent", "{summary}");
+    assert_eq!(
+        summary["notification"],
+        json!({"status": "sent"}),
+        "{summary}"
+    );
     assert_eq!(w.slack.posts().len(), 1);
 
     // Nothing else was touched.
@@ -915,7 +923,7 @@ async fn the_rotator_reaches_no_other_user_secret_or_parameter() {
     let mut f = w.functions().await;
     let run = uuid::Uuid::new_v4().to_string();
     let err = f
-        .call(json!({"step": "inspect", "state": {"target": "intruder", "run_id": run, "force": true}}))
+        .call(json!({"step": "inspect", "state": {"progress": {"target": "intruder", "run_id": run}, "next": "inspect", "force": true}}))
         .await
         .expect_err("inspect of another user's target is refused");
     assert!(
@@ -1032,8 +1040,8 @@ async fn the_pusher_and_the_notifier_cannot_touch_iam() {
     let mut f = w.functions().await;
     let (api, _) = &f.by_role["PusherRole"];
     let id = api.invoke(json!({"step": "inspect", "state": {
-        "target": w.template.param("TargetName"), "run_id": uuid::Uuid::new_v4().to_string(),
-        "force": true}}));
+        "progress": {"target": w.template.param("TargetName"), "run_id": uuid::Uuid::new_v4().to_string()},
+        "next": "inspect", "force": true}}));
     match api.outcome(&id, Duration::from_secs(60)).await.unwrap() {
         Outcome::Error { error_message, .. } => assert!(
             error_message.contains("not authorized") || error_message.contains("AccessDenied"),

@@ -128,23 +128,34 @@ async fn bootstrap_serves_invocations_from_the_runtime_api() {
     let wait = Duration::from_secs(60);
     let listed = api.invoke(json!({"step": "targets", "run_id": run_id, "input": {}}));
     let listed = api.outcome(&listed, wait).await.unwrap();
-    assert_eq!(
-        listed,
-        Outcome::Response(json!({"targets": ["platform-prod"], "force": false}))
-    );
+    let Outcome::Response(listed) = listed else {
+        panic!("targets failed: {listed:?}")
+    };
+    let names = |l: &serde_json::Value| -> Vec<String> {
+        l["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["progress"]["target"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&listed), ["platform-prod"]);
+    assert_eq!(listed["targets"][0]["next"], "inspect");
+    assert_eq!(listed["targets"][0]["progress"]["run_id"], run_id.as_str());
 
-    let inspected = api.invoke(json!({"step": "inspect",
-        "state": {"target": "platform-prod", "run_id": run_id, "force": true}}));
+    let mut initial = listed["targets"][0].clone();
+    initial["force"] = json!(true);
+    let inspected = api.invoke(json!({"step": "inspect", "state": initial}));
     let Outcome::Response(state) = api.outcome(&inspected, wait).await.unwrap() else {
         panic!("inspect failed")
     };
-    assert_eq!(state["decision"], "rotate", "{state}");
-    assert_eq!(state["old_key"], key_id.as_str(), "{state}");
+    assert_eq!(state["plan"]["decision"], "rotate", "{state}");
+    assert_eq!(state["progress"]["old_key"], key_id.as_str(), "{state}");
     assert_eq!(state["steps"], json!(["inspect"]));
 
     // A changed config is read by the next invocation of the same (warm) instance.
     let two = format!(
-        "{config}\n[[target]]\nname = \"second\"\niam_user = \"{USER}\"\nsecret = \"other\"\nendpoints = [ {{ project = \"Platform\", name = \"aws-prod\" }} ]\n"
+        "{config}\n[[target]]\nname = \"second\"\niam_user = \"second-user\"\nsecret = \"other\"\nendpoints = [ {{ project = \"Platform\", name = \"aws-prod\" }} ]\n"
     );
     ssm.put_parameter()
         .name(CONFIG_PARAM)
@@ -155,13 +166,14 @@ async fn bootstrap_serves_invocations_from_the_runtime_api() {
         .await
         .unwrap();
     let listed = api.invoke(json!({"step": "targets", "run_id": run_id, "input": {}}));
-    assert_eq!(
-        api.outcome(&listed, wait).await.unwrap(),
-        Outcome::Response(json!({"targets": ["platform-prod", "second"], "force": false}))
-    );
+    let Outcome::Response(listed) = api.outcome(&listed, wait).await.unwrap() else {
+        panic!("targets failed")
+    };
+    assert_eq!(names(&listed), ["platform-prod", "second"]);
 
-    let unknown = api.invoke(json!({"step": "inspect",
-        "state": {"target": "nope", "run_id": run_id}}));
+    let mut unknown = initial.clone();
+    unknown["progress"]["target"] = json!("nope");
+    let unknown = api.invoke(json!({"step": "inspect", "state": unknown}));
     match api.outcome(&unknown, wait).await.unwrap() {
         Outcome::Error {
             error_type,
@@ -242,7 +254,7 @@ async fn a_rate_limit_wait_past_the_invocations_deadline_is_not_started() {
     let child = bootstrap(&moto, &api, &dir);
     let run_id = uuid::Uuid::new_v4().to_string();
     let inspected = api.invoke(json!({"step": "inspect",
-        "state": {"target": "platform-prod", "run_id": run_id, "force": true}}));
+        "state": {"progress": {"target": "platform-prod", "run_id": run_id}, "next": "inspect", "force": true}}));
     // Well inside the 60 s deadline: a client that waited out the 300 s would not answer.
     match api
         .outcome(&inspected, Duration::from_secs(45))

@@ -26,6 +26,8 @@ use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode};
 use base64::Engine;
+use keyrotor_core::machine::TRANSITIONS;
+use keyrotor_core::report::Step;
 use keyrotor_testkit::moto::Moto;
 use serde_json::{Value, json};
 
@@ -238,11 +240,12 @@ impl Run {
     }
 }
 
-/// A state after a step: the answer a Lambda gives for a target.
-fn st(decision: &str, tidy: bool, outcome: Option<&str>) -> Value {
+/// A state after a step: the answer a Lambda gives for a target, naming the step core's machine
+/// chose as next (`"done"` with an outcome at the end).
+fn st(next: &str, outcome: Option<&str>) -> Value {
     let mut s = json!({
-        "target": "platform-prod", "run_id": "r", "force": false, "decision": decision, "tidy": tidy,
-        "old_key": "AKIAOLDOLDOLDOLDOLD1", "steps": ["inspect"]
+        "progress": {"target": "platform-prod", "run_id": "r", "old_key": "AKIAOLDOLDOLDOLDOLD1"},
+        "next": next, "steps": ["inspect"]
     });
     if let Some(o) = outcome {
         s["outcome"] = json!(o);
@@ -250,9 +253,14 @@ fn st(decision: &str, tidy: bool, outcome: Option<&str>) -> Value {
     s
 }
 
+/// `targets`' answer: one target about to be inspected.
+fn listed() -> Value {
+    json!({"targets": [st("inspect", None)]})
+}
+
 fn summary(needs_attention: bool) -> Value {
     json!({"run_id": "r", "rotated": 1, "nothing_due": 0, "busy": 0, "refused": 0, "invalid": 0,
-           "failed": 0, "needs_attention": needs_attention, "notification": "sent", "targets": []})
+           "failed": 0, "needs_attention": needs_attention, "notification": {"status": "sent"}, "targets": []})
 }
 
 /// Runs the state machine once: `canned` answers the successful invocations in order,
@@ -409,26 +417,23 @@ async fn execute(canned: Vec<Value>, errors: &[(&str, &str)]) -> Run {
 /// The canned answers of a whole successful rotation, from `targets` to `report`.
 fn rotation(report: Value) -> Vec<Value> {
     vec![
-        json!({"targets": ["platform-prod"], "force": false}),
-        st("rotate", false, None),
-        st("rotate", false, None),
-        st("rotate", false, None),
-        st("rotate", false, None),
-        st("rotate", false, None),
-        st("rotate", false, None),
-        st("rotate", false, None),
-        st("rotate", false, Some("rotated")),
+        listed(),
+        st("create", None),
+        st("verify", None),
+        st("push", None),
+        st("confirm", None),
+        st("promote", None),
+        st("retire", None),
+        st("done", Some("rotated")),
         report,
     ]
 }
 
-const HAPPY: [&str; 14] = [
+const HAPPY: [&str; 12] = [
     "ListTargets",
     "RotateTargets",
     "Inspect",
-    "Due",
-    "Cleanup",
-    "Rotate",
+    "AfterInspect",
     "Create",
     "WaitForPropagation",
     "Verify",
@@ -438,6 +443,55 @@ const HAPPY: [&str; 14] = [
     "Retire",
     "TargetDone",
 ];
+
+/// Every path core's machine can take from `inspect` to done, as step names.
+fn paths_of_core_s_machine() -> Vec<Vec<&'static str>> {
+    fn walk(at: Step, path: &mut Vec<&'static str>, out: &mut Vec<Vec<&'static str>>) {
+        path.push(at.name());
+        let (_, next) = TRANSITIONS.iter().find(|(s, _)| *s == at).unwrap();
+        for n in *next {
+            match n {
+                None => out.push(path.clone()),
+                Some(n) => walk(*n, path, out),
+            }
+        }
+        path.pop();
+    }
+    let mut out = Vec::new();
+    walk(Step::Inspect, &mut Vec::new(), &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_of_core_s_machine_runs_in_the_definition() {
+    let paths = paths_of_core_s_machine();
+    assert!(paths.len() >= 5, "{paths:?}");
+    for path in paths {
+        // Each step answers with the state naming the next step of this path.
+        let mut canned = vec![listed()];
+        for (i, _) in path.iter().enumerate() {
+            canned.push(match path.get(i + 1) {
+                Some(next) => st(next, None),
+                None => st("done", Some("rotated")),
+            });
+        }
+        canned.push(summary(false));
+        let run = execute(canned, &[]).await;
+        assert_eq!(run.status, "SUCCEEDED", "{path:?}: {}", run.show());
+        let invoked: Vec<String> = run
+            .payloads
+            .iter()
+            .filter_map(|p| p["step"].as_str())
+            .filter(|s| !["targets", "report"].contains(s))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            invoked, path,
+            "the definition invoked other steps than core's path"
+        );
+        assert!(run.path.iter().any(|p| p == "TargetDone"), "{}", run.show());
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_due_key_goes_through_every_step_and_the_run_succeeds() {
@@ -457,8 +511,8 @@ async fn a_due_key_goes_through_every_step_and_the_run_succeeds() {
     // What the Lambdas were asked: the Map's item and the execution name as the run id.
     let first = &run.payloads[1];
     assert_eq!(first["step"], "inspect");
-    assert_eq!(first["state"]["target"], "platform-prod");
-    assert_eq!(first["state"]["force"], false);
+    assert_eq!(first["state"]["progress"]["target"], "platform-prod");
+    assert_eq!(first["state"]["next"], "inspect");
     let report = run.payloads.last().unwrap();
     assert_eq!(report["step"], "report");
     assert_eq!(report["results"][0]["state"]["outcome"], "rotated");
@@ -466,15 +520,11 @@ async fn a_due_key_goes_through_every_step_and_the_run_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_due_ends_the_target_after_inspect() {
-    let canned = vec![
-        json!({"targets": ["platform-prod"], "force": false}),
-        st("nothing-due", false, Some("nothing-due")),
-        summary(false),
-    ];
+    let canned = vec![listed(), st("done", Some("nothing-due")), summary(false)];
     let run = execute(canned, &[]).await;
     assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
     assert!(
-        run.path_has(&["Inspect", "Due", "TargetDone"]),
+        run.path_has(&["Inspect", "AfterInspect", "TargetDone"]),
         "{}",
         run.show()
     );
@@ -485,10 +535,10 @@ async fn nothing_due_ends_the_target_after_inspect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_due_with_leftovers_tidies_and_finishes_the_retirement() {
     let canned = vec![
-        json!({"targets": ["platform-prod"], "force": false}),
-        st("nothing-due", true, None),
-        st("nothing-due", true, None),
-        st("nothing-due", true, Some("nothing-due")),
+        listed(),
+        st("cleanup", None),
+        st("retire", None),
+        st("done", Some("nothing-due")),
         summary(false),
     ];
     let run = execute(canned, &[]).await;
@@ -496,9 +546,9 @@ async fn nothing_due_with_leftovers_tidies_and_finishes_the_retirement() {
     assert!(
         run.path_has(&[
             "Inspect",
-            "Due",
+            "AfterInspect",
             "Cleanup",
-            "Rotate",
+            "AfterCleanup",
             "Retire",
             "TargetDone"
         ]),
@@ -557,10 +607,10 @@ async fn a_failure_at_any_step_is_compensated_reported_and_fails_the_execution()
     ];
     for (i, (step, state)) in steps.iter().enumerate() {
         // Successful answers before the failing step, then compensate's and report's.
-        let mut canned = vec![json!({"targets": ["platform-prod"], "force": false})];
-        canned.extend((0..i).map(|_| st("rotate", false, None)));
-        let mut failed = st("rotate", false, Some("failed"));
-        failed["failed_step"] = json!(step);
+        let mut canned = vec![listed()];
+        canned.extend((1..=i).map(|j| st(steps[j].0, None)));
+        let mut failed = st("done", Some("failed"));
+        failed["failure"] = json!({"step": step, "kind": "failed", "message": "scripted"});
         canned.push(failed);
         canned.push(summary(true));
         let run = execute(canned, &[(step, "Rotation.Failed")]).await;
@@ -590,8 +640,8 @@ async fn a_failure_at_any_step_is_compensated_reported_and_fails_the_execution()
         let cause: Value = serde_json::from_str(comp["error"]["Cause"].as_str().unwrap()).unwrap();
         assert_eq!(cause["errorType"], "Rotation.Failed");
         assert_eq!(
-            cause["errorMessage"],
-            format!("{step}: scripted Rotation.Failed")
+            comp["state"]["next"], *step,
+            "compensate learns the failed step from the state it started from"
         );
         let report = run.payloads.last().unwrap();
         assert_eq!(report["step"], "report");
@@ -610,15 +660,11 @@ async fn a_failure_at_any_step_is_compensated_reported_and_fails_the_execution()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_at_inspect_touches_nothing_and_fails_the_execution_for_a_person() {
-    let canned = vec![
-        json!({"targets": ["platform-prod"], "force": false}),
-        st("refused", false, Some("refused")),
-        summary(true),
-    ];
+    let canned = vec![listed(), st("done", Some("refused")), summary(true)];
     let run = execute(canned, &[]).await;
     assert_eq!(run.status, "FAILED", "{}", run.show());
     assert!(
-        run.path_has(&["Inspect", "Due", "TargetDone"]),
+        run.path_has(&["Inspect", "AfterInspect", "TargetDone"]),
         "{}",
         run.show()
     );
@@ -638,9 +684,9 @@ async fn a_refusal_at_inspect_touches_nothing_and_fails_the_execution_for_a_pers
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_raised_by_a_later_step_is_compensated() {
-    let mut canned = vec![json!({"targets": ["platform-prod"], "force": false})];
-    canned.extend((0..4).map(|_| st("rotate", false, None)));
-    canned.push(st("rotate", false, Some("refused")));
+    let mut canned = vec![listed()];
+    canned.extend(["create", "verify", "push"].map(|n| st(n, None)));
+    canned.push(st("done", Some("refused")));
     canned.push(summary(true));
     let run = execute(canned, &[("push", "Rotation.Refused")]).await;
     assert_eq!(run.status, "FAILED", "{}", run.show());

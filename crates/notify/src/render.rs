@@ -405,6 +405,7 @@ fn doing(step: Step) -> &'static str {
         Step::Confirm => "reading the service connections back",
         Step::Promote => "moving AWSCURRENT to the new key",
         Step::Retire => "retiring the old key",
+        Step::Compensate => "undoing the failed rotation",
         Step::Report => "reporting",
     }
 }

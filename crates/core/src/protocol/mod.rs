@@ -1,0 +1,284 @@
+//! The rotation protocol, one file per step (`inspect`, `cleanup`, `create`, `verify`, `push`,
+//! `confirm`, `promote`, `retire`, `compensate`); this file holds what they share: the ports,
+//! the errors, the [`Progress`] carried between steps, and small re-reads.
+//!
+//! Every step has the same shape: re-read the real state it depends on, decide, act only on what
+//! is still missing. So any step can be retried, or resumed by a new process, at any time; the
+//! only thing carried between steps is a [`Progress`] of ids (never a secret), which travels in
+//! the Step Functions payload. What follows a step, or a failure, is not decided here but in
+//! [`machine`](crate::machine).
+
+mod cleanup;
+mod compensate;
+mod confirm;
+mod create;
+mod inspect;
+mod promote;
+mod push;
+mod retire;
+mod verify;
+
+pub use cleanup::cleanup;
+pub use compensate::{Compensation, compensate};
+pub use confirm::confirm;
+pub use create::create;
+pub use inspect::inspect;
+pub use promote::promote;
+pub use push::push;
+pub use retire::retire;
+pub use verify::verify;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Policy, Target};
+use crate::domain::{AccessKeyId, KeyStatus, RunId};
+use crate::plan::{Snapshot, StageInfo};
+use crate::ports::{
+    CallerIdentity, Clock, Endpoint, KeyStore, PortError, PortErrorKind, SecretStore,
+    ServiceConnections, Stage,
+};
+use crate::report::Step;
+use crate::secret_value::{self, Content};
+
+/// The adapters a run needs.
+#[derive(Clone)]
+pub struct Ports {
+    /// IAM.
+    pub iam: Arc<dyn KeyStore>,
+    /// Secrets Manager.
+    pub secrets: Arc<dyn SecretStore>,
+    /// STS.
+    pub sts: Arc<dyn CallerIdentity>,
+    /// Azure DevOps.
+    pub ado: Arc<dyn ServiceConnections>,
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What a step failure means for the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepErrorKind {
+    /// Transient; retrying the step may work.
+    Retryable,
+    /// IAM does not accept the new key yet.
+    NotPropagated,
+    /// Another run is rotating this target.
+    Busy,
+    /// Unsafe to go on: a person must act.
+    Refused,
+    /// The config names something that does not exist or cannot be used.
+    Invalid,
+    /// Permanent failure.
+    Failed,
+}
+
+/// A failed step: which, why (one sentence, no secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{step}: {message}")]
+pub struct StepError {
+    /// The step.
+    pub step: Step,
+    /// What it means.
+    pub kind: StepErrorKind,
+    /// One readable sentence.
+    pub message: String,
+}
+
+impl StepError {
+    /// A step error; key ids in the message are masked.
+    pub fn new(step: Step, kind: StepErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            step,
+            kind,
+            message: crate::domain::mask_key_ids(&message.into()),
+        }
+    }
+
+    /// A port error met in a step. `context` says what was being done.
+    pub(crate) fn port(step: Step, context: &str, e: PortError) -> Self {
+        let kind = match e.kind {
+            PortErrorKind::Retryable => StepErrorKind::Retryable,
+            PortErrorKind::NotFound
+            | PortErrorKind::Invalid
+            | PortErrorKind::Unauthorized
+            | PortErrorKind::Forbidden
+                if step == Step::Inspect =>
+            {
+                StepErrorKind::Invalid
+            }
+            PortErrorKind::Refused => StepErrorKind::Refused,
+            _ => StepErrorKind::Failed,
+        };
+        Self::new(step, kind, format!("{context}: {}", e.message))
+    }
+}
+
+/// Ids carried from step to step. Never a secret: it is the Step Functions payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The target's name.
+    pub target: String,
+    /// The run.
+    pub run_id: RunId,
+    /// The key the endpoints held before.
+    pub old_key: Option<AccessKeyId>,
+    /// The key being rotated in.
+    pub new_key: Option<AccessKeyId>,
+    /// The secret version holding the new key.
+    pub pending_version: Option<String>,
+    /// The version of this run's intent record, while it may still be at AWSPENDING.
+    pub intent_version: Option<String>,
+    /// This run created the new key (it did not resume one).
+    #[serde(default)]
+    pub created_here: bool,
+    /// This run sent (or tried to send) a credential update to a connection.
+    #[serde(default)]
+    pub put_attempted: bool,
+}
+
+impl Progress {
+    /// A fresh progress record.
+    pub fn new(target: &Target, run_id: RunId) -> Self {
+        Self {
+            target: target.name.to_string(),
+            run_id,
+            old_key: None,
+            new_key: None,
+            pending_version: None,
+            intent_version: None,
+            created_here: false,
+            put_attempted: false,
+        }
+    }
+}
+
+/// Maps a port error to a step error.
+pub(crate) fn at(step: Step, context: &'static str) -> impl Fn(PortError) -> StepError {
+    move |e| StepError::port(step, context, e)
+}
+
+/// Reads one stage's content, without keeping the secret.
+pub(crate) async fn stage_info(
+    ports: &Ports,
+    target: &Target,
+    stage: Stage,
+) -> Result<Option<StageInfo>, PortError> {
+    Ok(ports
+        .secrets
+        .read(&target.secret, stage)
+        .await?
+        .map(|(version, value)| StageInfo {
+            version,
+            content: secret_value::classify(&value),
+        }))
+}
+
+/// Finds every configured endpoint; one shared into several projects counts once. Errors
+/// belong to `step` (a refused PAT is bad input at inspect, a failure later on).
+pub async fn resolve_endpoints(
+    ports: &Ports,
+    target: &Target,
+    step: Step,
+) -> Result<Vec<Endpoint>, StepError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for r in &target.endpoints {
+        let e = ports
+            .ado
+            .find(&target.organization, r)
+            .await
+            .map_err(|e| StepError::port(step, &format!("service connection {r}"), e))?;
+        if seen.insert((e.handle.org.clone(), e.handle.id.clone())) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `key` is referenced by a stage of the secret.
+pub(crate) async fn staged_keys(
+    ports: &Ports,
+    target: &Target,
+) -> Result<Vec<(Stage, StageInfo)>, PortError> {
+    let mut out = Vec::new();
+    for stage in [Stage::Current, Stage::Pending, Stage::Previous] {
+        if let Some(info) = stage_info(ports, target, stage).await? {
+            out.push((stage, info));
+        }
+    }
+    Ok(out)
+}
+
+/// Retries a port call a few times on retryable errors (adapters retry too; this covers a
+/// step's must-succeed writes).
+pub(crate) async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PortError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut n = 1;
+    loop {
+        match f().await {
+            Err(e) if e.is_retryable() && n < attempts => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                n += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Reads the key this run rotates in, from AWSPENDING. If a racing run took the label off our
+/// version (it wrote its intent just after we stored the key, then lost to IAM's two-key limit),
+/// the label is put back: our version is the rotation in progress.
+pub(crate) async fn pending_secret(
+    ports: &Ports,
+    target: &Target,
+    progress: &Progress,
+    step: Step,
+) -> Result<(AccessKeyId, SecretString), StepError> {
+    let fail = |m: String| StepError::new(step, StepErrorKind::Failed, m);
+    let new = progress
+        .new_key
+        .clone()
+        .ok_or_else(|| fail("no new key in this run's progress".into()))?;
+    let mine = progress
+        .pending_version
+        .clone()
+        .ok_or_else(|| fail("no pending version in this run's progress".into()))?;
+    let holder = ports
+        .secrets
+        .read(&target.secret, Stage::Pending)
+        .await
+        .map_err(at(step, "reading AWSPENDING"))?;
+    let value = match holder {
+        Some((v, value)) if v == mine => value,
+        other => {
+            let value = ports
+                .secrets
+                .read_version(&target.secret, &mine)
+                .await
+                .map_err(at(step, "reading the new key's version"))?
+                .ok_or_else(|| fail(format!("the secret version holding {new} is gone")))?;
+            let from = other.map(|(v, _)| v);
+            ports
+                .secrets
+                .move_stage(&target.secret, Stage::Pending, Some(&mine), from.as_deref())
+                .await
+                .map_err(at(step, "putting AWSPENDING back on the new key"))?;
+            value
+        }
+    };
+    let k = secret_value::parse_key(&value)
+        .filter(|k| k.id == new)
+        .ok_or_else(|| fail(format!("the pending version no longer holds {new}")))?;
+    Ok((new, k.secret))
+}

@@ -1,0 +1,71 @@
+//! **promote**: AWSCURRENT to the new version.
+
+use super::*;
+
+/// **promote**: AWSCURRENT moves to the new version (the old becomes AWSPREVIOUS), AWSPENDING
+/// is dropped. Stage moves are absolute, so a repeat does nothing new.
+pub async fn promote(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
+    let step = Step::Promote;
+    let new_version = progress.pending_version.clone().ok_or_else(|| {
+        StepError::new(
+            step,
+            StepErrorKind::Failed,
+            "no pending version in this run's progress",
+        )
+    })?;
+    // A concurrent run finishing the same rotation may move a label between our read and our
+    // move; the move then fails, and a fresh read shows whether the work is done.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match promote_once(ports, target, &new_version).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempts < 3 && e.kind == PortErrorKind::Invalid => continue,
+            Err(e) => return Err(StepError::port(step, "moving the secret's stages", e)),
+        }
+    }
+}
+
+async fn promote_once(ports: &Ports, target: &Target, new_version: &str) -> Result<(), PortError> {
+    let versions = ports
+        .secrets
+        .versions(&target.secret)
+        .await?
+        .unwrap_or_default();
+    let holder = |label: &str| {
+        versions
+            .iter()
+            .find(|v| v.stages.iter().any(|s| s == label))
+            .map(|v| v.id.clone())
+    };
+    let current = holder("AWSCURRENT");
+    if current.as_deref() != Some(new_version) {
+        if let Some(old) = &current {
+            ports
+                .secrets
+                .move_stage(
+                    &target.secret,
+                    Stage::Previous,
+                    Some(old),
+                    holder("AWSPREVIOUS").as_deref(),
+                )
+                .await?;
+        }
+        ports
+            .secrets
+            .move_stage(
+                &target.secret,
+                Stage::Current,
+                Some(new_version),
+                current.as_deref(),
+            )
+            .await?;
+    }
+    if holder("AWSPENDING").as_deref() == Some(new_version) {
+        ports
+            .secrets
+            .move_stage(&target.secret, Stage::Pending, None, Some(new_version))
+            .await?;
+    }
+    Ok(())
+}

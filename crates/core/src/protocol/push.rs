@@ -1,0 +1,36 @@
+//! **push**: every connection updated in place with the new key.
+
+use super::*;
+
+/// **push**: every endpoint that does not hold the new key yet gets it, updated in place.
+pub async fn push(
+    ports: &Ports,
+    target: &Target,
+    progress: &mut Progress,
+) -> Result<Vec<String>, StepError> {
+    let step = Step::Push;
+    let (id, secret) = pending_secret(ports, target, progress, step).await?;
+    let mut updated = Vec::new();
+    for e in resolve_endpoints(ports, target, step).await? {
+        if e.key_id().as_ref() == Some(&id) {
+            continue;
+        }
+        if let Some(reason) = e.unrotatable_reason() {
+            return Err(StepError::new(step, StepErrorKind::Refused, reason));
+        }
+        progress.put_attempted = true;
+        ports
+            .ado
+            .set_credentials(&e.handle, &id, &secret)
+            .await
+            .map_err(|err| {
+                StepError::port(
+                    step,
+                    &format!("updating service connection '{}'", e.name),
+                    err,
+                )
+            })?;
+        updated.push(e.name);
+    }
+    Ok(updated)
+}

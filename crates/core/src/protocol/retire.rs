@@ -1,0 +1,67 @@
+//! **retire**: the old key Inactive, then deleted.
+
+use super::*;
+
+/// **retire**: the old key becomes Inactive, and is deleted now when there is no grace period
+/// (else by the first run after the grace period).
+///
+/// `delete` overrides the policy (a later run finishing a retirement whose grace is over).
+pub async fn retire(
+    ports: &Ports,
+    target: &Target,
+    policy: &Policy,
+    old: Option<&AccessKeyId>,
+    new: Option<&AccessKeyId>,
+    delete: Option<bool>,
+) -> Result<(), StepError> {
+    let Some(old) = old else { return Ok(()) };
+    if Some(old) == new {
+        return Ok(());
+    }
+    let delete = delete.unwrap_or(policy.delete_old_key_after.is_zero());
+    retire_key(ports, target, old, delete, Step::Retire).await
+}
+
+/// Deactivates a key (if Active) and deletes it when `delete`. Refuses a key an endpoint holds.
+pub(super) async fn retire_key(
+    ports: &Ports,
+    target: &Target,
+    id: &AccessKeyId,
+    delete: bool,
+    step: Step,
+) -> Result<(), StepError> {
+    let endpoints = resolve_endpoints(ports, target, step).await?;
+    if let Some(e) = endpoints.iter().find(|e| e.key_id().as_ref() == Some(id)) {
+        return Err(StepError::new(
+            step,
+            StepErrorKind::Refused,
+            format!(
+                "key {id} is still held by service connection '{}'; it stays Active",
+                e.name
+            ),
+        ));
+    }
+    let keys = ports
+        .iam
+        .list_keys(&target.iam_user)
+        .await
+        .map_err(at(step, "listing keys"))?;
+    let Some(k) = keys.iter().find(|k| &k.id == id) else {
+        return Ok(());
+    };
+    if k.status == KeyStatus::Active {
+        ports
+            .iam
+            .set_status(&target.iam_user, id, KeyStatus::Inactive)
+            .await
+            .map_err(at(step, "deactivating the old key"))?;
+    }
+    if delete {
+        match ports.iam.delete_key(&target.iam_user, id).await {
+            Ok(()) => {}
+            Err(e) if e.kind == PortErrorKind::NotFound => {}
+            Err(e) => return Err(StepError::port(step, "deleting the old key", e)),
+        }
+    }
+    Ok(())
+}

@@ -59,6 +59,9 @@ pub struct Policy {
     pub delete_old_key_after: Duration,
     /// How long the intent record written before `CreateAccessKey` holds off other runs.
     pub intent_lease: Duration,
+    /// How long a run owns a rotation from `create` on: another run stands aside until then,
+    /// and takes the rotation over only after it.
+    pub owner_lease: Duration,
     /// How many targets the CLI rotates at once.
     pub concurrency: usize,
 }
@@ -72,6 +75,7 @@ impl Default for Policy {
             verify_interval: Duration::from_secs(2),
             delete_old_key_after: Duration::ZERO,
             intent_lease: Duration::from_secs(300),
+            owner_lease: Duration::from_secs(30 * 60),
             concurrency: 4,
         }
     }
@@ -150,6 +154,7 @@ struct RawPolicy {
     verify_interval: Option<Spanned<String>>,
     delete_old_key_after: Option<Spanned<String>>,
     intent_lease: Option<Spanned<String>>,
+    owner_lease: Option<Spanned<String>>,
     concurrency: Option<Spanned<i64>>,
 }
 
@@ -301,6 +306,7 @@ impl Config {
                 d.delete_old_key_after,
             )?,
             intent_lease: cx.duration(&p.intent_lease, "policy.intent_lease", d.intent_lease)?,
+            owner_lease: cx.duration(&p.owner_lease, "policy.owner_lease", d.owner_lease)?,
             concurrency: cx.count(
                 &p.concurrency,
                 "policy.concurrency",

@@ -392,6 +392,14 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
                 Compensation::Compensated(s) | Compensation::Partial(s) => {
                     state.compensation = Some(s)
                 }
+                Compensation::StoodAside(s) => {
+                    // The rotation is another run's now: this target stood aside.
+                    if let Some(f) = state.failure.take() {
+                        state.note(&format!("{} failed: {}", f.step, f.message));
+                    }
+                    state.note(&s);
+                    state.outcome = Some(Outcome::Busy);
+                }
             }
             state.next = None;
         }

@@ -21,6 +21,8 @@ pub struct StageInfo {
     pub version: String,
     /// What it holds.
     pub content: Content,
+    /// The run that owns the rotation to this key, while it is at AWSPENDING.
+    pub owner: Option<crate::secret_value::Lease>,
 }
 
 /// The state of one target, as read by `inspect`.
@@ -245,6 +247,24 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
             }
         }
         Some(Content::Key { id, .. }) => {
+            // Invariant 7 (one owner at a time): a rotation another run owns is left to it
+            // until its lease expires; only then is it resumed (taken over).
+            let owner = s.pending.as_ref().and_then(|st| st.owner.as_ref());
+            if let Some(o) = owner.filter(|o| o.run_id != run_id && o.expires_at > now)
+                && s.key(id).is_some()
+            {
+                let mut b = Plan::new(
+                    Decision::Busy,
+                    format!(
+                        "another run ({}) owns the rotation to {id} until {}",
+                        o.run_id,
+                        when(o.expires_at)
+                    ),
+                );
+                b.old_key = held.iter().find(|h| *h != id).cloned();
+                b.new_key = Some(id.clone());
+                return b;
+            }
             if s.key(id).is_some() {
                 pending = Some(id);
             } else {

@@ -165,6 +165,7 @@ impl Given {
         Some(StageInfo {
             version: version.into(),
             content,
+            owner: None,
         })
     }
 

@@ -73,12 +73,13 @@ struct IntentBody {
 
 /// The fields keyrotor owns in the secret's JSON: it writes the first four and never copies
 /// the last (an intent record) from a previous value.
-pub const OWNED_FIELDS: [&str; 5] = [
+pub const OWNED_FIELDS: [&str; 6] = [
     "AccessKeyId",
     "SecretAccessKey",
     "UserName",
     "CreateDate",
     "KeyrotorIntent",
+    "KeyrotorOwner",
 ];
 
 /// Whether keyrotor owns a field of the secret's JSON. Compared ignoring ASCII case, so that a
@@ -114,6 +115,29 @@ pub fn key_value_over(
     user_name: &str,
     created: SystemTime,
 ) -> SecretString {
+    key_value_owned(base, id, secret, user_name, created, None)
+}
+
+/// Which run owns a rotation, and until when (invariant 7, one owner at a time): written into
+/// the new key's version while it is at AWSPENDING as `"KeyrotorOwner":{"RunId","ExpiresAt"}`.
+/// Another run resumes that rotation only once the lease has expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The run that owns the rotation.
+    pub run_id: String,
+    /// When another run may take it over.
+    pub expires_at: SystemTime,
+}
+
+/// [`key_value_over`], with the rotation's owner recorded in the value.
+pub fn key_value_owned(
+    base: Option<&SecretString>,
+    id: &AccessKeyId,
+    secret: &SecretString,
+    user_name: &str,
+    created: SystemTime,
+    owner: Option<&Lease>,
+) -> SecretString {
     let json = KeyJson {
         access_key_id: id.as_str(),
         secret_access_key: secret.expose_secret(),
@@ -129,6 +153,14 @@ pub fn key_value_over(
         .unwrap_or_default();
     if text.ends_with('}') {
         text.pop();
+        if let Some(o) = owner {
+            let body = IntentBody {
+                run_id: o.run_id.clone(),
+                expires_at: humantime::format_rfc3339_seconds(o.expires_at).to_string(),
+            };
+            text.push_str(",\"KeyrotorOwner\":");
+            text.push_str(&serde_json::to_string(&body).unwrap_or_default());
+        }
         for (field, value) in kept.iter().filter(|(f, _)| !owned(f)) {
             text.push(',');
             text.push_str(&serde_json::to_string(field).unwrap_or_default());
@@ -149,6 +181,20 @@ pub fn intent_value(run_id: &str, expires_at: SystemTime) -> SecretString {
         },
     };
     SecretString::from(serde_json::to_string(&json).unwrap_or_default())
+}
+
+/// The owner a key's version names, if any (see [`Lease`]).
+pub fn owner_of(value: &SecretString) -> Option<Lease> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Owned {
+        keyrotor_owner: IntentBody,
+    }
+    let o: Owned = serde_json::from_str(value.expose_secret()).ok()?;
+    Some(Lease {
+        expires_at: humantime::parse_rfc3339_weak(&o.keyrotor_owner.expires_at).ok()?,
+        run_id: o.keyrotor_owner.run_id,
+    })
 }
 
 /// Reads a key out of a value, if it holds one.
@@ -193,6 +239,28 @@ pub fn classify(value: &SecretString) -> Content {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_key_value_names_its_owner_and_the_owner_never_carries_over() {
+        let id = AccessKeyId::parse("AKIAQQQQQQQQQQQQ0NEW").unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lease = Lease {
+            run_id: "run-a".into(),
+            expires_at: t,
+        };
+        let v = key_value_owned(
+            None,
+            &id,
+            &SecretString::from("s3cr3t"),
+            "u",
+            t,
+            Some(&lease),
+        );
+        assert_eq!(owner_of(&v), Some(lease));
+        assert_eq!(parse_key(&v).unwrap().id, id);
+        let next = key_value_over(Some(&v), &id, &SecretString::from("other"), "u", t);
+        assert_eq!(owner_of(&next), None, "{}", next.expose_secret());
+    }
 
     #[test]
     fn a_key_round_trips_through_its_json() {

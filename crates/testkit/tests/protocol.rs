@@ -232,8 +232,8 @@ async fn a_permanent_push_failure_puts_switched_endpoints_back_on_the_old_key() 
     assert!(st.violations.is_empty(), "{:?}", st.violations);
 }
 
-/// Runs until the target converges (advancing the clock past the intent lease when a dead run's
-/// intent holds it off), checking invariants after every run.
+/// Runs until the target converges (advancing the clock past the leases when a dead run's intent
+/// or ownership holds it off), checking invariants after every run.
 async fn converge(sc: &Scenario, label: &str) {
     for attempt in 0..4 {
         let r = run(sc).await;
@@ -255,9 +255,9 @@ async fn converge(sc: &Scenario, label: &str) {
                 assert_eq!(sc.fakes.state().mutations, before, "{label}: invariant 6");
                 return;
             }
-            Outcome::Busy => sc
-                .fakes
-                .advance(sc.policy.intent_lease + Duration::from_secs(1)),
+            Outcome::Busy => sc.fakes.advance(
+                sc.policy.intent_lease.max(sc.policy.owner_lease) + Duration::from_secs(1),
+            ),
             _ => panic!(
                 "{label}: rerun {attempt} ended {:?}: {:?}",
                 r.outcome, r.error
@@ -543,4 +543,156 @@ async fn fields_other_readers_rely_on_survive_every_rotation() {
         );
         assert!(j.get("KeyrotorIntent").is_none());
     }
+}
+
+// ---- Safe among others: other runs, other connections (checked from outside: the fake IAM,
+// the secret's stages and every connection of the organization).
+
+use keyrotor_core::machine::{self, Context, TargetState};
+
+/// Drives a run through core's machine until the step it would run next is `until` (or done).
+async fn drive_until(sc: &Scenario, s: &mut TargetState, until: Option<Step>) {
+    let ports = sc.fakes.ports();
+    let cx = Context {
+        ports: &ports,
+        policy: &sc.policy,
+        target: &sc.target,
+        verify_budget: sc.policy.verify_timeout,
+    };
+    while s.next.is_some() && s.next != until {
+        if let Err(e) = machine::advance(&cx, s).await {
+            machine::fail(s, e);
+        }
+    }
+}
+
+fn run_state(sc: &Scenario, id: &str) -> TargetState {
+    TargetState::new(&sc.target, RunId::parse(id).unwrap(), true)
+}
+
+/// From outside: the user has an Active key, every connection of the organization holds an
+/// existing Active key, and AWSCURRENT names an existing key.
+fn nobody_is_left_without_a_key(sc: &Scenario, label: &str) {
+    let st = sc.fakes.state();
+    let keys = &st.users["pipeline"];
+    assert!(
+        keys.iter().any(|k| k.active),
+        "{label}: no Active key left: {keys:?}"
+    );
+    for e in &st.endpoints {
+        let held = e.username.as_deref().unwrap_or_default();
+        assert!(
+            keys.iter().any(|k| k.id == held && k.active),
+            "{label}: connection {} holds {held}, which is not an Active key",
+            e.name
+        );
+    }
+    let current = st.secrets["pipeline-key"]
+        .iter()
+        .find(|v| v.stages.iter().any(|s| s == "AWSCURRENT"))
+        .expect("AWSCURRENT");
+    let j: serde_json::Value = serde_json::from_str(&current.value).unwrap();
+    assert!(
+        keys.iter().any(|k| j["AccessKeyId"] == k.id.as_str()),
+        "{label}: AWSCURRENT names a key that does not exist"
+    );
+    drop(st);
+    sc.world()
+        .always()
+        .unwrap_or_else(|v| panic!("{label}: {v}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_overlapping_runs_never_leave_the_user_without_a_key() {
+    // "Safe among others", case 1: A creates and verifies; B starts and (was) resumed A's key;
+    // A's PUT is refused for good and A compensates (deletes the new key); B's PUT then landed
+    // the deleted key, B promoted it and retired the old one: zero keys.
+    let sc = Scenario::new(1);
+    let mut a = run_state(&sc, "run-a");
+    drive_until(&sc, &mut a, Some(Step::Push)).await;
+    let mut b = run_state(&sc, "run-b");
+    drive_until(&sc, &mut b, Some(Step::Push)).await;
+    assert_eq!(
+        b.outcome,
+        Some(Outcome::Busy),
+        "B stands aside: A owns the rotation ({b:?})"
+    );
+    assert_eq!(b.next, None);
+
+    sc.fakes.state().ado_put_script = [Some(PortError::new(
+        PortErrorKind::Failed,
+        "TF400813: refused",
+    ))]
+    .into_iter()
+    .collect();
+    drive_until(&sc, &mut a, None).await;
+    assert_eq!(a.outcome, Some(Outcome::Failed));
+    assert!(
+        a.compensation.as_deref().unwrap().contains("deleted"),
+        "{a:?}"
+    );
+    drive_until(&sc, &mut b, None).await;
+    nobody_is_left_without_a_key(&sc, "after A compensated and B went on");
+    assert_eq!(sc.fakes.state().users["pipeline"].len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_lease_expired_is_taken_over_and_stands_aside_without_undoing_anything() {
+    let sc = Scenario::new(1);
+    let mut a = run_state(&sc, "run-a");
+    drive_until(&sc, &mut a, Some(Step::Push)).await;
+    // A stalls past its lease; B takes the rotation over and finishes it.
+    sc.fakes
+        .advance(sc.policy.owner_lease + Duration::from_secs(1));
+    let mut b = run_state(&sc, "run-b");
+    drive_until(&sc, &mut b, Some(Step::Promote)).await;
+    assert_eq!(b.failure, None, "{b:?}");
+    assert_eq!(b.progress.new_key, a.progress.new_key, "B resumed A's key");
+    // A wakes up: before its PUT it sees it lost the rotation, and undoes nothing.
+    drive_until(&sc, &mut a, None).await;
+    assert_eq!(a.outcome, Some(Outcome::Busy), "{a:?}");
+    assert!(a.compensation.is_none(), "{a:?}");
+    drive_until(&sc, &mut b, None).await;
+    assert_eq!(b.outcome, Some(Outcome::Rotated), "{b:?}");
+    nobody_is_left_without_a_key(&sc, "after the takeover");
+    sc.world().after_success().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_that_a_connection_outside_the_config_holds_is_not_retired() {
+    // "Safe among others", case 2: another project's AWS connection, not in the config, holds
+    // the same key; the rotation used to delete the key under it.
+    let sc = Scenario::new(1);
+    let (old, secret) = sc.initial_key.clone();
+    sc.fakes.add_endpoint(
+        keyrotor_testkit::fakes::ORG,
+        "Billing",
+        "aws-shared",
+        Some((&old, &secret)),
+    );
+    let mut o = opts();
+    o.force = true;
+    let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+    assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
+    assert_eq!(r.failed_step, Some(Step::Retire));
+    let error = r.error.clone().unwrap();
+    assert!(
+        error.contains("Billing/aws-shared") && error.contains("not in this target's config"),
+        "{error}"
+    );
+    assert!(!error.contains(&old), "key ids are masked: {error}");
+    let st = sc.fakes.state();
+    let k = st.users["pipeline"]
+        .iter()
+        .find(|k| k.id == old)
+        .expect("the old key still exists");
+    assert!(k.active, "and is still Active");
+    let listed = st.endpoints.iter().find(|e| e.name == "aws-0").unwrap();
+    assert_ne!(
+        listed.username.as_deref(),
+        Some(old.as_str()),
+        "the listed connection was rotated"
+    );
+    drop(st);
+    nobody_is_left_without_a_key(&sc, "unlisted holder");
 }

@@ -11,6 +11,8 @@ pub enum Compensation {
     Compensated(String),
     /// Some endpoints hold the new (verified) key and could not be put back; the old key is kept.
     Partial(String),
+    /// Another run took the rotation over: nothing of it was undone.
+    StoodAside(String),
 }
 
 /// Undoes a failed rotation as far as is safe: endpoints already switched go back to the old
@@ -47,6 +49,12 @@ async fn compensate_inner(
         }
         return Ok(Compensation::Nothing);
     };
+    // Invariant 7: a rotation another run took over is that run's now; undo nothing of it.
+    if let Some(other) = taken_over_by(ports, target, progress, step).await? {
+        return Ok(Compensation::StoodAside(format!(
+            "another run ({other}) took this rotation over; nothing of it was undone"
+        )));
+    }
     let endpoints = match resolve_endpoints(ports, target, step).await {
         Ok(eps) => eps,
         // This run created the key and never sent a PUT: no connection can hold it.
@@ -110,6 +118,36 @@ async fn compensate_inner(
                     e.name
                 )));
             }
+        }
+    }
+    // Invariant 1, every connection of the organization counted: the new key is deleted only
+    // when no AWS connection holds it, listed in the config or not (another run may have
+    // pushed it).
+    match holders_of(ports, target, new, step).await {
+        Ok(h) if !h.is_empty() => {
+            let names: Vec<String> = h
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}/{}",
+                        c.projects.first().map_or("?", String::as_str),
+                        c.name
+                    )
+                })
+                .collect();
+            return Ok(Compensation::Partial(format!(
+                "{} hold the new, verified key {new}, so it is kept Active, and so is the old key; the next run finishes the rotation",
+                names.join(", ")
+            )));
+        }
+        Ok(_) => {}
+        // This run created the key and never sent a PUT: no connection can hold it.
+        Err(_) if progress.created_here && !progress.put_attempted => {}
+        Err(e) => {
+            return Ok(Compensation::Partial(format!(
+                "the new key {new} is kept: whether a connection holds it could not be checked ({})",
+                e.message
+            )));
         }
     }
     match ports.iam.delete_key(&target.iam_user, new).await {

@@ -30,10 +30,12 @@ pub async fn create(
             .await
             .map_err(at(step, "reading AWSPENDING"))?
         {
-            match info.content {
+            match info.content.clone() {
                 Content::Key { id, .. } if keys.iter().any(|k| k.id == id) => {
+                    let version =
+                        take_over(ports, target, policy, progress, &keys, &id, info).await?;
                     progress.new_key = Some(id);
-                    progress.pending_version = Some(info.version);
+                    progress.pending_version = Some(version);
                     return Ok(());
                 }
                 Content::Intent { run_id, expires_at }
@@ -144,12 +146,17 @@ pub async fn create(
         }
         Err(e) => return Err(StepError::port(step, "creating the access key", e)),
     };
-    let value = secret_value::key_value_over(
+    let owner = secret_value::Lease {
+        run_id: progress.run_id.to_string(),
+        expires_at: now + policy.owner_lease,
+    };
+    let value = secret_value::key_value_owned(
         base.as_ref(),
         &new.info.id,
         &new.secret,
         target.iam_user.as_str(),
         new.info.created,
+        Some(&owner),
     );
     let token = progress.run_id.token("key");
     let stored = with_retries(4, || {
@@ -180,4 +187,79 @@ pub async fn create(
             ))
         }
     }
+}
+
+/// Resumes the rotation to `id`, found at AWSPENDING. Invariant 7 (one owner at a time): a
+/// rotation another run owns is left to it while its lease lasts (`Busy`); this run's own is
+/// simply resumed; one without a live owner (crashed, or written before owners were recorded)
+/// is taken over: a new version of the same key names this run as the owner and takes the
+/// AWSPENDING label, so the previous owner, should it wake up, sees that it lost the rotation
+/// before its next visible action and stands aside.
+async fn take_over(
+    ports: &Ports,
+    target: &Target,
+    policy: &Policy,
+    progress: &Progress,
+    keys: &[crate::ports::KeyInfo],
+    id: &AccessKeyId,
+    info: StageInfo,
+) -> Result<String, StepError> {
+    let step = Step::Create;
+    let now = ports.clock.now();
+    let me = progress.run_id.as_str();
+    match &info.owner {
+        Some(o) if o.run_id == me => return Ok(info.version),
+        Some(o) if o.expires_at > now => {
+            return Err(StepError::new(
+                step,
+                StepErrorKind::Busy,
+                format!(
+                    "another run ({}) owns the rotation to {id}; standing aside",
+                    o.run_id
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let (version, value) = ports
+        .secrets
+        .read(&target.secret, Stage::Pending)
+        .await
+        .map_err(at(step, "reading AWSPENDING"))?
+        .ok_or_else(|| {
+            StepError::new(
+                step,
+                StepErrorKind::Busy,
+                "AWSPENDING changed; standing aside",
+            )
+        })?;
+    let stored = secret_value::parse_key(&value).filter(|k| &k.id == id);
+    let (Some(stored), true) = (stored, version == info.version) else {
+        return Err(StepError::new(
+            step,
+            StepErrorKind::Busy,
+            "AWSPENDING changed since it was read; another run is acting; standing aside",
+        ));
+    };
+    let created = keys.iter().find(|k| &k.id == id).map_or(now, |k| k.created);
+    let owner = secret_value::Lease {
+        run_id: me.to_owned(),
+        expires_at: now + policy.owner_lease,
+    };
+    let owned = secret_value::key_value_owned(
+        Some(&value),
+        id,
+        &stored.secret,
+        &stored.user_name,
+        created,
+        Some(&owner),
+    );
+    let token = progress.run_id.token("takeover");
+    with_retries(3, || {
+        ports
+            .secrets
+            .put(&target.secret, &token, &owned, Stage::Pending)
+    })
+    .await
+    .map_err(at(step, "taking the rotation over"))
 }

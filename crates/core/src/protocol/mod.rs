@@ -175,6 +175,7 @@ pub(crate) async fn stage_info(
         .await?
         .map(|(version, value)| StageInfo {
             version,
+            owner: secret_value::owner_of(&value),
             content: secret_value::classify(&value),
         }))
 }
@@ -261,6 +262,17 @@ pub(crate) async fn pending_secret(
         .map_err(at(step, "reading AWSPENDING"))?;
     let value = match holder {
         Some((v, value)) if v == mine => value,
+        Some((_, ref value))
+            if secret_value::parse_key(value).is_some_and(|k| k.id == new)
+                && secret_value::owner_of(value)
+                    .is_some_and(|o| o.run_id != progress.run_id.as_str()) =>
+        {
+            return Err(StepError::new(
+                step,
+                StepErrorKind::Busy,
+                "another run took this rotation over; standing aside",
+            ));
+        }
         other => {
             let value = ports
                 .secrets
@@ -281,4 +293,103 @@ pub(crate) async fn pending_secret(
         .filter(|k| k.id == new)
         .ok_or_else(|| fail(format!("the pending version no longer holds {new}")))?;
     Ok((new, k.secret))
+}
+
+/// Invariant 7 (one owner at a time), checked right before every visible or destructive action
+/// of a rotation (PUT, confirm, promote): the new key still exists and is Active in IAM, and no
+/// other run has taken the rotation over (AWSPENDING holds a version of the same key that names
+/// another owner). Either is `Busy`: this run stands aside and undoes nothing; a key someone
+/// deactivated is `Refused`.
+pub(crate) async fn ensure_owner(
+    ports: &Ports,
+    target: &Target,
+    progress: &Progress,
+    step: Step,
+) -> Result<(), StepError> {
+    let new = progress.new_key.as_ref().ok_or_else(|| {
+        StepError::new(
+            step,
+            StepErrorKind::Failed,
+            "no new key in this run's progress",
+        )
+    })?;
+    let keys = ports
+        .iam
+        .list_keys(&target.iam_user)
+        .await
+        .map_err(at(step, "listing keys"))?;
+    match keys.iter().find(|k| &k.id == new) {
+        Some(k) if k.status == KeyStatus::Active => {}
+        Some(_) => {
+            return Err(StepError::new(
+                step,
+                StepErrorKind::Refused,
+                format!(
+                    "the new key {new} was deactivated by someone else; no connection is switched to it"
+                ),
+            ));
+        }
+        None => {
+            return Err(StepError::new(
+                step,
+                StepErrorKind::Busy,
+                format!(
+                    "the new key {new} no longer exists: another run undid this rotation; standing aside"
+                ),
+            ));
+        }
+    }
+    if let Some(other) = taken_over_by(ports, target, progress, step).await? {
+        return Err(StepError::new(
+            step,
+            StepErrorKind::Busy,
+            format!("another run ({other}) took this rotation over; standing aside"),
+        ));
+    }
+    Ok(())
+}
+
+/// The run that took this run's rotation over, if one did: AWSPENDING holds another version of
+/// the same key, naming another owner.
+pub(crate) async fn taken_over_by(
+    ports: &Ports,
+    target: &Target,
+    progress: &Progress,
+    step: Step,
+) -> Result<Option<String>, StepError> {
+    let Some(new) = progress.new_key.as_ref() else {
+        return Ok(None);
+    };
+    let pending = ports
+        .secrets
+        .read(&target.secret, Stage::Pending)
+        .await
+        .map_err(at(step, "reading AWSPENDING"))?;
+    Ok(pending.and_then(|(v, value)| {
+        if Some(&v) == progress.pending_version.as_ref() {
+            return None;
+        }
+        let same_key = secret_value::parse_key(&value).is_some_and(|k| &k.id == new);
+        secret_value::owner_of(&value)
+            .filter(|o| same_key && o.run_id != progress.run_id.as_str())
+            .map(|o| o.run_id)
+    }))
+}
+
+/// Every AWS service connection of the target's organization (all projects, listed in the
+/// config or not) that holds `id`.
+pub(crate) async fn holders_of(
+    ports: &Ports,
+    target: &Target,
+    id: &AccessKeyId,
+    step: Step,
+) -> Result<Vec<crate::ports::AwsConnection>, StepError> {
+    let all = ports.ado.list_aws(&target.organization).await.map_err(at(
+        step,
+        "listing the organization's AWS service connections",
+    ))?;
+    Ok(all
+        .into_iter()
+        .filter(|c| c.key_id.as_ref() == Some(id))
+        .collect())
 }

@@ -6,6 +6,7 @@ use super::*;
 /// is dropped. Stage moves are absolute, so a repeat does nothing new.
 pub async fn promote(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
     let step = Step::Promote;
+    ensure_owner(ports, target, progress, step).await?;
     let new_version = progress.pending_version.clone().ok_or_else(|| {
         StepError::new(
             step,

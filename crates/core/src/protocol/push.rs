@@ -11,7 +11,10 @@ pub async fn push(
     let step = Step::Push;
     let (id, secret) = pending_secret(ports, target, progress, step).await?;
     let mut updated = Vec::new();
-    for e in resolve_endpoints(ports, target, step).await? {
+    let endpoints = resolve_endpoints(ports, target, step).await?;
+    // Right before the PUTs: this run still owns the rotation and its key is live.
+    ensure_owner(ports, target, progress, step).await?;
+    for e in endpoints {
         if e.key_id().as_ref() == Some(&id) {
             continue;
         }

@@ -22,7 +22,10 @@ pub async fn retire(
     retire_key(ports, target, old, delete, Step::Retire).await
 }
 
-/// Deactivates a key (if Active) and deletes it when `delete`. Refuses a key an endpoint holds.
+/// Deactivates a key (if Active) and deletes it when `delete`. Invariant 1 (pipelines never
+/// break, every connection of the organization counted): a key that any AWS connection of the
+/// organization holds, listed in the config or not, stays Active and the step is refused, naming
+/// the connections.
 pub(super) async fn retire_key(
     ports: &Ports,
     target: &Target,
@@ -30,16 +33,32 @@ pub(super) async fn retire_key(
     delete: bool,
     step: Step,
 ) -> Result<(), StepError> {
-    let endpoints = resolve_endpoints(ports, target, step).await?;
-    if let Some(e) = endpoints.iter().find(|e| e.key_id().as_ref() == Some(id)) {
-        return Err(StepError::new(
-            step,
-            StepErrorKind::Refused,
+    let holders = holders_of(ports, target, id, step).await?;
+    if !holders.is_empty() {
+        let listed = resolve_endpoints(ports, target, step)
+            .await
+            .map(|eps| eps.into_iter().map(|e| e.handle.id).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let (mine, others): (Vec<_>, Vec<_>) = holders.iter().partition(|c| listed.contains(&c.id));
+        let name = |c: &&crate::ports::AwsConnection| {
+            format!(
+                "{}/{}",
+                c.projects.first().map_or("?", String::as_str),
+                c.name
+            )
+        };
+        let message = if others.is_empty() {
             format!(
                 "key {id} is still held by service connection '{}'; it stays Active",
-                e.name
-            ),
-        ));
+                mine.iter().map(name).collect::<Vec<_>>().join("', '")
+            )
+        } else {
+            format!(
+                "key {id} stays Active: service connection '{}' holds it and is not in this target's config; add it to the target's endpoints (or point it at the new key), then run keyrotor again",
+                others.iter().map(name).collect::<Vec<_>>().join("', '")
+            )
+        };
+        return Err(StepError::new(step, StepErrorKind::Refused, message));
     }
     let keys = ports
         .iam

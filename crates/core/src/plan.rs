@@ -159,6 +159,23 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// Whether an intent record in the secret announced `k`: created inside the window between the
+/// intent's writing (its expiry less `intent_lease`, less a minute of clock skew) and its expiry.
+fn made_by_keyrotor(s: &Snapshot, policy: &Policy, k: &KeyInfo) -> bool {
+    [&s.current, &s.pending, &s.previous]
+        .into_iter()
+        .flatten()
+        .any(|st| match &st.content {
+            Content::Intent { expires_at, .. } => {
+                let from = expires_at
+                    .checked_sub(policy.intent_lease + Duration::from_secs(60))
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                k.created >= from && k.created <= *expires_at
+            }
+            _ => false,
+        })
+}
+
 /// Decides what a run does. Pure: the same inputs give the same plan.
 pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: bool) -> Plan {
     let refuse = |reason: String| Plan::new(Decision::Refuse, reason);
@@ -293,12 +310,26 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
             s.previous.as_ref().map(|st| &st.content),
             Some(Content::Legacy | Content::Intent { .. })
         );
+    // Adoption picks only the key that was current before the first rotation: one created
+    // before the key that replaced it (the one at AWSPENDING, or at AWSCURRENT after promote).
+    let replaced_by = pending
+        .or(if adopted_previous {
+            s.current_key()
+        } else {
+            None
+        })
+        .and_then(|id| s.key(id))
+        .map(|k| k.created);
     let mut adopted_old: Option<AccessKeyId> = None;
+    let mut strangers: Vec<&KeyInfo> = Vec::new();
     for k in &s.keys {
         if held.contains(&k.id) || staged.contains(&k.id) {
             continue;
         }
-        if k.last_used.is_some() && (pending.is_some() || adopted_previous) {
+        if k.last_used.is_some()
+            && (pending.is_some() || adopted_previous)
+            && replaced_by.is_some_and(|r| k.created < r)
+        {
             adopted_old = Some(k.id.clone());
             continue;
         }
@@ -311,7 +342,14 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
                 when(used)
             ));
         }
-        p.orphans.push(k.id.clone());
+        // Invariant 8 (hands off): a never-used key nobody holds is deleted only when keyrotor
+        // can show it created it: an intent record of a run announced it (the key was created
+        // inside that intent's window). Anything else is someone's new key.
+        if made_by_keyrotor(s, policy, k) {
+            p.orphans.push(k.id.clone());
+        } else {
+            strangers.push(k);
+        }
     }
 
     // Resume the rotation at AWSPENDING.
@@ -364,8 +402,28 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
     let other = s
         .keys
         .iter()
-        .find(|k| k.id != in_use && !p.orphans.contains(&k.id))
+        .find(|k| {
+            k.id != in_use && !p.orphans.contains(&k.id) && !strangers.iter().any(|x| x.id == k.id)
+        })
         .cloned();
+    if let Some(x) = strangers.first() {
+        // Someone else's key: never deactivated or deleted. It only matters when a rotation
+        // needs its room (IAM allows two keys).
+        let age = in_use_info
+            .as_ref()
+            .map(|k| now.duration_since(k.created).unwrap_or_default())
+            .unwrap_or_default();
+        if force || age >= policy.min_key_age {
+            return refuse(format!(
+                "IAM user '{user}' has a second key {} (created {}, never used, held by no \
+                 service connection, in no stage of the secret) that keyrotor did not create: \
+                 keyrotor will not delete it, and IAM allows two keys; delete it or give it \
+                 to its consumer, then run keyrotor again",
+                x.id,
+                when(x.created)
+            ));
+        }
+    }
     let grace_over = in_use_info.as_ref().is_some_and(|k| {
         now.duration_since(k.created).unwrap_or_default() >= policy.delete_old_key_after
     });

@@ -509,20 +509,27 @@ plans! {
 // ---------------------------------------------------------------------------------------------
 
 plans! {
-    a_never_used_unknown_key_is_an_orphan_of_a_due_rotation:
+    // "Safe among others", case 3: a never-used key nobody holds is someone's new key unless an
+    // intent record of keyrotor announced it.
+    a_never_used_key_keyrotor_did_not_create_blocks_a_due_rotation_and_is_kept:
         snap().key(OLD, Active, 10, USED).key(STRAY, Active, 2, NEVER_USED)
             .held_by("aws-prod", OLD).current(key_of(OLD))
-        => rotate().old_key(OLD).orphan(STRAY);
+        => refuse().naming(STRAY).because("did not create");
 
-    a_never_used_unknown_key_is_an_orphan_even_when_nothing_is_due:
+    a_never_used_key_an_intent_announced_is_an_orphan_of_a_due_rotation:
+        snap().key(OLD, Active, 10, USED).key(STRAY, Active, 0, NEVER_USED)
+            .held_by("aws-prod", OLD).current(key_of(OLD)).pending_intent(OTHER_RUN, 0)
+        => rotate().old_key(OLD).orphan(STRAY).clear_pending();
+
+    a_never_used_key_keyrotor_did_not_create_is_left_alone_when_nothing_is_due:
         snap().key(OLD, Active, 1, USED).key(STRAY, Active, 0, NEVER_USED)
             .held_by("aws-prod", OLD).current(key_of(OLD))
-        => nothing_due().old_key(OLD).orphan(STRAY).because("min_key_age");
+        => nothing_due().old_key(OLD).because("min_key_age");
 
-    an_inactive_never_used_unknown_key_is_an_orphan:
+    an_inactive_never_used_key_keyrotor_did_not_create_is_left_alone:
         snap().key(OLD, Active, 1, USED).key(STRAY, Inactive, 20, NEVER_USED)
             .held_by("aws-prod", OLD).current(key_of(OLD))
-        => nothing_due().old_key(OLD).orphan(STRAY);
+        => nothing_due().old_key(OLD);
 
     an_unknown_key_that_was_used_is_refused_not_deleted:
         snap().key(OLD, Active, 10, USED).key(STRAY, Active, 30, USED)
@@ -552,7 +559,7 @@ plans! {
 
     an_expired_intent_of_another_run_is_cleared_and_its_key_is_an_orphan:
         snap().key(OLD, Active, 10, USED).key(STRAY, Active, 0, NEVER_USED)
-            .held_by("aws-prod", OLD).current(key_of(OLD)).pending_intent(OTHER_RUN, -1)
+            .held_by("aws-prod", OLD).current(key_of(OLD)).pending_intent(OTHER_RUN, 0)
         => rotate().old_key(OLD).orphan(STRAY).clear_pending();
 
     an_expired_intent_is_cleared_even_when_nothing_is_due:
@@ -824,7 +831,8 @@ fn tidying_up_changes_something_even_when_nothing_is_due() {
         .key(OLD, Active, 1, USED)
         .key(STRAY, Active, 0, NEVER_USED)
         .held_by("aws-prod", OLD)
-        .current(key_of(OLD));
+        .current(key_of(OLD))
+        .pending_intent(OTHER_RUN, 0);
     let unfinished_retire = snap()
         .key(OLD, Active, 10, USED)
         .key(NEW, Active, 1, USED)

@@ -157,18 +157,78 @@ async fn an_unknown_key_that_was_used_is_refused_not_deleted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_never_used_orphan_is_deleted_before_rotating() {
+async fn an_orphan_a_crashed_run_announced_is_deleted_before_rotating() {
     let sc = Scenario::new(1);
-    sc.fakes.add_key("pipeline", Duration::from_secs(3600));
+    let (id, _) = sc.fakes.add_key("pipeline", Duration::from_secs(3600));
+    // The crashed run's intent: written just before the key, expired since.
+    {
+        let mut st = sc.fakes.state();
+        let created = st.users["pipeline"]
+            .iter()
+            .find(|k| k.id == id)
+            .unwrap()
+            .created;
+        let intent = keyrotor_core::secret_value::intent_value(
+            "crashed-run",
+            created + Duration::from_secs(60),
+        );
+        let versions = st.secrets.get_mut("pipeline-key").unwrap();
+        versions.push(keyrotor_testkit::fakes::FakeVersion {
+            id: "intent-of-the-crashed-run-000000000".into(),
+            value: secrecy::ExposeSecret::expose_secret(&intent).to_owned(),
+            stages: vec!["AWSPENDING".into()],
+        });
+    }
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
     assert!(r.steps.contains(&Step::Cleanup));
+    assert!(
+        !sc.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == id),
+        "the orphan is gone"
+    );
     assert_eq!(
         sc.fakes.state().limit_exceeded,
         0,
         "invariant 4: no LimitExceeded from our leftovers"
     );
     sc.world().after_success().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_a_person_created_is_never_deleted() {
+    // "Safe among others", case 3: someone creates a second key for a new consumer; the next
+    // run deleted it as a "never used orphan".
+    let sc = Scenario::new(1);
+    let (id, _) = sc.fakes.add_key("pipeline", Duration::from_secs(600));
+    let before = sc.fakes.state().mutations;
+    let r = run(&sc).await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Refused,
+        "a due rotation needs its room: {r:?}"
+    );
+    assert!(
+        r.error.as_deref().unwrap().contains("did not create"),
+        "{r:?}"
+    );
+    let st = sc.fakes.state();
+    assert_eq!(st.mutations, before, "nothing changed");
+    assert!(st.users["pipeline"].iter().any(|k| k.id == id && k.active));
+    drop(st);
+
+    // Nothing due: the key is left alone, and the run is fine.
+    let mut young = Scenario::new(1);
+    young.policy.min_key_age = Duration::from_secs(30 * 86_400);
+    let (id, _) = young.fakes.add_key("pipeline", Duration::from_secs(600));
+    let r = run(&young).await;
+    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
+    assert!(
+        young.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == id && k.active)
+    );
 }
 
 #[tokio::test(start_paused = true)]

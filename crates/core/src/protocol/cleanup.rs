@@ -16,34 +16,8 @@ pub async fn cleanup(
     let step = Step::Cleanup;
     let now = ports.clock.now();
     let mut done = Vec::new();
-    if clear_pending {
-        let keys = ports
-            .iam
-            .list_keys(&target.iam_user)
-            .await
-            .map_err(at(step, "listing keys"))?;
-        if let Some(info) = stage_info(ports, target, Stage::Pending)
-            .await
-            .map_err(at(step, "reading AWSPENDING"))?
-        {
-            let stale = match &info.content {
-                Content::Intent {
-                    run_id: r,
-                    expires_at,
-                } => r != run_id.as_str() && *expires_at <= now,
-                Content::Key { id, .. } => !keys.iter().any(|k| &k.id == id),
-                Content::Legacy | Content::Foreign => true,
-            };
-            if stale {
-                ports
-                    .secrets
-                    .move_stage(&target.secret, Stage::Pending, None, Some(&info.version))
-                    .await
-                    .map_err(at(step, "clearing a stale AWSPENDING"))?;
-                done.push("cleared a stale AWSPENDING label".to_owned());
-            }
-        }
-    }
+    // Orphans first: the stale intent that proves keyrotor created them is still in the
+    // secret if this run dies in between.
     for id in orphans {
         // Keys first, then the stages: a key created after our first read is announced by an
         // intent record that this second read sees.
@@ -84,6 +58,34 @@ pub async fn cleanup(
             )),
             Err(e) if e.kind == PortErrorKind::NotFound => {}
             Err(e) => return Err(StepError::port(step, "deleting an orphan key", e)),
+        }
+    }
+    if clear_pending {
+        let keys = ports
+            .iam
+            .list_keys(&target.iam_user)
+            .await
+            .map_err(at(step, "listing keys"))?;
+        if let Some(info) = stage_info(ports, target, Stage::Pending)
+            .await
+            .map_err(at(step, "reading AWSPENDING"))?
+        {
+            let stale = match &info.content {
+                Content::Intent {
+                    run_id: r,
+                    expires_at,
+                } => r != run_id.as_str() && *expires_at <= now,
+                Content::Key { id, .. } => !keys.iter().any(|k| &k.id == id),
+                Content::Legacy | Content::Foreign => true,
+            };
+            if stale {
+                ports
+                    .secrets
+                    .move_stage(&target.secret, Stage::Pending, None, Some(&info.version))
+                    .await
+                    .map_err(at(step, "clearing a stale AWSPENDING"))?;
+                done.push("cleared a stale AWSPENDING label".to_owned());
+            }
         }
     }
     if let Some(id) = make_room {

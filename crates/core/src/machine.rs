@@ -219,6 +219,8 @@ pub fn fail(state: &mut TargetState, e: StepError) {
     match recovery {
         Recovery::Compensate => state.next = Some(Step::Compensate),
         Recovery::LeaveForNextRun => {
+            // `compensate` only gives up this run's ownership, so the next run resumes at once.
+            state.next = Some(Step::Compensate);
             state.compensation = Some(format!(
                 "every connection holds the new key {}; the old key is kept; the next run finishes {}",
                 state
@@ -387,7 +389,21 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
             }
         }
         Step::Compensate => {
-            match protocol::compensate(ports, target, &state.progress).await {
+            let leave = state
+                .failure
+                .as_ref()
+                .is_some_and(|f| recovery(state, f) == Recovery::LeaveForNextRun);
+            let done = if leave {
+                Compensation::Nothing
+            } else {
+                protocol::compensate(ports, target, &state.progress).await
+            };
+            // Whatever this run leaves at AWSPENDING is for the next run: give up the ownership
+            // now instead of holding every other run off until the lease expires.
+            if leave || matches!(done, Compensation::Partial(_)) {
+                protocol::release(ports, target, &state.progress).await;
+            }
+            match done {
                 Compensation::Nothing => {}
                 Compensation::Compensated(s) | Compensation::Partial(s) => {
                     state.compensation = Some(s)

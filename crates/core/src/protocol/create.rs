@@ -263,3 +263,48 @@ async fn take_over(
     .await
     .map_err(at(step, "taking the rotation over"))
 }
+
+/// Gives up this run's ownership of its rotation (best effort): when AWSPENDING still holds this
+/// run's version of the new key, a new version of the same key names this run with a lease that
+/// has already expired, so the next run resumes the rotation at once. Used when a run ends
+/// leaving its rotation to the next one.
+pub async fn release(ports: &Ports, target: &Target, progress: &Progress) -> bool {
+    let Some(mine) = progress.pending_version.as_ref() else {
+        return false;
+    };
+    let Ok(Some((version, value))) = ports.secrets.read(&target.secret, Stage::Pending).await
+    else {
+        return false;
+    };
+    let Some(stored) = secret_value::parse_key(&value).filter(|_| &version == mine) else {
+        return false;
+    };
+    let now = ports.clock.now();
+    let released = secret_value::Lease {
+        run_id: progress.run_id.to_string(),
+        expires_at: now,
+    };
+    let keys = ports
+        .iam
+        .list_keys(&target.iam_user)
+        .await
+        .unwrap_or_default();
+    let created = keys
+        .iter()
+        .find(|k| k.id == stored.id)
+        .map_or(now, |k| k.created);
+    let value = secret_value::key_value_owned(
+        Some(&value),
+        &stored.id,
+        &stored.secret,
+        &stored.user_name,
+        created,
+        Some(&released),
+    );
+    let token = progress.run_id.token("release");
+    ports
+        .secrets
+        .put(&target.secret, &token, &value, Stage::Pending)
+        .await
+        .is_ok()
+}

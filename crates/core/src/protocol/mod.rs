@@ -21,7 +21,7 @@ mod verify;
 pub use cleanup::cleanup;
 pub use compensate::{Compensation, compensate};
 pub use confirm::confirm;
-pub use create::create;
+pub use create::{create, release};
 pub use inspect::inspect;
 pub use promote::promote;
 pub use push::push;

@@ -292,6 +292,17 @@ impl KeyStore for Aws {
     }
 }
 
+/// A secret that holds a binary value: keyrotor keeps a JSON string, and will not overwrite what
+/// some other program stored.
+fn binary_secret(name: &SecretName) -> PortError {
+    PortError::new(
+        PortErrorKind::Invalid,
+        format!(
+            "secret '{name}' holds a binary value (SecretBinary), not a string; keyrotor keeps its key as JSON text: give it a secret of its own"
+        ),
+    )
+}
+
 #[async_trait]
 impl SecretStore for Aws {
     async fn versions(&self, name: &SecretName) -> PortResult<Option<Vec<SecretVersion>>> {
@@ -307,6 +318,16 @@ impl SecretStore for Aws {
         let Some(out) = optional(described)? else {
             return Ok(None);
         };
+        // Two rotators would fight over one key: Secrets Manager's own rotation (a rotation
+        // Lambda) and keyrotor. Refused before anything changes.
+        if out.rotation_enabled() == Some(true) {
+            return Err(PortError::new(
+                PortErrorKind::Invalid,
+                format!(
+                    "secret '{name}' has Secrets Manager rotation turned on (a rotation Lambda rotates it too); turn it off or give keyrotor a secret of its own"
+                ),
+            ));
+        }
         let mut versions: Vec<SecretVersion> = out
             .version_ids_to_stages()
             .into_iter()
@@ -338,6 +359,9 @@ impl SecretStore for Aws {
             return Ok(None);
         };
         let version = out.version_id().unwrap_or_default().to_owned();
+        if out.secret_string().is_none() && out.secret_binary().is_some() {
+            return Err(binary_secret(name));
+        }
         Ok(out
             .secret_string()
             .map(|s| (version, SecretString::from(s.to_owned()))))
@@ -356,10 +380,15 @@ impl SecretStore for Aws {
             .send()
             .await
             .map_err(|e| map_err("Secrets Manager GetSecretValue", e));
-        Ok(optional(r)?.and_then(|out| {
-            out.secret_string()
-                .map(|s| SecretString::from(s.to_owned()))
-        }))
+        let Some(out) = optional(r)? else {
+            return Ok(None);
+        };
+        if out.secret_string().is_none() && out.secret_binary().is_some() {
+            return Err(binary_secret(name));
+        }
+        Ok(out
+            .secret_string()
+            .map(|s| SecretString::from(s.to_owned())))
     }
 
     async fn create(&self, name: &SecretName, description: &str) -> PortResult<()> {

@@ -30,7 +30,7 @@ fn short_lease(env: &Env) {
     let text = std::fs::read_to_string(&env.config).unwrap();
     let text = text.replace(
         "[policy]\n",
-        "[policy]\nintent_lease = \"2s\"\nverify_consecutive = 2\n",
+        "[policy]\nintent_lease = \"2s\"\nowner_lease = \"2s\"\nverify_consecutive = 2\n",
     );
     std::fs::write(&env.config, text).unwrap();
 }
@@ -183,7 +183,7 @@ async fn converge(env: &Env, label: &str) {
             .unwrap_or_else(|v| panic!("{label}: after a rerun ({outcome}): {v}"));
         match outcome.as_str() {
             "rotated" | "nothing-due" => break,
-            // Standing aside until the killed run's intent expires (policy.intent_lease = 2s).
+            // Standing aside until the killed run's intent or ownership expires (both leases 2s).
             "busy" => tokio::time::sleep(Duration::from_millis(500)).await,
             other => panic!(
                 "{label}: rerun ended {other}: {}",

@@ -10,10 +10,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use keyrotor_aws::Aws;
-use keyrotor_testkit::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
-use keyrotor_testkit::aws_seed;
-use keyrotor_testkit::moto::Moto;
-use keyrotor_testkit::slack::SlackSink;
+use keyrotor_standins::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
+use keyrotor_standins::aws_seed;
+use keyrotor_standins::moto::Moto;
+use keyrotor_standins::slack::SlackSink;
 use serde_json::{Value, json};
 
 use crate::Io;
@@ -91,7 +91,7 @@ async fn body(args: &SandboxArgs, dir: &Path, io: &mut Io<'_>) -> Result<i32> {
         .context("starting moto")??;
     st.line(&format!(
         "AWS (moto {})            {}",
-        keyrotor_testkit::moto::MOTO_VERSION,
+        keyrotor_standins::moto::MOTO_VERSION,
         moto.endpoint
     ));
 

@@ -189,7 +189,7 @@ pub fn ensure_installed() -> Result<PathBuf> {
         return Ok(py);
     }
     eprintln!(
-        "keyrotor-testkit: installing moto[server]=={MOTO_VERSION} into {} (once)",
+        "keyrotor-standins: installing moto[server]=={MOTO_VERSION} into {} (once)",
         venv.display()
     );
     let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keyrotor_testkit::slack::{Reply, SlackSink};
+use keyrotor_standins::slack::{Reply, SlackSink};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use keyrotor_testkit::ado::{AdoEmulator, Seed};
+use keyrotor_standins::ado::{AdoEmulator, Seed};
 
 const USAGE: &str = "usage: ado-emulator --seed FILE [--port N] [--ignore-stdin]
 

@@ -254,7 +254,7 @@ impl SlackSink {
                 .with_graceful_shutdown(stop)
                 .await
             {
-                eprintln!("keyrotor-testkit: the Slack sink stopped: {e}");
+                eprintln!("keyrotor-standins: the Slack sink stopped: {e}");
             }
         });
         Ok(Self {

@@ -2,12 +2,12 @@
 //!
 //! Prints its webhook URL as the first line of standard output, then serves until standard
 //! input closes (so it dies with the process that started it), SIGTERM or Ctrl-C. Posts and
-//! scripts are under `/_sink/` on the same address (see `keyrotor_testkit::slack`).
+//! scripts are under `/_sink/` on the same address (see `keyrotor_standins::slack`).
 
 use std::io::Write;
 
 use anyhow::Result;
-use keyrotor_testkit::slack::SlackSink;
+use keyrotor_standins::slack::SlackSink;
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -1,13 +1,13 @@
-//! Small tools for scripts: `keyrotor-tools install-moto` installs the pinned moto[server] into
+//! Small tools for scripts: `keyrotor-tools install-moto` installs the pinned `moto[server]` into
 //! its virtualenv (once) and prints where.
 
 fn main() {
     let arg = std::env::args().nth(1);
     match arg.as_deref() {
-        Some("install-moto") => match keyrotor_testkit::moto::ensure_installed() {
+        Some("install-moto") => match keyrotor_standins::moto::ensure_installed() {
             Ok(py) => println!(
                 "moto {} ready: {}",
-                keyrotor_testkit::moto::MOTO_VERSION,
+                keyrotor_standins::moto::MOTO_VERSION,
                 py.display()
             ),
             Err(e) => {

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keyrotor_testkit::ado::{
+use keyrotor_standins::ado::{
     AdoEmulator, Fault, Op, OrgSeed, RateLimit, Scope, Seed, aws_endpoint,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};

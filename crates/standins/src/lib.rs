@@ -1,0 +1,26 @@
+//! # keyrotor-standins
+//!
+//! Local stand-ins for the services keyrotor talks to, for `keyrotor sandbox`, the tests and
+//! the benchmarks.
+//!
+//! This crate is separate from `keyrotor-testkit` because the `keyrotor` binary ships it:
+//! `keyrotor sandbox` starts these stand-ins, so they are a normal dependency of the product.
+//! Code only tests need (the in-memory fakes, the fault-injecting AWS proxy, the Lambda Runtime
+//! API stand-in) stays in `keyrotor-testkit`, which the shipped binaries never depend on.
+//!
+//! # Layout
+//!
+//! - [`moto`]: installs (once, pinned, in a virtualenv) and starts moto in server mode on a
+//!   free loopback port; stops it when dropped, or when the process that started it dies.
+//! - [`ado`]: an emulator of Azure DevOps' service-endpoint API (library and `ado-emulator`).
+//! - [`slack`]: a Slack incoming-webhook sink (library and `slack-sink`).
+//! - [`aws_seed`]: seeds moto: a user whose key a secret keeps, parameters.
+//!
+//! The `keyrotor-tools install-moto` binary installs moto ahead of time (`scripts/test`).
+
+#![warn(missing_docs)]
+
+pub mod ado;
+pub mod aws_seed;
+pub mod moto;
+pub mod slack;

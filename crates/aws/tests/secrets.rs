@@ -5,7 +5,7 @@ use aws_sdk_secretsmanager::primitives::Blob;
 use keyrotor_aws::Aws;
 use keyrotor_core::domain::SecretName;
 use keyrotor_core::ports::{PortErrorKind, SecretStore, Stage};
-use keyrotor_testkit::moto::Moto;
+use keyrotor_standins::moto::Moto;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_secret_is_refused_naming_it_not_read_as_no_value() {

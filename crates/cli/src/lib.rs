@@ -263,6 +263,8 @@ async fn prepare(
 }
 
 fn fail_usage(io: &mut Io<'_>, msg: &str) -> i32 {
+    // The last net under a message built from a service's answer: see `domain::redact`.
+    let msg = keyrotor_core::domain::redact(msg);
     let _ = writeln!(io.err, "error: {msg}");
     exit::USAGE
 }

@@ -82,6 +82,53 @@ impl fmt::Debug for AccessKeyId {
 }
 string_newtype_serde!(AccessKeyId);
 
+/// What may leave keyrotor as text (a step error, a Lambda diagnostic, CLI output, a Slack
+/// message): access key ids masked, and any secret-shaped token (a secret access key, a PAT, a
+/// Slack webhook URL) replaced by `[redacted]`, in case a service echoed one into an error.
+/// Secrets never reach a message on purpose (they are `SecretString`s); this is the net under
+/// every outward boundary. Whitespace is kept.
+pub fn redact(text: &str) -> String {
+    let masked = mask_key_ids(text);
+    let mut out = String::with_capacity(masked.len());
+    for piece in masked.split_inclusive(char::is_whitespace) {
+        let word = piece.trim_end_matches(char::is_whitespace);
+        out.push_str(&redact_token(word));
+        out.push_str(&piece[word.len()..]);
+    }
+    out
+}
+
+/// A secret-shaped token: a Slack webhook URL, or 32+ characters of base64/base32 mixing
+/// letter cases or digits (40 of base64 is a secret access key, 52 of base32 an Azure DevOps
+/// PAT; a word people read is neither this long nor this mixed).
+fn looks_secret(token: &str) -> bool {
+    if token.contains("/services/") || token.contains("hooks.slack.com") {
+        return true;
+    }
+    let charset = token
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
+    let lower = token.chars().any(|c| c.is_ascii_lowercase());
+    let upper = token.chars().any(|c| c.is_ascii_uppercase());
+    let digit = token.chars().any(|c| c.is_ascii_digit());
+    let classes = [lower, upper, digit].into_iter().filter(|b| *b).count();
+    token.len() >= 32 && charset && classes >= 2
+}
+
+fn redact_token(token: &str) -> String {
+    let is_edge = |c: char| "'\"()[]{}<>.,;:!?`".contains(c);
+    let start = token.find(|c: char| !is_edge(c)).unwrap_or(token.len());
+    let end = token.rfind(|c: char| !is_edge(c)).map_or(start, |i| {
+        i + token[i..].chars().next().map_or(0, char::len_utf8)
+    });
+    let core = &token[start..end];
+    if !core.is_empty() && looks_secret(core) {
+        format!("{}[redacted]{}", &token[..start], &token[end..])
+    } else {
+        token.to_owned()
+    }
+}
+
 /// Masks anything that looks like an access key id inside free text (an error message from a
 /// service, say), so that no full key id reaches a person.
 pub fn mask_key_ids(text: &str) -> String {
@@ -475,6 +522,27 @@ string_newtype_serde!(RunId);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_masks_key_ids_and_secret_shaped_tokens_and_keeps_the_rest() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let pat = "abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnop2345";
+        let hook = "https://hooks.slack.com/services/T000/B000/XXXX";
+        let text = format!(
+            "key AKIAIOSFODNN7EXAMPLE refused ({secret}); PAT '{pat}', hook {hook}\nrun 5b0e2c9a-8f41-4d1b-a7c3-0e9d6f2b1a77 ok"
+        );
+        let r = redact(&text);
+        for s in [secret, pat, hook, "AKIAIOSFODNN7EXAMPLE"] {
+            assert!(!r.contains(s), "{r}");
+        }
+        assert!(r.contains("AKIA…MPLE"), "{r}");
+        assert!(r.contains("([redacted]);"), "{r}");
+        assert!(r.contains("PAT '[redacted]',"), "{r}");
+        assert!(
+            r.contains("\nrun 5b0e2c9a-8f41-4d1b-a7c3-0e9d6f2b1a77 ok"),
+            "ids and newlines stay: {r}"
+        );
+    }
 
     #[test]
     fn key_ids_are_masked_in_display_and_debug() {

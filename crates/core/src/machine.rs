@@ -292,11 +292,10 @@ pub fn failed_elsewhere(state: &mut TargetState, error_name_: &str, message: &st
     fail(state, StepError::new(step, kind, redact(&message)));
 }
 
-/// Redacts what may leave keyrotor (errors, Lambda diagnostics, reports): access key ids are
-/// masked. Secrets never reach a message in the first place (they are `SecretString`s), and
-/// the adapters strip URLs that could carry one.
+/// Redacts what may leave keyrotor (errors, Lambda diagnostics, reports, notifications): see
+/// [`crate::domain::redact`].
 pub fn redact(s: &str) -> String {
-    crate::domain::mask_key_ids(s)
+    crate::domain::redact(s)
 }
 
 /// Runs the step `state.next` names and moves the state on. On error the state keeps what the

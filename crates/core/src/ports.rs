@@ -52,7 +52,7 @@ impl PortError {
     pub fn new(kind: PortErrorKind, message: impl AsRef<str>) -> Self {
         Self {
             kind,
-            message: crate::domain::mask_key_ids(message.as_ref()),
+            message: crate::domain::redact(message.as_ref()),
         }
     }
     /// Whether a later attempt may work.

@@ -330,38 +330,6 @@ fn fit_lines(lines: Vec<Line>, budget: usize) -> Vec<Line> {
     out
 }
 
-/// Anything that must not reach a person even if a service echoed it into an error: a full
-/// access key id is masked; a secret-shaped token becomes `[redacted]`.
-fn looks_secret(token: &str) -> bool {
-    if token.contains("/services/") || token.contains("hooks.slack.com") {
-        return true; // a Slack webhook URL: posting rights to the channel
-    }
-    let charset = token
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
-    let lower = token.chars().any(|c| c.is_ascii_lowercase());
-    let upper = token.chars().any(|c| c.is_ascii_uppercase());
-    let digit = token.chars().any(|c| c.is_ascii_digit());
-    // 40 characters of base64 is a secret access key; 52 of base32 an Azure DevOps PAT. A word
-    // people read is neither this long nor this mixed.
-    let classes = [lower, upper, digit].into_iter().filter(|b| *b).count();
-    token.len() >= 32 && charset && classes >= 2
-}
-
-fn redact_token(token: &str) -> String {
-    let is_edge = |c: char| "'\"()[]{}<>.,;:!?`".contains(c);
-    let start = token.find(|c: char| !is_edge(c)).unwrap_or(token.len());
-    let end = token.rfind(|c: char| !is_edge(c)).map_or(start, |i| {
-        i + token[i..].chars().next().map_or(0, char::len_utf8)
-    });
-    let core = &token[start..end];
-    if !core.is_empty() && looks_secret(core) {
-        format!("{}[redacted]{}", &token[..start], &token[end..])
-    } else {
-        token.to_owned()
-    }
-}
-
 /// A short value (a name, an id, a key): key ids masked, whitespace collapsed, clipped.
 fn field(s: &str, max: usize) -> String {
     let s = mask_key_ids(s);
@@ -371,9 +339,8 @@ fn field(s: &str, max: usize) -> String {
 /// Free text (an error, a reason, what was done): key ids masked, secret-shaped tokens
 /// redacted, one line, clipped.
 fn prose(s: &str, max: usize) -> String {
-    let s = mask_key_ids(s);
-    let words: Vec<String> = s.split_whitespace().map(redact_token).collect();
-    clip(&words.join(" "), max)
+    let s = keyrotor_core::domain::redact(s);
+    clip(&s.split_whitespace().collect::<Vec<_>>().join(" "), max)
 }
 
 fn duration(ms: u64) -> String {

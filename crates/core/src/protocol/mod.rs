@@ -96,7 +96,7 @@ impl StepError {
         Self {
             step,
             kind,
-            message: crate::domain::mask_key_ids(&message.into()),
+            message: crate::domain::redact(&message.into()),
         }
     }
 

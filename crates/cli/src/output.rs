@@ -155,7 +155,11 @@ pub fn status_text(
         let s = match r {
             Ok(s) => s,
             Err(e) => {
-                let _ = writeln!(out, "    error: {}\n", keyrotor_core::domain::redact(&e.message));
+                let _ = writeln!(
+                    out,
+                    "    error: {}\n",
+                    keyrotor_core::domain::redact(&e.message)
+                );
                 continue;
             }
         };

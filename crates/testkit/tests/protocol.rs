@@ -213,10 +213,11 @@ async fn a_key_a_person_created_is_never_deleted() {
         r.error.as_deref().unwrap().contains("did not create"),
         "{r:?}"
     );
-    let st = sc.fakes.state();
-    assert_eq!(st.mutations, before, "nothing changed");
-    assert!(st.users["pipeline"].iter().any(|k| k.id == id && k.active));
-    drop(st);
+    {
+        let st = sc.fakes.state();
+        assert_eq!(st.mutations, before, "nothing changed");
+        assert!(st.users["pipeline"].iter().any(|k| k.id == id && k.active));
+    }
 
     // Nothing due: the key is left alone, and the run is fine.
     let mut young = Scenario::new(1);

@@ -172,6 +172,32 @@ fn key_id(raw: &str) -> PortResult<AccessKeyId> {
 
 #[async_trait]
 impl KeyStore for Aws {
+    async fn list_keys_brief(&self, user: &IamUserName) -> PortResult<Vec<KeyInfo>> {
+        let out = self
+            .iam
+            .list_access_keys()
+            .user_name(user.as_str())
+            .send()
+            .await
+            .map_err(|e| map_err("IAM ListAccessKeys", e))?;
+        let mut keys = Vec::new();
+        for m in out.access_key_metadata() {
+            let Some(id) = m.access_key_id() else {
+                continue;
+            };
+            keys.push(KeyInfo {
+                status: match m.status() {
+                    Some(StatusType::Active) => KeyStatus::Active,
+                    _ => KeyStatus::Inactive,
+                },
+                created: to_system(m.create_date()).unwrap_or(SystemTime::UNIX_EPOCH),
+                last_used: None,
+                id: key_id(id)?,
+            });
+        }
+        Ok(keys)
+    }
+
     async fn list_keys(&self, user: &IamUserName) -> PortResult<Vec<KeyInfo>> {
         let out = self
             .iam

@@ -90,6 +90,16 @@ pub struct NewKey {
 pub trait KeyStore: Send + Sync {
     /// The user's keys with their last use. `NotFound` if the user does not exist.
     async fn list_keys(&self, user: &IamUserName) -> PortResult<Vec<KeyInfo>>;
+    /// The user's keys and their status, without their last use (`last_used` is `None`): one
+    /// `ListAccessKeys`, for the checks that need no date (is the new key still there and
+    /// Active, is there room for a key). `NotFound` if the user does not exist.
+    async fn list_keys_brief(&self, user: &IamUserName) -> PortResult<Vec<KeyInfo>> {
+        let mut keys = self.list_keys(user).await?;
+        for k in &mut keys {
+            k.last_used = None;
+        }
+        Ok(keys)
+    }
     /// `CreateAccessKey`. `LimitExceeded` if the user already has two keys.
     async fn create_key(&self, user: &IamUserName) -> PortResult<NewKey>;
     /// `UpdateAccessKey`.

@@ -63,7 +63,7 @@ pub async fn cleanup(
     if clear_pending {
         let keys = ports
             .iam
-            .list_keys(&target.iam_user)
+            .list_keys_brief(&target.iam_user)
             .await
             .map_err(at(step, "listing keys"))?;
         if let Some(info) = stage_info(ports, target, Stage::Pending)

@@ -80,7 +80,7 @@ async fn compensate_inner(
         };
         let keys = ports
             .iam
-            .list_keys(&target.iam_user)
+            .list_keys_brief(&target.iam_user)
             .await
             .map_err(at(step, "listing keys"))?;
         let old_active = old.as_ref().is_some_and(|o| {

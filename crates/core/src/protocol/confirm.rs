@@ -5,7 +5,7 @@ use super::*;
 /// **confirm**: every endpoint, read back, holds the new key and is ready.
 pub async fn confirm(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
     let step = Step::Confirm;
-    ensure_owner(ports, target, progress, step).await?;
+    ensure_key_live(ports, target, progress, step).await?;
     let new = progress.new_key.clone().ok_or_else(|| {
         StepError::new(
             step,

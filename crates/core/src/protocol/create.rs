@@ -16,15 +16,15 @@ pub async fn create(
     let mut own_intent = None;
     let keys = ports
         .iam
-        .list_keys(&target.iam_user)
+        .list_keys_brief(&target.iam_user)
         .await
         .map_err(at(step, "listing keys"))?;
-    let exists = ports
+    let versions = ports
         .secrets
         .versions(&target.secret)
         .await
-        .map_err(at(step, "reading the secret"))?
-        .is_some();
+        .map_err(at(step, "reading the secret"))?;
+    let exists = versions.is_some();
     if exists {
         if let Some(info) = stage_info(ports, target, Stage::Pending)
             .await
@@ -32,8 +32,17 @@ pub async fn create(
         {
             match info.content.clone() {
                 Content::Key { id, .. } if keys.iter().any(|k| k.id == id) => {
-                    let version =
-                        take_over(ports, target, policy, progress, &keys, &id, info).await?;
+                    // A rotation whose key is already AWSCURRENT (a promote cut short) is
+                    // finished as it stands: a new version of the same key would push the old
+                    // key's version out of AWSPREVIOUS.
+                    let promoted = versions.iter().flatten().any(|v| {
+                        v.id == info.version && v.stages.iter().any(|s| s == "AWSCURRENT")
+                    });
+                    let version = if promoted {
+                        info.version
+                    } else {
+                        take_over(ports, target, policy, progress, &keys, &id, info).await?
+                    };
                     progress.new_key = Some(id);
                     progress.pending_version = Some(version);
                     return Ok(());
@@ -286,7 +295,7 @@ pub async fn release(ports: &Ports, target: &Target, progress: &Progress) -> boo
     };
     let keys = ports
         .iam
-        .list_keys(&target.iam_user)
+        .list_keys_brief(&target.iam_user)
         .await
         .unwrap_or_default();
     let created = keys

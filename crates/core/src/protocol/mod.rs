@@ -295,12 +295,13 @@ pub(crate) async fn pending_secret(
     Ok((new, k.secret))
 }
 
-/// Invariant 7 (one owner at a time), checked right before every visible or destructive action
-/// of a rotation (PUT, confirm, promote): the new key still exists and is Active in IAM, and no
-/// other run has taken the rotation over (AWSPENDING holds a version of the same key that names
-/// another owner). Either is `Busy`: this run stands aside and undoes nothing; a key someone
-/// deactivated is `Refused`.
-pub(crate) async fn ensure_owner(
+/// Invariant 7 (one owner at a time), the IAM half, checked right before every visible or
+/// destructive action of a rotation (PUT, confirm, promote): the new key still exists and is
+/// Active. Gone is `Busy` (another run undid the rotation: stand aside, undo nothing); Inactive
+/// is `Refused` (someone deactivated it). The secret half (no other run took the rotation
+/// over) is read where the step reads AWSPENDING anyway: `pending_secret` (push) and promote's
+/// stage read, so the happy path pays one `ListAccessKeys` per action and nothing more.
+pub(crate) async fn ensure_key_live(
     ports: &Ports,
     target: &Target,
     progress: &Progress,
@@ -315,38 +316,26 @@ pub(crate) async fn ensure_owner(
     })?;
     let keys = ports
         .iam
-        .list_keys(&target.iam_user)
+        .list_keys_brief(&target.iam_user)
         .await
         .map_err(at(step, "listing keys"))?;
     match keys.iter().find(|k| &k.id == new) {
-        Some(k) if k.status == KeyStatus::Active => {}
-        Some(_) => {
-            return Err(StepError::new(
-                step,
-                StepErrorKind::Refused,
-                format!(
-                    "the new key {new} was deactivated by someone else; no connection is switched to it"
-                ),
-            ));
-        }
-        None => {
-            return Err(StepError::new(
-                step,
-                StepErrorKind::Busy,
-                format!(
-                    "the new key {new} no longer exists: another run undid this rotation; standing aside"
-                ),
-            ));
-        }
-    }
-    if let Some(other) = taken_over_by(ports, target, progress, step).await? {
-        return Err(StepError::new(
+        Some(k) if k.status == KeyStatus::Active => Ok(()),
+        Some(_) => Err(StepError::new(
+            step,
+            StepErrorKind::Refused,
+            format!(
+                "the new key {new} was deactivated by someone else; no connection is switched to it"
+            ),
+        )),
+        None => Err(StepError::new(
             step,
             StepErrorKind::Busy,
-            format!("another run ({other}) took this rotation over; standing aside"),
-        ));
+            format!(
+                "the new key {new} no longer exists: another run undid this rotation; standing aside"
+            ),
+        )),
     }
-    Ok(())
 }
 
 /// The run that took this run's rotation over, if one did: AWSPENDING holds another version of

@@ -6,7 +6,7 @@ use super::*;
 /// is dropped. Stage moves are absolute, so a repeat does nothing new.
 pub async fn promote(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
     let step = Step::Promote;
-    ensure_owner(ports, target, progress, step).await?;
+    ensure_key_live(ports, target, progress, step).await?;
     let new_version = progress.pending_version.clone().ok_or_else(|| {
         StepError::new(
             step,
@@ -19,15 +19,37 @@ pub async fn promote(ports: &Ports, target: &Target, progress: &Progress) -> Res
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match promote_once(ports, target, &new_version).await {
+        match promote_once(ports, target, progress, &new_version).await {
             Ok(()) => return Ok(()),
-            Err(e) if attempts < 3 && e.kind == PortErrorKind::Invalid => continue,
-            Err(e) => return Err(StepError::port(step, "moving the secret's stages", e)),
+            Err(Stop::Port(e)) if attempts < 3 && e.kind == PortErrorKind::Invalid => continue,
+            Err(Stop::Port(e)) => {
+                return Err(StepError::port(step, "moving the secret's stages", e));
+            }
+            Err(Stop::Step(e)) => return Err(e),
         }
     }
 }
 
-async fn promote_once(ports: &Ports, target: &Target, new_version: &str) -> Result<(), PortError> {
+/// Why one promotion attempt stopped.
+enum Stop {
+    /// A port failed (an `Invalid` one is a label that moved under us: read again).
+    Port(PortError),
+    /// Another run took the rotation over.
+    Step(StepError),
+}
+
+impl From<PortError> for Stop {
+    fn from(e: PortError) -> Self {
+        Stop::Port(e)
+    }
+}
+
+async fn promote_once(
+    ports: &Ports,
+    target: &Target,
+    progress: &Progress,
+    new_version: &str,
+) -> Result<(), Stop> {
     let versions = ports
         .secrets
         .versions(&target.secret)
@@ -40,6 +62,22 @@ async fn promote_once(ports: &Ports, target: &Target, new_version: &str) -> Resu
             .map(|v| v.id.clone())
     };
     let current = holder("AWSCURRENT");
+    // Invariant 7, the secret half: AWSPENDING on another version before this run's key is
+    // current may be another run's takeover; only then is its value read.
+    let pending = holder("AWSPENDING");
+    if current.as_deref() != Some(new_version)
+        && pending.is_some()
+        && pending.as_deref() != Some(new_version)
+        && let Some(other) = taken_over_by(ports, target, progress, Step::Promote)
+            .await
+            .map_err(Stop::Step)?
+    {
+        return Err(Stop::Step(StepError::new(
+            Step::Promote,
+            StepErrorKind::Busy,
+            format!("another run ({other}) took this rotation over; standing aside"),
+        )));
+    }
     if current.as_deref() != Some(new_version) {
         if let Some(old) = &current {
             ports

@@ -9,11 +9,12 @@ pub async fn push(
     progress: &mut Progress,
 ) -> Result<Vec<String>, StepError> {
     let step = Step::Push;
-    let (id, secret) = pending_secret(ports, target, progress, step).await?;
     let mut updated = Vec::new();
     let endpoints = resolve_endpoints(ports, target, step).await?;
-    // Right before the PUTs: this run still owns the rotation and its key is live.
-    ensure_owner(ports, target, progress, step).await?;
+    // Right before the PUTs: this run still owns the rotation (AWSPENDING is its version, not
+    // taken over) and its key is live in IAM.
+    let (id, secret) = pending_secret(ports, target, progress, step).await?;
+    ensure_key_live(ports, target, progress, step).await?;
     for e in endpoints {
         if e.key_id().as_ref() == Some(&id) {
             continue;

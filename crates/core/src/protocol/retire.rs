@@ -62,7 +62,7 @@ pub(super) async fn retire_key(
     }
     let keys = ports
         .iam
-        .list_keys(&target.iam_user)
+        .list_keys_brief(&target.iam_user)
         .await
         .map_err(at(step, "listing keys"))?;
     let Some(k) = keys.iter().find(|k| &k.id == id) else {

@@ -757,3 +757,107 @@ async fn a_key_that_a_connection_outside_the_config_holds_is_not_retired() {
     drop(st);
     nobody_is_left_without_a_key(&sc, "unlisted holder");
 }
+
+/// How a run records a failed step: in-process (the CLI keeps what the step did before it
+/// failed) or as the Lambda does (the failed invocation's partial progress is lost; the Catch
+/// hands the state it started from to `compensate`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Driver {
+    Cli,
+    Lambda,
+}
+
+/// One step of a run through core's machine, recording a failure as its driver does.
+async fn step_once(sc: &Scenario, s: &mut TargetState, driver: Driver) {
+    let ports = sc.fakes.ports();
+    let cx = Context {
+        ports: &ports,
+        policy: &sc.policy,
+        target: &sc.target,
+        verify_budget: sc.policy.verify_timeout,
+    };
+    let before = s.clone();
+    if let Err(e) = machine::advance(&cx, s).await {
+        match driver {
+            Driver::Cli => machine::fail(s, e),
+            Driver::Lambda => {
+                *s = before;
+                machine::failed_elsewhere(s, machine::error_name(e.kind), &e.message);
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_runs_interleaved_at_every_step_with_a_failure_or_a_death_leave_everyone_a_key() {
+    // "Safe among others": B starts after A's i-th step and runs j steps, then A goes on (or
+    // has died), then B finishes; one of them may have its PUT refused for good. Every pair of
+    // drivers (CLI and CLI, CLI and Step Functions, two executions). Checked from outside after
+    // every single step; afterwards a fresh run converges.
+    let mut cases = 0;
+    for (da, db) in [
+        (Driver::Cli, Driver::Cli),
+        (Driver::Cli, Driver::Lambda),
+        (Driver::Lambda, Driver::Cli),
+        (Driver::Lambda, Driver::Lambda),
+    ] {
+        for trouble in ["none", "a-put-refused", "b-put-refused", "a-dies"] {
+            for i in 0..=7usize {
+                for j in [0usize, 1, 2, 3, 5, 9] {
+                    cases += 1;
+                    let label = format!("{da:?}/{db:?} {trouble} i={i} j={j}");
+                    let sc = Scenario::new(2);
+                    let mut a = run_state(&sc, "run-a");
+                    let mut b = run_state(&sc, "run-b");
+                    let refuse_next_put = |sc: &Scenario, s: &TargetState, who: &str| {
+                        if s.next == Some(Step::Push) && trouble == format!("{who}-put-refused") {
+                            sc.fakes.state().ado_put_script = [Some(PortError::new(
+                                PortErrorKind::Failed,
+                                "TF400813: refused",
+                            ))]
+                            .into_iter()
+                            .collect();
+                        }
+                    };
+                    for _ in 0..i {
+                        if a.next.is_none() {
+                            break;
+                        }
+                        refuse_next_put(&sc, &a, "a");
+                        step_once(&sc, &mut a, da).await;
+                        nobody_is_left_without_a_key(&sc, &label);
+                    }
+                    for _ in 0..j {
+                        if b.next.is_none() {
+                            break;
+                        }
+                        refuse_next_put(&sc, &b, "b");
+                        step_once(&sc, &mut b, db).await;
+                        nobody_is_left_without_a_key(&sc, &label);
+                    }
+                    if trouble != "a-dies" {
+                        while a.next.is_some() {
+                            refuse_next_put(&sc, &a, "a");
+                            step_once(&sc, &mut a, da).await;
+                            nobody_is_left_without_a_key(&sc, &label);
+                        }
+                    }
+                    while b.next.is_some() {
+                        refuse_next_put(&sc, &b, "b");
+                        step_once(&sc, &mut b, db).await;
+                        nobody_is_left_without_a_key(&sc, &label);
+                    }
+                    sc.fakes.state().ado_put_script.clear();
+                    assert!(
+                        sc.fakes.state().limit_exceeded <= 1,
+                        "{label}: at most the losing run meets the two-key limit"
+                    );
+                    converge(&sc, &label).await;
+                }
+            }
+        }
+    }
+    println!(
+        "interleavings: {cases} cases (2 runs, 4 driver pairs, 4 troubles), all safe and converged"
+    );
+}

@@ -162,6 +162,7 @@ webhook = "ssm:{WEBHOOK_PARAM}"
 [policy]
 verify_interval = "1ms"
 verify_consecutive = 1
+drain = "0s"
 concurrency = {concurrency}
 "#,
             org = ado.org_url(ORG),

@@ -94,6 +94,10 @@ pub enum Command {
         /// Rotate even when the key is younger than min_key_age.
         #[arg(long)]
         force: bool,
+        /// Wait out policy.drain and retire the old key in this run (else the old key stays
+        /// Active until the drain is over, and a later run retires it).
+        #[arg(long)]
+        wait_for_drain: bool,
     },
     /// Show what `rotate` would do, changing nothing.
     #[command(after_help = EXIT_CODES)]
@@ -198,8 +202,12 @@ pub async fn run(args: Vec<OsString>, backend: &dyn Backend, io: &mut Io<'_>) ->
             let _ = io.out.write_all(keyrotor_core::config::EXAMPLE.as_bytes());
             exit::OK
         }
-        Command::Rotate { sel, force } => rotate(&sel, force, false, backend, io).await,
-        Command::Plan { sel, force } => rotate(&sel, force, true, backend, io).await,
+        Command::Rotate {
+            sel,
+            force,
+            wait_for_drain,
+        } => rotate(&sel, force, false, wait_for_drain, backend, io).await,
+        Command::Plan { sel, force } => rotate(&sel, force, true, false, backend, io).await,
         Command::Status { sel } => status(&sel, backend, io).await,
         Command::Audit(args) => audit::run(&args, backend, io).await,
         Command::Sandbox(args) => sandbox::run(&args, io).await,
@@ -273,6 +281,7 @@ async fn rotate(
     sel: &Selection,
     force: bool,
     dry_run: bool,
+    wait_for_drain: bool,
     backend: &dyn Backend,
     io: &mut Io<'_>,
 ) -> i32 {
@@ -281,6 +290,7 @@ async fn rotate(
         Err(msg) => return fail_usage(io, &msg),
     };
     let opts = RunOptions {
+        wait_for_drain,
         run_id: RunId::new(),
         force,
         dry_run,

@@ -325,6 +325,7 @@ webhook = "ssm:{WEBHOOK_PARAM}"
 
 [policy]
 verify_interval = "200ms"     # moto accepts a new key at once; real IAM takes 5-20 s
+drain = "0s"                  # no pipeline job runs here: retire the old key at once (default 60m)
 
 [[target]]
 name = "platform-prod"

@@ -62,6 +62,10 @@ pub struct Policy {
     /// How long a run owns a rotation from `create` on: another run stands aside until then,
     /// and takes the rotation over only after it.
     pub owner_lease: Duration,
+    /// How long the old key stays Active after every connection holds the new one, so that
+    /// pipeline jobs that started before the push (the agent got the old key when the job
+    /// started) can finish. `0` retires at once.
+    pub drain: Duration,
     /// How many targets the CLI rotates at once.
     pub concurrency: usize,
 }
@@ -76,6 +80,7 @@ impl Default for Policy {
             delete_old_key_after: Duration::ZERO,
             intent_lease: Duration::from_secs(300),
             owner_lease: Duration::from_secs(30 * 60),
+            drain: Duration::from_secs(60 * 60),
             concurrency: 4,
         }
     }
@@ -155,6 +160,7 @@ struct RawPolicy {
     delete_old_key_after: Option<Spanned<String>>,
     intent_lease: Option<Spanned<String>>,
     owner_lease: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
     concurrency: Option<Spanned<i64>>,
 }
 
@@ -307,6 +313,7 @@ impl Config {
             )?,
             intent_lease: cx.duration(&p.intent_lease, "policy.intent_lease", d.intent_lease)?,
             owner_lease: cx.duration(&p.owner_lease, "policy.owner_lease", d.owner_lease)?,
+            drain: cx.duration(&p.drain, "policy.drain", d.drain)?,
             concurrency: cx.count(
                 &p.concurrency,
                 "policy.concurrency",

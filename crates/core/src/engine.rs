@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Where the run happens (host name or execution), for the report.
     pub origin: String,
+    /// Wait out the drain and retire the old key in this run (else a later run retires it).
+    pub wait_for_drain: bool,
 }
 
 /// Rotates one target: a loop over [`machine::advance`], from `inspect` until the state says
@@ -69,6 +71,7 @@ pub async fn run_target(
         policy,
         target,
         verify_budget: policy.verify_timeout,
+        waits_for_drain: opts.wait_for_drain,
     };
     let mut state = TargetState::new(target, opts.run_id.clone(), opts.force);
     state.dry_run = opts.dry_run;
@@ -80,6 +83,13 @@ pub async fn run_target(
         })
     };
     while let Some(step) = state.next {
+        if step == Step::Retire
+            && let Some(at) = state.retire_at
+            && let Ok(left) = at.duration_since(ports.clock.now())
+        {
+            tracing::info!(target_name = %target.name, run_id = %opts.run_id, wait_s = left.as_secs(), "waiting out the drain before retiring the old key");
+            tokio::time::sleep(left).await;
+        }
         emit(step, Phase::Started);
         tracing::info!(target_name = %target.name, run_id = %opts.run_id, step = step.name(), "step started");
         match machine::advance(&cx, &mut state).await {

@@ -37,6 +37,10 @@ pub struct Context<'a> {
     /// How long one `verify` may try. The CLI waits up to `policy.verify_timeout`; the Lambda
     /// tries briefly and lets the state machine's Retry do the waiting.
     pub verify_budget: Duration,
+    /// Whether this driver waits out the drain before `retire` (Step Functions: a Wait state;
+    /// the CLI: `--wait-for-drain`). When it does not, a rotation ends after `promote` with the
+    /// old key Active until the drain is over, and a later run retires it.
+    pub waits_for_drain: bool,
 }
 
 /// One target's state between steps. Never a secret.
@@ -69,12 +73,42 @@ pub struct TargetState {
     /// Why (the planner's reason), and what was tidied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When `retire` may deactivate the old key: every connection holds the new key since
+    /// `progress.confirmed_at`, and jobs that started before have had `policy.drain` to finish.
+    /// The state machine's Wait state reads it (`TimestampPath`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time_serde")]
+    pub retire_at: Option<std::time::SystemTime>,
     /// The connections and the key each held when last read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointReport>,
     /// Steps done, in order.
     #[serde(default)]
     pub steps: Vec<Step>,
+}
+
+/// A time as RFC 3339 (what a Step Functions Wait state's `TimestampPath` reads).
+pub(crate) mod time_serde {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        v: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_rfc3339_weak(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// `next` as a plain string: a step's name, or `"done"`.
@@ -116,6 +150,7 @@ impl TargetState {
             reason: None,
             endpoints: Vec::new(),
             steps: Vec::new(),
+            retire_at: None,
         }
     }
 
@@ -165,7 +200,7 @@ pub const TRANSITIONS: &[(Step, &[Option<Step>])] = &[
     (Step::Verify, &[Some(Step::Push)]),
     (Step::Push, &[Some(Step::Confirm)]),
     (Step::Confirm, &[Some(Step::Promote)]),
-    (Step::Promote, &[Some(Step::Retire)]),
+    (Step::Promote, &[Some(Step::Retire), None]),
     (Step::Retire, &[None]),
     (Step::Compensate, &[None]),
 ];
@@ -351,11 +386,29 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
         }
         Step::Confirm => {
             protocol::confirm(ports, target, &state.progress).await?;
+            state.progress.confirmed_at = Some(ports.clock.now());
             state.next = Some(Step::Promote);
         }
         Step::Promote => {
             protocol::promote(ports, target, &state.progress).await?;
-            state.next = Some(Step::Retire);
+            // Running jobs finish: the old key stays Active for the drain after the push.
+            let now = ports.clock.now();
+            let due = state.progress.confirmed_at.unwrap_or(now) + policy.drain;
+            state.retire_at = Some(due);
+            if due <= now || cx.waits_for_drain {
+                state.next = Some(Step::Retire);
+            } else {
+                let old = state
+                    .progress
+                    .old_key
+                    .as_ref()
+                    .map_or_else(String::new, AccessKeyId::masked);
+                state.note(&format!(
+                    "the old key {old} stays Active until {} (policy.drain) so that jobs started before the push can finish; the first run after that retires it",
+                    humantime::format_rfc3339_seconds(due)
+                ));
+                state.end(Outcome::Rotated);
+            }
         }
         Step::Retire => {
             if state.decision() == Some(Decision::NothingDue) {
@@ -374,6 +427,18 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
                 }
                 state.end(Outcome::NothingDue);
             } else {
+                if let Some(at) = state.retire_at
+                    && at > ports.clock.now() + Duration::from_secs(1)
+                {
+                    return Err(StepError::new(
+                        Step::Retire,
+                        StepErrorKind::Retryable,
+                        format!(
+                            "retire was asked for before the drain ends ({}); the old key stays Active until then",
+                            humantime::format_rfc3339_seconds(at)
+                        ),
+                    ));
+                }
                 let p = &state.progress;
                 protocol::retire(
                     ports,

@@ -427,6 +427,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
     let grace_over = in_use_info.as_ref().is_some_and(|k| {
         now.duration_since(k.created).unwrap_or_default() >= policy.delete_old_key_after
     });
+    let mut drain_note: Option<String> = None;
     if let Some(o) = &other {
         let is_previous = s.previous_key() == Some(&o.id) || adopted_old.as_ref() == Some(&o.id);
         let is_current = s.current_key() == Some(&o.id);
@@ -442,7 +443,22 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
                 }
             ));
         }
-        if o.status == KeyStatus::Active || grace_over {
+        // Running jobs finish: the previous key stays Active for `drain` after the push, which
+        // follows the current key's creation within `verify_timeout`.
+        let drained_at = in_use_info
+            .as_ref()
+            .filter(|_| !policy.drain.is_zero())
+            .map(|k| k.created + policy.drain + policy.verify_timeout);
+        let draining = o.status == KeyStatus::Active && drained_at.is_some_and(|t| now < t);
+        if draining {
+            drain_note = drained_at.map(|t| {
+                format!(
+                    "the previous key {} stays Active until {} (policy.drain) so that running jobs can finish",
+                    o.id,
+                    when(t)
+                )
+            });
+        } else if o.status == KeyStatus::Active || grace_over {
             p.finish_retire = Some(o.id.clone());
             p.finish_retire_delete = grace_over;
         }
@@ -460,6 +476,10 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
             human(policy.min_key_age),
             human(policy.min_key_age - age)
         );
+        if let Some(n) = drain_note {
+            p.reason.push_str("; ");
+            p.reason.push_str(&n);
+        }
         return p;
     }
 

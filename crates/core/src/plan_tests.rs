@@ -131,7 +131,11 @@ fn snap() -> Given {
             previous: None,
             endpoints: Vec::new(),
         },
-        policy: Policy::default(),
+        // No drain unless a row asks for one (`drain_minutes`): most rows are about other things.
+        policy: Policy {
+            drain: Duration::ZERO,
+            ..Policy::default()
+        },
         run_id: THIS_RUN,
         force: false,
     }
@@ -194,6 +198,11 @@ impl Given {
 
     fn min_key_age_days(mut self, n: u64) -> Self {
         self.policy.min_key_age = days(n);
+        self
+    }
+
+    fn drain_minutes(mut self, n: u64) -> Self {
+        self.policy.drain = Duration::from_secs(n * 60);
         self
     }
 
@@ -540,6 +549,24 @@ plans! {
         snap().key(OLD, Active, 10, USED).key(STRAY, Inactive, 30, USED)
             .held_by("aws-prod", OLD).current(key_of(OLD))
         => refuse().naming(STRAY).because("was last used");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running jobs finish: the drain ("Safe among others", case 5)
+// ---------------------------------------------------------------------------------------------
+
+plans! {
+    a_previous_key_still_active_within_the_drain_is_left_active:
+        snap().key(OLD, Active, 10, USED).key(NEW, Active, 0, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).previous(key_of(OLD))
+            .drain_minutes(60)
+        => nothing_due().old_key(NEW).because("stays Active until");
+
+    a_previous_key_still_active_after_the_drain_is_retired:
+        snap().key(OLD, Active, 10, USED).key(NEW, Active, 1, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).previous(key_of(OLD))
+            .drain_minutes(60)
+        => nothing_due().old_key(NEW).finish_retire(OLD, true);
 }
 
 // ---------------------------------------------------------------------------------------------

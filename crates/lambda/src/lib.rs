@@ -404,6 +404,8 @@ pub async fn step(
         policy: &config.policy,
         target: &target,
         verify_budget: verify_budget(&config.policy),
+        // The state machine's Wait state waits out the drain (`$.state.retire_at`).
+        waits_for_drain: true,
     };
     machine::advance(&cx, &mut state)
         .await

@@ -38,6 +38,7 @@ pat = "env:KEYROTOR_TEST_PAT"
 {slack}
 [policy]
 verify_interval = "2s"
+drain = "0s"
 
 [[target]]
 name = "platform"
@@ -211,6 +212,7 @@ impl Harness {
 async fn cli_run(sc: &Scenario) -> TargetReport {
     let quiet: Observer = Arc::new(|_| {});
     let opts = RunOptions {
+        wait_for_drain: false,
         run_id: RunId::parse(RUN).unwrap(),
         force: false,
         dry_run: false,
@@ -636,6 +638,7 @@ async fn parity_an_empty_run_is_quiet_on_both_paths() {
     let sc = Scenario::new(1);
     let quiet: Observer = Arc::new(|_| {});
     let opts = RunOptions {
+        wait_for_drain: false,
         run_id: RunId::parse(RUN).unwrap(),
         force: false,
         dry_run: false,

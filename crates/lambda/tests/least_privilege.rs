@@ -308,7 +308,9 @@ impl World {
         };
         let config = with_org.render(&template.resource("ConfigParameter")["Properties"]["Value"]);
         let mut config = config.as_str().unwrap().to_owned();
-        config.push_str("\n[policy]\nverify_interval = \"1ms\"\nverify_consecutive = 1\n");
+        config.push_str(
+            "\n[policy]\nverify_interval = \"1ms\"\nverify_consecutive = 1\ndrain = \"0s\"\n",
+        );
         if extra_target {
             config.push_str(&format!(
                 "\n[[target]]\nname = \"intruder\"\niam_user = \"{OTHER_USER}\"\nsecret = \"{OTHER_SECRET}\"\nendpoints = [ {{ project = \"{project}\", name = \"{endpoint}\" }} ]\n"

@@ -200,7 +200,9 @@ fn definition() -> String {
     fn shorten(v: &mut Value) {
         match v {
             Value::Object(o) => {
-                if o.get("Type") == Some(&json!("Wait")) {
+                if o.get("Type") == Some(&json!("Wait")) && o.contains_key("Seconds") {
+                    // A TimestampPath wait (the drain) is shortened by the canned states' past
+                    // timestamp instead.
                     o.insert("Seconds".into(), json!(0));
                 }
                 if o.contains_key("ErrorEquals") && o.contains_key("IntervalSeconds") {
@@ -247,6 +249,10 @@ fn st(next: &str, outcome: Option<&str>) -> Value {
         "progress": {"target": "platform-prod", "run_id": "r", "old_key": "AKIAOLDOLDOLDOLDOLD1"},
         "next": next, "steps": ["inspect"]
     });
+    if next == "retire" {
+        // When the drain ends (already past: the Wait state goes straight on).
+        s["retire_at"] = json!("2020-01-01T00:00:00Z");
+    }
     if let Some(o) = outcome {
         s["outcome"] = json!(o);
     }
@@ -429,7 +435,7 @@ fn rotation(report: Value) -> Vec<Value> {
     ]
 }
 
-const HAPPY: [&str; 12] = [
+const HAPPY: [&str; 14] = [
     "ListTargets",
     "RotateTargets",
     "Inspect",
@@ -440,6 +446,8 @@ const HAPPY: [&str; 12] = [
     "Push",
     "Confirm",
     "Promote",
+    "AfterPromote",
+    "Drain",
     "Retire",
     "TargetDone",
 ];

@@ -484,6 +484,7 @@ fn every_key_id_of(sc: &Scenario) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn engine_reports_render_without_any_secret_of_the_world() {
     let opts = RunOptions {
+        wait_for_drain: false,
         run_id: RunId::new(),
         force: false,
         dry_run: false,

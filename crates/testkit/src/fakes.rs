@@ -816,6 +816,8 @@ impl Scenario {
         };
         let policy = Policy {
             verify_interval: Duration::from_secs(2),
+            // Retire at once; the drain has tests of its own.
+            drain: Duration::ZERO,
             ..Policy::default()
         };
         Self {

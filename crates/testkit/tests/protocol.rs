@@ -16,6 +16,7 @@ fn quiet() -> Observer {
 
 fn opts() -> RunOptions {
     RunOptions {
+        wait_for_drain: false,
         run_id: RunId::new(),
         force: false,
         dry_run: false,
@@ -619,6 +620,7 @@ async fn drive_until(sc: &Scenario, s: &mut TargetState, until: Option<Step>) {
         policy: &sc.policy,
         target: &sc.target,
         verify_budget: sc.policy.verify_timeout,
+        waits_for_drain: false,
     };
     while s.next.is_some() && s.next != until {
         if let Err(e) = machine::advance(&cx, s).await {
@@ -775,6 +777,7 @@ async fn step_once(sc: &Scenario, s: &mut TargetState, driver: Driver) {
         policy: &sc.policy,
         target: &sc.target,
         verify_budget: sc.policy.verify_timeout,
+        waits_for_drain: false,
     };
     let before = s.clone();
     if let Err(e) = machine::advance(&cx, s).await {
@@ -859,5 +862,93 @@ async fn two_runs_interleaved_at_every_step_with_a_failure_or_a_death_leave_ever
     }
     println!(
         "interleavings: {cases} cases (2 runs, 4 driver pairs, 4 troubles), all safe and converged"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_jobs_keep_the_old_key_for_the_drain_on_both_drivers() {
+    // "Safe among others", case 5: with the old key deleted seconds after the push, a job that
+    // started a minute before the rotation failed at its next AWS call.
+    let drain = Duration::from_secs(3600);
+    let mut sc = Scenario::new(1);
+    sc.policy.drain = drain;
+    let old = sc.initial_key.0.clone();
+    let active = |sc: &Scenario, id: &str| {
+        sc.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == id && k.active)
+    };
+
+    // The CLI, not waiting: the rotation ends with the old key Active and its due time.
+    let mut o = opts();
+    o.force = true;
+    let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    assert!(
+        r.reason.as_deref().unwrap().contains("stays Active until"),
+        "{r:?}"
+    );
+    assert!(active(&sc, &old), "the old key is Active during the drain");
+    assert!(
+        sc.fakes
+            .state()
+            .endpoints
+            .iter()
+            .all(|e| e.username.as_deref() != Some(old.as_str())),
+        "every connection holds the new key"
+    );
+    // A run within the drain leaves it alone; the first run after it retires it.
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
+    assert!(active(&sc, &old));
+    sc.fakes
+        .advance(drain + sc.policy.verify_timeout + Duration::from_secs(1));
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
+    assert!(
+        !sc.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == old),
+        "retired after the drain"
+    );
+    sc.world().after_success().unwrap();
+
+    // Step Functions: the machine goes on to retire at `retire_at`, which the Wait state waits
+    // for; a retire invoked earlier is refused (retryable) and changes nothing.
+    let old = sc.fakes.state().users["pipeline"][0].id.clone();
+    let ports = sc.fakes.ports();
+    let cx = Context {
+        ports: &ports,
+        policy: &sc.policy,
+        target: &sc.target,
+        verify_budget: sc.policy.verify_timeout,
+        waits_for_drain: true,
+    };
+    let mut s = run_state(&sc, "execution-1");
+    while s.next != Some(Step::Retire) {
+        machine::advance(&cx, &mut s).await.unwrap();
+    }
+    let retire_at = s.retire_at.expect("the Wait state's timestamp");
+    let confirmed = s.progress.confirmed_at.unwrap();
+    assert_eq!(retire_at, confirmed + drain);
+    let serialized = serde_json::to_value(&s).unwrap();
+    assert!(
+        serialized["retire_at"].as_str().unwrap().ends_with('Z'),
+        "{serialized}"
+    );
+    let e = machine::advance(&cx, &mut s).await.unwrap_err();
+    assert_eq!(
+        e.kind,
+        keyrotor_core::protocol::StepErrorKind::Retryable,
+        "{e:?}"
+    );
+    assert!(active(&sc, &old));
+    sc.fakes.advance(drain);
+    machine::advance(&cx, &mut s).await.unwrap();
+    assert_eq!(s.outcome, Some(Outcome::Rotated));
+    assert!(
+        !sc.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == old)
     );
 }

@@ -47,6 +47,7 @@ webhook = "ssm:WEBHOOK_PARAM"
 
 [policy]
 verify_interval = "50ms"
+drain = "0s"
 
 [[target]]
 name = "TARGET"

@@ -88,6 +88,7 @@ pat = "ssm:PAT_PARAM"
 [policy]
 verify_interval = "50ms"
 verify_timeout = "20s"
+drain = "0s"
 
 [[target]]
 name = "platform-prod"

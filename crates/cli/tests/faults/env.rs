@@ -48,6 +48,7 @@ pat = "ssm:PAT_PARAM"
 webhook = "ssm:WEBHOOK_PARAM"
 
 [policy]
+drain = "0s"
 verify_interval = "VERIFY_INTERVALms"
 verify_timeout = "VERIFY_TIMEOUTms"
 

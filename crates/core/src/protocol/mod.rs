@@ -140,6 +140,13 @@ pub struct Progress {
     /// This run sent (or tried to send) a credential update to a connection.
     #[serde(default)]
     pub put_attempted: bool,
+    /// When `confirm` saw every connection on the new key: the drain is counted from here.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::machine::time_serde"
+    )]
+    pub confirmed_at: Option<std::time::SystemTime>,
 }
 
 impl Progress {
@@ -154,6 +161,7 @@ impl Progress {
             intent_version: None,
             created_here: false,
             put_attempted: false,
+            confirmed_at: None,
         }
     }
 }

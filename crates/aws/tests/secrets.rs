@@ -90,6 +90,14 @@ async fn a_secret_with_secrets_manager_rotation_on_is_refused() {
         .find(|(k, _)| *k == "AWS_ENDPOINT_URL")
         .map(|(_, v)| v)
         .unwrap();
+    // moto must not try to run the function in Docker (there is none here).
+    let configured = reqwest::Client::new()
+        .post(format!("{endpoint}/moto-api/config"))
+        .json(&serde_json::json!({"lambda": {"use_docker": false}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(configured.status().is_success());
     // The smallest zip: an empty archive's end-of-central-directory record.
     let mut zip = b"PK\x05\x06".to_vec();
     zip.extend([0u8; 18]);
@@ -110,18 +118,23 @@ async fn a_secret_with_secrets_manager_rotation_on_is_refused() {
         .await
         .unwrap();
     assert!(created.status().is_success(), "{:?}", created.text().await);
-    sm.rotate_secret()
-        .secret_id("rotated-elsewhere")
-        .rotation_lambda_arn("arn:aws:lambda:us-east-1:123456789012:function:rotator")
-        .rotation_rules(
-            aws_sdk_secretsmanager::types::RotationRulesType::builder()
-                .automatically_after_days(30)
-                .build(),
-        )
-        .rotate_immediately(false)
-        .send()
-        .await
-        .expect("moto turns rotation on");
+    // Bounded: a moto that tried to run the function would hang here instead of failing.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        sm.rotate_secret()
+            .secret_id("rotated-elsewhere")
+            .rotation_lambda_arn("arn:aws:lambda:us-east-1:123456789012:function:rotator")
+            .rotation_rules(
+                aws_sdk_secretsmanager::types::RotationRulesType::builder()
+                    .automatically_after_days(30)
+                    .build(),
+            )
+            .rotate_immediately(false)
+            .send(),
+    )
+    .await
+    .expect("moto answers RotateSecret within a minute")
+    .expect("moto turns rotation on");
     let e = aws.versions(&name).await.expect_err("refused");
     assert_eq!(e.kind, PortErrorKind::Invalid);
     assert!(e.message.contains("rotation turned on"), "{}", e.message);

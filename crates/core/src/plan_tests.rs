@@ -747,6 +747,14 @@ plans! {
         snap().key(OLD, Active, 10, USED).key(NEW, Active, 0, USED)
             .held_by("aws-prod", NEW).current(key_of(NEW)).previous(Content::Legacy)
         => nothing_due().old_key(NEW).finish_retire(OLD, true);
+
+    // "Safe among others", found by reading: a used key nobody holds that was created AFTER
+    // the current one is not the legacy key that was current before the first rotation; it is
+    // someone else's, and is refused, never retired as the adopted old key.
+    a_used_unheld_key_younger_than_the_current_one_is_not_taken_for_the_adopted_old_key:
+        snap().key(NEW, Active, 3, USED).key(STRAY, Active, 1, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).previous(Content::Legacy)
+        => refuse().naming(STRAY).because("was last used");
 }
 
 // ---------------------------------------------------------------------------------------------

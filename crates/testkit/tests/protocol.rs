@@ -952,3 +952,93 @@ async fn running_jobs_keep_the_old_key_for_the_drain_on_both_drivers() {
             .any(|k| k.id == old)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn three_runs_interleaved_leave_everyone_a_key() {
+    // A runs i steps, B runs j steps, C runs to the end, then A (unless it died), then B.
+    let mut cases = 0;
+    for drivers in [
+        [Driver::Cli, Driver::Lambda, Driver::Cli],
+        [Driver::Lambda, Driver::Cli, Driver::Lambda],
+    ] {
+        for a_dies in [false, true] {
+            for i in 0..=7usize {
+                for j in [0usize, 1, 2, 4, 9] {
+                    cases += 1;
+                    let label = format!("{drivers:?} a_dies={a_dies} i={i} j={j}");
+                    let sc = Scenario::new(2);
+                    let mut runs = [
+                        run_state(&sc, "run-a"),
+                        run_state(&sc, "run-b"),
+                        run_state(&sc, "run-c"),
+                    ];
+                    let schedule = [
+                        (0, i),
+                        (1, j),
+                        (2, usize::MAX),
+                        (0, usize::MAX),
+                        (1, usize::MAX),
+                    ];
+                    for (who, steps) in schedule {
+                        if who == 0 && steps == usize::MAX && a_dies {
+                            continue;
+                        }
+                        let mut n = 0;
+                        while runs[who].next.is_some() && n < steps {
+                            step_once(&sc, &mut runs[who], drivers[who]).await;
+                            nobody_is_left_without_a_key(&sc, &label);
+                            n += 1;
+                        }
+                    }
+                    converge(&sc, &label).await;
+                }
+            }
+        }
+    }
+    println!("three-run interleavings: {cases} cases, all safe and converged");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_previous_key_an_operator_reactivated_for_another_connection_is_not_switched_off() {
+    // "Safe among others", found by reading: an operator re-activates the previous key to
+    // repair something (here: a connection outside the config uses it); the next run used to
+    // deactivate it again.
+    let mut sc = Scenario::new(1);
+    sc.policy.delete_old_key_after = Duration::from_secs(86_400);
+    let (old, secret) = sc.initial_key.clone();
+    let mut o = opts();
+    o.force = true;
+    let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    {
+        let mut st = sc.fakes.state();
+        let k = st
+            .users
+            .get_mut("pipeline")
+            .unwrap()
+            .iter_mut()
+            .find(|k| k.id == old)
+            .unwrap();
+        assert!(!k.active, "retired into its grace period");
+        k.active = true;
+    }
+    sc.fakes.add_endpoint(
+        keyrotor_testkit::fakes::ORG,
+        "Ops",
+        "aws-repair",
+        Some((&old, &secret)),
+    );
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
+    assert!(
+        r.error.as_deref().unwrap().contains("Ops/aws-repair"),
+        "{r:?}"
+    );
+    assert!(
+        sc.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == old && k.active),
+        "the re-activated key stays Active"
+    );
+    nobody_is_left_without_a_key(&sc, "re-activated previous key");
+}

@@ -19,6 +19,7 @@
 pub mod ado;
 pub mod aws_proxy;
 pub mod aws_seed;
+pub mod env;
 pub mod fakes;
 pub mod lambda_api;
 pub mod moto;

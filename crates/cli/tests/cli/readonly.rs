@@ -1,6 +1,8 @@
 //! `plan`, `status` and `--help`: they change nothing.
 
-use crate::env::{EP_ID, EP_NAME, TARGET, masked, spawn_env};
+use keyrotor_testkit::env::{EP_ID, EP_NAME, TARGET, masked};
+
+use crate::spawn_env;
 
 #[tokio::test]
 async fn plan_and_status_show_the_masked_key_and_change_nothing() {

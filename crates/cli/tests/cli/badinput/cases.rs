@@ -8,11 +8,15 @@ use std::time::Instant;
 use keyrotor_testkit::ado::{Scope, aws_endpoint};
 use serde_json::{Value, json};
 
-use crate::env::{EP_NAME, Env, Output, PAT_PARAM, ROLE_ARN, SECRET, USER, masked, spawn_env};
-use crate::harness::{
-    JSON, TEXT, World, assert_names, assert_one_sentence, config_line, default_org, edit_config,
-    error_lines, message_of, reseed, run_untraced, second_key, the_target, use_key, world,
+use keyrotor_testkit::env::{
+    EP_NAME, Output, PAT_PARAM, ROLE_ARN, SECRET, TestEnv as Env, USER, masked,
 };
+
+use super::{
+    JSON, TEXT, World, assert_names, assert_one_sentence, config_line, message_of, the_target,
+    use_key, world,
+};
+use crate::spawn_env;
 
 type Fut<'a> = Pin<Box<dyn Future<Output = Expect> + 'a>>;
 
@@ -161,13 +165,7 @@ static CASES: &[Case] = &[
 
 /// The 1-based line of the config that contains `needle` (the first one after `after` lines).
 fn line_of(env: &Env, needle: &str, after: usize) -> usize {
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    text.lines()
-        .enumerate()
-        .skip(after)
-        .find(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .unwrap_or_else(|| panic!("{needle:?} is not in the config:\n{text}"))
+    env.config_line_of(needle, after)
 }
 
 fn pat_line() -> String {
@@ -186,11 +184,7 @@ fn at_line(env: &Env, needle: &str, field: &str) -> Expect {
 fn malformed_toml(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         // An unterminated string: a syntax error has a line but no field to name.
-        crate::harness::replace_in_config(
-            env,
-            "verify_interval = \"50ms\"",
-            "verify_interval = \"50ms",
-        );
+        env.replace_in_config("verify_interval = \"50ms\"", "verify_interval = \"50ms");
         let line = line_of(env, "verify_interval", 0);
         Expect {
             names: vec![format!("keyrotor.toml:{line}:")],
@@ -202,7 +196,7 @@ fn malformed_toml(env: &mut Env) -> Fut<'_> {
 
 fn unknown_key(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(env, "[ado]\n", "[ado]\ncolour = \"blue\"\n");
+        env.replace_in_config("[ado]\n", "[ado]\ncolour = \"blue\"\n");
         let line = line_of(env, "colour", 0);
         Expect {
             names: vec![format!("keyrotor.toml:{line}:"), "colour".into()],
@@ -214,7 +208,7 @@ fn unknown_key(env: &mut Env) -> Fut<'_> {
 
 fn missing_target_field(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(env, &format!("iam_user = \"{USER}\"\n"), "");
+        env.replace_in_config(&format!("iam_user = \"{USER}\"\n"), "");
         // The field is missing, so the line can only be the target's table: its header or
         // any of its lines.
         let first = line_of(env, "[[target]]", 0);
@@ -229,7 +223,7 @@ fn missing_target_field(env: &mut Env) -> Fut<'_> {
 
 fn duplicate_target_names(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        edit_config(env, |text| {
+        env.edit_config(|text| {
             format!(
                 "{text}\n[[target]]\nname = \"platform-prod\"\niam_user = \"another-user\"\n\
                  secret = \"/another/secret\"\nendpoints = [ {{ project = \"Platform\", name = \
@@ -255,7 +249,7 @@ const LITERAL_PAT: &str = "plaintextpat7q3xk9m2v8w4r6t1y5u0i3o7p2a9s4d6f8g1h3j5k
 fn literal_pat(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         env.add_secret(LITERAL_PAT);
-        crate::harness::replace_in_config(env, &pat_line(), &format!("pat = \"{LITERAL_PAT}\""));
+        env.replace_in_config(&pat_line(), &format!("pat = \"{LITERAL_PAT}\""));
         let mut e = at_line(env, "pat = ", "ado.pat:");
         e.never.push(LITERAL_PAT.into());
         e
@@ -264,8 +258,8 @@ fn literal_pat(env: &mut Env) -> Fut<'_> {
 
 fn http_remote(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let url = env.ado.org_url(crate::env::ORG);
-        crate::harness::replace_in_config(env, &url, "http://dev.azure.com/x");
+        let url = env.org_url();
+        env.replace_in_config(&url, "http://dev.azure.com/x");
         let mut e = at_line(env, "organization = ", "ado.organization:");
         e.names.push("http".into());
         e
@@ -274,19 +268,14 @@ fn http_remote(env: &mut Env) -> Fut<'_> {
 
 fn missing_pat_parameter(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(
-            env,
-            &pat_line(),
-            "pat = \"ssm:/azuredevops/no/such/pat\"",
-        );
+        env.replace_in_config(&pat_line(), "pat = \"ssm:/azuredevops/no/such/pat\"");
         Expect::names(&["ado.pat", "/azuredevops/no/such/pat"])
     })
 }
 
 fn unknown_user(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(
-            env,
+        env.replace_in_config(
             &format!("iam_user = \"{USER}\""),
             "iam_user = \"no-such-user\"",
         );
@@ -320,16 +309,15 @@ fn wrong_pat(env: &mut Env) -> Fut<'_> {
 
 fn read_only_pat(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let org = default_org(env, Scope::Read);
-        reseed(env, org).await;
+        let org = env.org_seed(Scope::Read);
+        env.reseed(org).await;
         Expect::names(&[EP_NAME])
     })
 }
 
 fn endpoint_matches_nothing(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(
-            env,
+        env.replace_in_config(
             &format!("{{ project = \"Platform\", name = \"{EP_NAME}\" }}"),
             "{ project = \"Platform\", name = \"aws-nope\" }",
         );
@@ -350,15 +338,15 @@ fn endpoint_matches_two(env: &mut Env) -> Fut<'_> {
             &env.initial_secret,
             &["Platform"],
         );
-        let org = default_org(env, Scope::Manage).endpoint(twin);
-        reseed(env, org).await;
+        let org = env.org_seed(Scope::Manage).endpoint(twin);
+        env.reseed(org).await;
         Expect::names(&[EP_NAME, "Platform"])
     })
 }
 
 fn azurerm_endpoint(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let mut org = default_org(env, Scope::Manage);
+        let mut org = env.org_seed(Scope::Manage);
         let ep = &mut org.endpoints[0];
         ep["type"] = json!("azurerm");
         ep["url"] = json!("https://management.azure.com/");
@@ -378,32 +366,31 @@ fn azurerm_endpoint(env: &mut Env) -> Fut<'_> {
                 "workloadIdentityFederationSubject": "sc://contoso/Platform/aws-prod"
             }
         });
-        reseed(env, org).await;
+        env.reseed(org).await;
         Expect::names(&[EP_NAME, "azurerm"])
     })
 }
 
 fn oidc_endpoint(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let mut org = default_org(env, Scope::Manage);
+        let mut org = env.org_seed(Scope::Manage);
         let p = &mut org.endpoints[0]["authorization"]["parameters"];
         p["useOIDC"] = json!("true");
         p["username"] = json!("");
         p["password"] = json!("");
         p["assumeRoleArn"] = json!(ROLE_ARN);
-        reseed(env, org).await;
+        env.reseed(org).await;
         Expect::names(&[EP_NAME, "OIDC"])
     })
 }
 
 fn two_keys_in_use(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let (id, secret) = second_key(env).await;
+        let (id, secret) = env.add_key().await;
         let second = aws_endpoint("aws-prod-2", &id, &secret, &["Platform"]);
-        let org = default_org(env, Scope::Manage).endpoint(second);
-        reseed(env, org).await;
-        crate::harness::replace_in_config(
-            env,
+        let org = env.org_seed(Scope::Manage).endpoint(second);
+        env.reseed(org).await;
+        env.replace_in_config(
             "endpoints = [ ",
             "endpoints = [ { project = \"Platform\", name = \"aws-prod-2\" }, ",
         );
@@ -417,7 +404,7 @@ fn two_keys_in_use(env: &mut Env) -> Fut<'_> {
 
 fn unknown_used_key(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let (id, secret) = second_key(env).await;
+        let (id, secret) = env.add_key().await;
         use_key(env, &id, &secret).await;
         let mut e = Expect::names(&[USER]);
         e.names.push(masked(&id));
@@ -434,10 +421,10 @@ fn context(o: &Output) -> String {
 }
 
 /// Runs one form of the command the way the case needs.
-async fn run(env: &Env, kind: Kind, args: &[&str], history: &mut Vec<Output>) -> Output {
+async fn run(env: &Env, kind: Kind, args: &[&str]) -> Output {
     match kind {
         // A config error stops the binary before it logs (or sends) anything.
-        Kind::Usage => run_untraced(env, args, history).await,
+        Kind::Usage => env.cmd(args).untraced().run().await,
         _ => env.run(args).await,
     }
 }
@@ -453,7 +440,7 @@ fn check_message(msg: &str, e: &Expect, o: &Output) {
 
 /// The one `error:` line of a usage error, without the prefix.
 fn usage_error(o: &Output) -> String {
-    let lines = error_lines(&o.stderr);
+    let lines = o.errors();
     assert_eq!(
         lines.len(),
         1,
@@ -572,9 +559,8 @@ async fn run_case(case: &Case) {
     let e = (case.setup)(&mut env).await;
     let before = world(&env).await;
     env.ado.clear_requests();
-    let mut history = Vec::new();
 
-    let json_run = run(&env, case.kind, JSON, &mut history).await;
+    let json_run = run(&env, case.kind, JSON).await;
     assert_eq!(
         json_run.code,
         case.code,
@@ -584,7 +570,7 @@ async fn run_case(case: &Case) {
     let text_run = match case.kind {
         Kind::Usage => {
             let msg = check_usage(&json_run, &e);
-            let text = run(&env, case.kind, TEXT, &mut history).await;
+            let text = run(&env, case.kind, TEXT).await;
             assert_eq!(text.code, case.code, "exit code: {}", context(&text));
             assert_eq!(check_usage(&text, &e), msg, "the same error in both forms");
             assert_eq!(
@@ -597,14 +583,14 @@ async fn run_case(case: &Case) {
         Kind::Target(outcome) => {
             let (t, msg) = check_report(&json_run, outcome, &e);
             assert!(t["new_key"].is_null(), "no new key: {t:#}");
-            let text = run(&env, case.kind, TEXT, &mut history).await;
+            let text = run(&env, case.kind, TEXT).await;
             assert_eq!(text.code, case.code, "exit code: {}", context(&text));
             check_text_report(&text, &msg);
             text
         }
         Kind::PushRefused => {
             check_push_refused(&json_run, &e, &env.initial_key);
-            let text = run(&env, case.kind, TEXT, &mut history).await;
+            let text = run(&env, case.kind, TEXT).await;
             assert_eq!(text.code, case.code, "exit code: {}", context(&text));
             assert!(
                 text.stdout.lines().any(|l| l.contains("failed at push")
@@ -621,7 +607,7 @@ async fn run_case(case: &Case) {
             assert!(
                 !o.stdout.contains(s.as_str()) && !o.stderr.contains(s.as_str()),
                 "{} is echoed: {}",
-                crate::harness::hint(s),
+                super::hint(s),
                 context(o)
             );
         }

@@ -5,10 +5,12 @@ use keyrotor_testkit::ado::{Fault, Op, RateLimit};
 use keyrotor_testkit::slack::Reply;
 use serde_json::{Value, json};
 
-use crate::env::{
-    EP_ID, EXTERNAL_ID, Env, ORG, Output, ROLE_ARN, SESSION_NAME, TARGET, USER, all_text, masked,
-    permissions, spawn_env, spawn_env_with, spawn_fleet, without_credentials,
+use keyrotor_testkit::env::{
+    EP_ID, EXTERNAL_ID, ORG, Output, ROLE_ARN, SESSION_NAME, TARGET, TestEnv as Env, USER,
+    all_text, masked, permissions, without_credentials,
 };
+
+use crate::{setup, spawn_env};
 
 /// After a successful rotation from `old`: one key in IAM, Active, at AWSCURRENT with its
 /// secret; the endpoint holds it with that secret and is otherwise unchanged; the pipeline
@@ -125,6 +127,12 @@ async fn a_forced_rotation_updates_the_shared_endpoint_once_in_place() {
             .iter()
             .all(|e| e["id"] == EP_ID && e["key"] == masked(&new).as_str()),
         "{doc:#}"
+    );
+    // Strict mode: STS refused the new key at first, as AWS does; verify waited it out.
+    assert!(
+        env.proxy().refused("GetCallerIdentity") > 0,
+        "STS (strict) refused the new key at least once: {:?}",
+        env.proxy().counts()
     );
 
     // In place: one PUT to the shared endpoint's id, nothing created, deleted or re-shared.
@@ -260,11 +268,7 @@ async fn an_update_that_fails_for_good_is_compensated_with_exit_1() {
         .find(|v| v["AccessKeyId"].as_str().map(masked).as_deref() == Some(new_masked))
         .expect("a version of the secret holds the new key");
     assert!(
-        env.known
-            .lock()
-            .unwrap()
-            .secrets
-            .contains(stored["SecretAccessKey"].as_str().unwrap()),
+        env.knows_secret(stored["SecretAccessKey"].as_str().unwrap()),
         "the deleted key's secret is among the secrets scanned for"
     );
 
@@ -337,7 +341,7 @@ async fn a_429_storm_that_ends_is_waited_out() {
 /// budget is spent, so no request is ever refused and every target rotates.
 #[tokio::test]
 async fn a_fleet_rides_out_the_rate_limit_with_no_failed_target() {
-    let env = spawn_fleet(7).await;
+    let env = setup().fleet(7).start().await;
     env.ado.set_rate_limit(Some(RateLimit {
         limit: 16,
         window_seconds: 2,
@@ -377,14 +381,16 @@ async fn a_fleet_rides_out_the_rate_limit_with_no_failed_target() {
 
 #[tokio::test]
 async fn an_oidc_connection_is_refused_with_exit_3_and_nothing_changes() {
-    let env = spawn_env_with(|ep| {
-        let p = &mut ep["authorization"]["parameters"];
-        p["useOIDC"] = json!("true");
-        p["username"] = json!("");
-        p["password"] = json!("");
-        p["assumeRoleArn"] = json!(ROLE_ARN);
-    })
-    .await;
+    let env = setup()
+        .edit_connections(|eps| {
+            let p = &mut eps[0]["authorization"]["parameters"];
+            p["useOIDC"] = json!("true");
+            p["username"] = json!("");
+            p["password"] = json!("");
+            p["assumeRoleArn"] = json!(ROLE_ARN);
+        })
+        .start()
+        .await;
     let aws_before = env.aws_state().await;
     let ado_before = env.ado_state();
 
@@ -406,7 +412,7 @@ async fn an_oidc_connection_is_refused_with_exit_3_and_nothing_changes() {
 #[tokio::test]
 async fn a_slack_outage_does_not_undo_a_rotation_and_exits_4() {
     let env = spawn_env().await;
-    env.slack.script(Reply::rollup_error(), 1000);
+    env.slack().script(Reply::rollup_error(), 1000);
     let before = env.endpoint();
     let old = env.initial_key.clone();
 
@@ -428,8 +434,8 @@ async fn a_slack_outage_does_not_undo_a_rotation_and_exits_4() {
     );
 
     // The text report says so too (a webhook that was removed this time: 404 no_service).
-    env.slack.reset();
-    env.slack.script(Reply::no_service(), 1000);
+    env.slack().reset();
+    env.slack().script(Reply::no_service(), 1000);
     let before = env.endpoint();
     let text = env.run(&["rotate", "--force"]).await;
     assert_eq!(text.code, 4, "{}", text.show());

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use keyrotor_aws::Aws;
 use keyrotor_testkit::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
 use keyrotor_testkit::aws_seed;
+use keyrotor_testkit::env::without_credentials;
 use keyrotor_testkit::moto::Moto;
 use keyrotor_testkit::slack::SlackSink;
 use serde_json::{Value, json};
@@ -299,18 +300,6 @@ fn permissions_of(ado: &AdoEmulator) -> Option<Value> {
     ado.state()
         .org("contoso")
         .and_then(|o| o.pipeline_permissions.get(ENDPOINT_ID).cloned())
-}
-
-fn without_credentials(endpoint: &Value) -> Value {
-    let mut e = endpoint.clone();
-    if let Some(p) = e
-        .pointer_mut("/authorization/parameters")
-        .and_then(Value::as_object_mut)
-    {
-        p.remove("username");
-        p.remove("password");
-    }
-    e
 }
 
 fn config_text(org: &str) -> String {

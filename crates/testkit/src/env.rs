@@ -38,11 +38,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_ssm::types::ParameterType;
 use serde_json::{Value, json};
 
 pub use leaks::Known;
-pub use observe::{AwsState, Connection};
+pub use observe::{AwsState, Snapshot};
 pub use run::{Output, Run};
 
 use crate::ado::{AdoEmulator, EmulatorState, OrgSeed, Scope, Seed, aws_endpoint};
@@ -584,12 +583,12 @@ impl TestEnv {
     pub async fn set_pat_parameter(&self, value: &str) {
         self.add_secret(value);
         self.ssm
-            .put_parameter()
+            .delete_parameter()
             .name(PAT_PARAM)
-            .value(value)
-            .r#type(ParameterType::SecureString)
-            .overwrite(true)
             .send()
+            .await
+            .expect("deleting the PAT parameter");
+        aws_seed::secure_parameters(&self.sdk, &[(PAT_PARAM, value.to_owned())])
             .await
             .expect("putting the PAT parameter");
     }
@@ -691,13 +690,19 @@ pub fn masked(id: &str) -> String {
 
 /// The connection without `username` and `password`: what an update in place must keep.
 pub fn without_credentials(ep: &Value) -> Value {
+    without_parameters(ep, &["username", "password"])
+}
+
+/// The connection without these `authorization.parameters`.
+pub fn without_parameters(ep: &Value, names: &[&str]) -> Value {
     let mut v = ep.clone();
     if let Some(p) = v
         .pointer_mut("/authorization/parameters")
         .and_then(Value::as_object_mut)
     {
-        p.remove("username");
-        p.remove("password");
+        for name in names {
+            p.remove(*name);
+        }
     }
     v
 }

@@ -3,21 +3,32 @@
 //! connections of their own (`aws-prod` in Platform, `aws-web` in Web) and no Slack; the secret
 //! as keyrotor's JSON, the older design's bare secret, or not there yet.
 
+use keyrotor_core::invariants::World;
 use keyrotor_testkit::env::{
-    Connections, PAT, PAT_PARAM, SecretStart, TestEnv as Env, USER, masked,
+    Connections, PAT, PAT_PARAM, SecretStart, Setup, TestEnv as Env, USER, masked,
 };
 use keyrotor_testkit::moto;
 use serde_json::json;
 
 use crate::setup;
 
+/// No Slack; `aws-prod` in Platform and `aws-web` in Web.
+fn e2e_setup() -> Setup {
+    setup().slack(false).connections(Connections::Separate)
+}
+
 async fn spawn_env(secret: SecretStart) -> Env {
-    setup()
-        .slack(false)
-        .connections(Connections::Separate)
-        .secret(secret)
-        .start()
-        .await
+    e2e_setup().secret(secret).start().await
+}
+
+/// A forced `rotate` (text output) from a secret that starts as `secret`: exit 0. Returns the
+/// env and the world after it.
+async fn rotated(secret: SecretStart) -> (Env, World) {
+    let env = spawn_env(secret).await;
+    let o = env.run(&["rotate", "--force"]).await;
+    assert_eq!(o.code, 0, "{}", o.show());
+    let world = env.world().await;
+    (env, world)
 }
 
 #[tokio::test]
@@ -60,11 +71,8 @@ async fn a_forced_rotation_against_moto_converges_and_a_rerun_does_nothing() {
 
 #[tokio::test]
 async fn the_new_key_is_proven_with_sts_before_any_connection_gets_it() {
-    let env = spawn_env(SecretStart::Json).await;
-    let o = env.run(&["rotate", "--force"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
     // moto records the new key's use by STS (GetAccessKeyLastUsed).
-    let world = env.world().await;
+    let (env, world) = rotated(SecretStart::Json).await;
     assert!(
         world.keys[0].used,
         "verify signed GetCallerIdentity with the new key"
@@ -73,7 +81,7 @@ async fn the_new_key_is_proven_with_sts_before_any_connection_gets_it() {
     assert!(
         connections
             .iter()
-            .all(|c| c.key.as_deref() == Some(world.keys[0].id.as_str())),
+            .all(|c| c.username.as_deref() == Some(world.keys[0].id.as_str())),
         "{connections:#?}"
     );
     env.stop().await;
@@ -81,10 +89,7 @@ async fn the_new_key_is_proven_with_sts_before_any_connection_gets_it() {
 
 #[tokio::test]
 async fn a_legacy_secret_is_adopted_and_rewritten_as_json() {
-    let env = spawn_env(SecretStart::Legacy).await;
-    let o = env.run(&["rotate", "--force"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
-    let world = env.world().await;
+    let (env, world) = rotated(SecretStart::Legacy).await;
     world.after_success().unwrap();
     let current: serde_json::Value = serde_json::from_str(&world.stages["AWSCURRENT"]).unwrap();
     assert_eq!(current["UserName"], USER);
@@ -93,10 +98,8 @@ async fn a_legacy_secret_is_adopted_and_rewritten_as_json() {
 
 #[tokio::test]
 async fn a_first_run_without_a_secret_creates_it() {
-    let env = spawn_env(SecretStart::Absent).await;
-    let o = env.run(&["rotate", "--force"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
-    env.world().await.after_success().unwrap();
+    let (env, world) = rotated(SecretStart::Absent).await;
+    world.after_success().unwrap();
     env.stop().await;
 }
 
@@ -137,9 +140,7 @@ async fn a_young_key_is_not_rotated_without_force() {
 
 #[tokio::test]
 async fn an_oidc_connection_is_refused_with_exit_3_and_nothing_changes() {
-    let env = setup()
-        .slack(false)
-        .connections(Connections::Separate)
+    let env = e2e_setup()
         .edit_connections(|eps| {
             eps[1]["authorization"]["parameters"]["useOIDC"] = json!("true");
         })
@@ -274,9 +275,7 @@ async fn the_sandbox_runs_start_to_finish_and_every_check_holds() {
 
 #[tokio::test]
 async fn audit_lists_every_aws_connection_with_its_key_age_and_flags() {
-    let env = setup()
-        .slack(false)
-        .connections(Connections::Separate)
+    let env = e2e_setup()
         .edit_connections(|eps| {
             let mut oidc = keyrotor_testkit::ado::aws_endpoint("aws-oidc", "", "", &["Web"]);
             oidc["authorization"]["parameters"]["useOIDC"] = json!("true");

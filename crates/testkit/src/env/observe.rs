@@ -7,6 +7,8 @@ use aws_sdk_iam::types::StatusType;
 use keyrotor_core::invariants::{World, WorldEndpoint, WorldKey};
 use serde_json::Value;
 
+use crate::ado::EmulatorState;
+
 use super::{ORG, SECRET, TestEnv, USER};
 
 /// The labels keyrotor uses.
@@ -48,21 +50,14 @@ impl AwsState {
     }
 }
 
-/// One service connection of the emulated organization, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Connection {
-    /// Its id.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// The projects it is shared into.
-    pub projects: Vec<String>,
-    /// The key it holds (`username`; `None` when empty).
-    pub key: Option<String>,
-    /// Its `password` (`None` when empty).
-    pub password: Option<String>,
-    /// Whether it uses OIDC (`useOIDC`).
-    pub oidc: bool,
+/// Everything a run that changes nothing must leave as it was: IAM and the secret as moto holds
+/// them, and everything the emulator holds (connections with their credentials, permissions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The first target's keys and secret.
+    pub aws: AwsState,
+    /// The emulator's whole store.
+    pub ado: EmulatorState,
 }
 
 fn non_empty(v: &Value) -> Option<String> {
@@ -174,8 +169,9 @@ impl TestEnv {
         }
     }
 
-    /// Every connection of the emulated organization, with the key it holds.
-    pub fn connections(&self) -> Vec<Connection> {
+    /// Every connection of the emulated organization: its name, the key it holds (`username`)
+    /// and its `password` (`None` when empty).
+    pub fn connections(&self) -> Vec<WorldEndpoint> {
         let state = self.ado.state();
         let Some(org) = state.org(ORG) else {
             return Vec::new();
@@ -184,24 +180,38 @@ impl TestEnv {
             .iter()
             .map(|ep| {
                 let p = &ep["authorization"]["parameters"];
-                Connection {
-                    id: ep["id"].as_str().unwrap_or_default().to_owned(),
+                WorldEndpoint {
                     name: ep["name"].as_str().unwrap_or_default().to_owned(),
-                    projects: ep["serviceEndpointProjectReferences"]
-                        .as_array()
-                        .map(|refs| {
-                            refs.iter()
-                                .filter_map(|r| non_empty(&r["projectReference"]["name"]))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    key: non_empty(&p["username"]),
+                    username: non_empty(&p["username"]),
                     password: non_empty(&p["password"]),
-                    oidc: p["useOIDC"].as_str().is_some_and(|s| s == "true")
-                        || p["useOIDC"].as_bool() == Some(true),
                 }
             })
             .collect()
+    }
+
+    /// The world now, for [`TestEnv::assert_unchanged`].
+    pub async fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            aws: self.aws_state().await,
+            ado: self.ado.state(),
+        }
+    }
+
+    /// Panics unless IAM's keys (with status), the secret's versions and stages and everything
+    /// the emulator holds are as in `before`, and no write request reached Azure DevOps since
+    /// its log was last cleared.
+    pub async fn assert_unchanged(&self, before: &Snapshot) {
+        let now = self.snapshot().await;
+        assert_eq!(
+            now.aws, before.aws,
+            "AWS unchanged: IAM keys (with status), the secret's versions and stages"
+        );
+        assert_eq!(now.ado, before.ado, "Azure DevOps unchanged");
+        assert_eq!(
+            self.write_requests(),
+            Vec::<String>::new(),
+            "no write reached Azure DevOps"
+        );
     }
 
     /// The first target's world as the invariants see it: its user's keys (status, last use,
@@ -247,11 +257,6 @@ impl TestEnv {
             .connections()
             .into_iter()
             .filter(|c| names.contains(&c.name.as_str()))
-            .map(|c| WorldEndpoint {
-                name: c.name,
-                username: c.key,
-                password: c.password,
-            })
             .collect();
         world.created = world
             .keys

@@ -9,12 +9,11 @@ use keyrotor_testkit::ado::{Scope, aws_endpoint};
 use serde_json::{Value, json};
 
 use keyrotor_testkit::env::{
-    EP_NAME, Output, PAT_PARAM, ROLE_ARN, SECRET, TestEnv as Env, USER, masked,
+    EP_NAME, Output, PAT_PARAM, ROLE_ARN, SECRET, Snapshot, TestEnv as Env, USER, masked,
 };
 
 use super::{
-    JSON, TEXT, World, assert_names, assert_one_sentence, config_line, message_of, the_target,
-    use_key, world,
+    JSON, TEXT, assert_names, assert_one_sentence, config_line, message_of, the_target, use_key,
 };
 use crate::spawn_env;
 
@@ -57,107 +56,71 @@ impl Expect {
             ..Self::default()
         }
     }
+
+    /// A config error at `line` of `keyrotor.toml` (the error names `keyrotor.toml:LINE: ` and
+    /// then `field`, possibly empty), naming `more` too.
+    fn config(line: usize, field: &str, more: &[&str]) -> Self {
+        let mut names = vec![
+            format!("keyrotor.toml:{line}: {field}")
+                .trim_end()
+                .to_owned(),
+        ];
+        names.extend(more.iter().map(|n| (*n).to_owned()));
+        Self {
+            names,
+            lines: Some((line, line)),
+            ..Self::default()
+        }
+    }
 }
 
 struct Case {
     name: &'static str,
     setup: Setup,
-    code: i32,
     kind: Kind,
 }
 
-const fn case(name: &'static str, code: i32, kind: Kind, setup: Setup) -> Case {
-    Case {
-        name,
-        setup,
-        code,
-        kind,
+impl Case {
+    /// The exit code the README documents for the kind: 2 bad usage, configuration or input,
+    /// 3 refused as unsafe, 1 a failed (and compensated) rotation.
+    fn code(&self) -> i32 {
+        match self.kind {
+            Kind::Usage | Kind::Target("invalid") => 2,
+            Kind::Target(_) => 3,
+            Kind::PushRefused => 1,
+        }
     }
 }
 
+const USAGE: Kind = Kind::Usage;
+const INVALID: Kind = Kind::Target("invalid");
+const REFUSED: Kind = Kind::Target("refused");
+const PUSH_REFUSED: Kind = Kind::PushRefused;
+
+const fn case(name: &'static str, kind: Kind, setup: Setup) -> Case {
+    Case { name, setup, kind }
+}
+
+/// Every row: the name, where the error shows (and so the exit code), the setup.
+#[rustfmt::skip]
 static CASES: &[Case] = &[
-    case("config: malformed TOML", 2, Kind::Usage, malformed_toml),
-    case("config: an unknown key", 2, Kind::Usage, unknown_key),
-    case(
-        "config: a missing target field",
-        2,
-        Kind::Usage,
-        missing_target_field,
-    ),
-    case(
-        "config: duplicate target names",
-        2,
-        Kind::Usage,
-        duplicate_target_names,
-    ),
-    case("config: a literal PAT", 2, Kind::Usage, literal_pat),
-    case(
-        "config: http to a non-loopback host",
-        2,
-        Kind::Usage,
-        http_remote,
-    ),
-    case(
-        "an unknown IAM user",
-        2,
-        Kind::Target("invalid"),
-        unknown_user,
-    ),
-    case(
-        "a secret holding JSON of another shape",
-        2,
-        Kind::Target("invalid"),
-        foreign_secret,
-    ),
-    case(
-        "a missing SSM parameter for the PAT",
-        2,
-        Kind::Usage,
-        missing_pat_parameter,
-    ),
-    case("a wrong PAT", 2, Kind::Target("invalid"), wrong_pat),
-    case(
-        "a PAT without the manage scope",
-        1,
-        Kind::PushRefused,
-        read_only_pat,
-    ),
-    case(
-        "an endpoint name that matches nothing",
-        2,
-        Kind::Target("invalid"),
-        endpoint_matches_nothing,
-    ),
-    case(
-        "an endpoint name that matches two",
-        2,
-        Kind::Target("invalid"),
-        endpoint_matches_two,
-    ),
-    case(
-        "a non-AWS (azurerm) endpoint",
-        3,
-        Kind::Target("refused"),
-        azurerm_endpoint,
-    ),
-    case(
-        "an OIDC endpoint",
-        3,
-        Kind::Target("refused"),
-        oidc_endpoint,
-    ),
-    case(
-        "two active keys, both in use",
-        3,
-        Kind::Target("refused"),
-        two_keys_in_use,
-    ),
-    case(
-        "an unknown key that was used",
-        3,
-        Kind::Target("refused"),
-        unknown_used_key,
-    ),
+    case("config: malformed TOML", USAGE, malformed_toml),
+    case("config: an unknown key", USAGE, unknown_key),
+    case("config: a missing target field", USAGE, missing_target_field),
+    case("config: duplicate target names", USAGE, duplicate_target_names),
+    case("config: a literal PAT", USAGE, literal_pat),
+    case("config: http to a non-loopback host", USAGE, http_remote),
+    case("an unknown IAM user", INVALID, unknown_user),
+    case("a secret holding JSON of another shape", INVALID, foreign_secret),
+    case("a missing SSM parameter for the PAT", USAGE, missing_pat_parameter),
+    case("a wrong PAT", INVALID, wrong_pat),
+    case("a PAT without the manage scope", PUSH_REFUSED, read_only_pat),
+    case("an endpoint name that matches nothing", INVALID, endpoint_matches_nothing),
+    case("an endpoint name that matches two", INVALID, endpoint_matches_two),
+    case("a non-AWS (azurerm) endpoint", REFUSED, azurerm_endpoint),
+    case("an OIDC endpoint", REFUSED, oidc_endpoint),
+    case("two active keys, both in use", REFUSED, two_keys_in_use),
+    case("an unknown key that was used", REFUSED, unknown_used_key),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -173,36 +136,21 @@ fn pat_line() -> String {
 }
 
 fn at_line(env: &Env, needle: &str, field: &str) -> Expect {
-    let line = line_of(env, needle, 0);
-    Expect {
-        names: vec![format!("keyrotor.toml:{line}: {field}")],
-        lines: Some((line, line)),
-        ..Expect::default()
-    }
+    Expect::config(line_of(env, needle, 0), field, &[])
 }
 
 fn malformed_toml(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         // An unterminated string: a syntax error has a line but no field to name.
         env.replace_in_config("verify_interval = \"50ms\"", "verify_interval = \"50ms");
-        let line = line_of(env, "verify_interval", 0);
-        Expect {
-            names: vec![format!("keyrotor.toml:{line}:")],
-            lines: Some((line, line)),
-            ..Expect::default()
-        }
+        Expect::config(line_of(env, "verify_interval", 0), "", &[])
     })
 }
 
 fn unknown_key(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         env.replace_in_config("[ado]\n", "[ado]\ncolour = \"blue\"\n");
-        let line = line_of(env, "colour", 0);
-        Expect {
-            names: vec![format!("keyrotor.toml:{line}:"), "colour".into()],
-            lines: Some((line, line)),
-            ..Expect::default()
-        }
+        Expect::config(line_of(env, "colour", 0), "", &["colour"])
     })
 }
 
@@ -232,14 +180,7 @@ fn duplicate_target_names(env: &mut Env) -> Fut<'_> {
         });
         let second = line_of(env, "name = \"platform-prod\"", 0);
         let line = line_of(env, "name = \"platform-prod\"", second);
-        Expect {
-            names: vec![
-                format!("keyrotor.toml:{line}: target[1].name:"),
-                "platform-prod".into(),
-            ],
-            lines: Some((line, line)),
-            ..Expect::default()
-        }
+        Expect::config(line, "target[1].name:", &["platform-prod"])
     })
 }
 
@@ -518,7 +459,7 @@ fn check_push_refused(o: &Output, e: &Expect, env_key: &str) -> String {
 /// and `<run>-key`) stay behind. They must carry no label at all: nothing reads an unlabelled
 /// version (every reader asks for a stage), Secrets Manager deprecates and eventually removes
 /// them, and the secret access key in `<run>-key` belongs to a key that no longer exists.
-fn assert_push_refused_state(before: &World, after: &World, writes: &[String]) {
+fn assert_push_refused_state(before: &Snapshot, after: &Snapshot, writes: &[String]) {
     assert_eq!(
         after.aws.keys, before.aws.keys,
         "IAM: the new key was deleted, the old one is still Active"
@@ -557,13 +498,13 @@ fn assert_push_refused_state(before: &World, after: &World, writes: &[String]) {
 async fn run_case(case: &Case) {
     let mut env = spawn_env().await;
     let e = (case.setup)(&mut env).await;
-    let before = world(&env).await;
+    let before = env.snapshot().await;
     env.ado.clear_requests();
 
     let json_run = run(&env, case.kind, JSON).await;
     assert_eq!(
         json_run.code,
-        case.code,
+        case.code(),
         "exit code: {}",
         context(&json_run)
     );
@@ -571,7 +512,7 @@ async fn run_case(case: &Case) {
         Kind::Usage => {
             let msg = check_usage(&json_run, &e);
             let text = run(&env, case.kind, TEXT).await;
-            assert_eq!(text.code, case.code, "exit code: {}", context(&text));
+            assert_eq!(text.code, case.code(), "exit code: {}", context(&text));
             assert_eq!(check_usage(&text, &e), msg, "the same error in both forms");
             assert_eq!(
                 env.ado.requests(),
@@ -584,14 +525,14 @@ async fn run_case(case: &Case) {
             let (t, msg) = check_report(&json_run, outcome, &e);
             assert!(t["new_key"].is_null(), "no new key: {t:#}");
             let text = run(&env, case.kind, TEXT).await;
-            assert_eq!(text.code, case.code, "exit code: {}", context(&text));
+            assert_eq!(text.code, case.code(), "exit code: {}", context(&text));
             check_text_report(&text, &msg);
             text
         }
         Kind::PushRefused => {
             check_push_refused(&json_run, &e, &env.initial_key);
             let text = run(&env, case.kind, TEXT).await;
-            assert_eq!(text.code, case.code, "exit code: {}", context(&text));
+            assert_eq!(text.code, case.code(), "exit code: {}", context(&text));
             assert!(
                 text.stdout.lines().any(|l| l.contains("failed at push")
                     && e.names.iter().all(|n| l.contains(n.as_str()))),
@@ -613,7 +554,7 @@ async fn run_case(case: &Case) {
         }
     }
 
-    let after = world(&env).await;
+    let after = env.snapshot().await;
     let writes = env.write_requests();
     if case.kind == Kind::PushRefused {
         assert_push_refused_state(&before, &after, &writes);
@@ -624,16 +565,7 @@ async fn run_case(case: &Case) {
             );
         }
     } else {
-        assert_eq!(
-            after.aws, before.aws,
-            "IAM keys (with status), secret versions and stages unchanged"
-        );
-        assert_eq!(after.ado, before.ado, "Azure DevOps unchanged");
-        assert_eq!(
-            writes,
-            Vec::<String>::new(),
-            "no write reached Azure DevOps"
-        );
+        env.assert_unchanged(&before).await;
     }
     for k in &e.keep_keys {
         assert_eq!(
@@ -678,7 +610,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
                 println!(
                     "ok   {:<40} exit {} ({:.1}s)",
                     case.name,
-                    case.code,
+                    case.code(),
                     started.elapsed().as_secs_f64()
                 );
             }

@@ -24,29 +24,13 @@ mod cases;
 
 use keyrotor_core::domain::AccessKeyId;
 use keyrotor_core::ports::CallerIdentity;
-use keyrotor_testkit::ado::EmulatorState;
-use keyrotor_testkit::env::{AwsState, Output, TestEnv, USER};
+use keyrotor_testkit::env::{Output, TestEnv, USER};
 use secrecy::SecretString;
 use serde_json::Value;
 
 /// The arguments of the two forms every case runs.
 pub const JSON: &[&str] = &["rotate", "--force", "--output", "json"];
 pub const TEXT: &[&str] = &["rotate", "--force"];
-
-/// Everything that must not change: IAM and the secret as moto holds them, and everything the
-/// emulator holds (endpoints with their credentials, permissions, history).
-#[derive(Debug, Clone, PartialEq)]
-pub struct World {
-    pub aws: AwsState,
-    pub ado: EmulatorState,
-}
-
-pub async fn world(env: &TestEnv) -> World {
-    World {
-        aws: env.aws_state().await,
-        ado: env.ado_state(),
-    }
-}
 
 /// Panics unless `msg` is one sentence on one line: not empty, no line break, and no sentence
 /// boundary inside (". " / "! " / "? " followed by a capital letter).

@@ -237,74 +237,46 @@ pub fn full() -> Vec<Case> {
 }
 
 /// A representative sample for every `cargo test`: at each step, one fault that ends and one
-/// that does not.
+/// that does not (cases of the full matrix, by name).
+const SAMPLE: [&str; 19] = [
+    "prepare: GetParameter throttle x2",
+    "prepare: GetParameter 503 forever",
+    "inspect: ListAccessKeys throttle x2",
+    "inspect: GetAccessKeyLastUsed 503 forever",
+    "inspect: ADO GET list 429 x2",
+    "inspect: ADO GET list 203 x1",
+    "create: CreateAccessKey drop x2",
+    "create: PutSecretValue #2 503 x2",
+    "create: CreateAccessKey 500 forever",
+    "verify: GetCallerIdentity throttle x2",
+    "verify: GetCallerIdentity 503 forever",
+    "push: ADO PUT 503 x2",
+    "push: ADO PUT 429 forever",
+    "confirm: ADO GET list #5 500 x2",
+    "confirm: ADO GET list #5 503 forever",
+    "promote: UpdateSecretVersionStage throttle x2",
+    "promote: UpdateSecretVersionStage 500 forever",
+    "retire: UpdateAccessKey drop x2",
+    "retire: DeleteAccessKey throttle forever",
+];
+
+/// The sample.
 pub fn sample() -> Vec<Case> {
-    let t = |op, skip, step| aws(op, skip, step);
-    vec![
-        aws_case(
-            &t("GetParameter", 0, "prepare"),
-            FaultKind::Throttle,
-            Some(2),
-        ),
-        aws_case(
-            &t("GetParameter", 0, "prepare"),
-            FaultKind::Unavailable,
-            None,
-        ),
-        aws_case(
-            &t("ListAccessKeys", 0, "inspect"),
-            FaultKind::Throttle,
-            Some(2),
-        ),
-        aws_case(
-            &t("GetAccessKeyLastUsed", 0, "inspect"),
-            FaultKind::Unavailable,
-            None,
-        ),
-        ado_case(Op::List, 0, "inspect", 429, Some(2)),
-        ado_case(Op::List, 0, "inspect", 203, Some(1)),
-        aws_case(&t("CreateAccessKey", 0, "create"), FaultKind::Drop, Some(2)),
-        aws_case(
-            &t("PutSecretValue", 1, "create"),
-            FaultKind::Unavailable,
-            Some(2),
-        ),
-        aws_case(
-            &t("CreateAccessKey", 0, "create"),
-            FaultKind::InternalError,
-            None,
-        ),
-        aws_case(
-            &t("GetCallerIdentity", 0, "verify"),
-            FaultKind::Throttle,
-            Some(2),
-        ),
-        aws_case(
-            &t("GetCallerIdentity", 0, "verify"),
-            FaultKind::Unavailable,
-            None,
-        ),
-        ado_case(Op::Put, 0, "push", 503, Some(2)),
-        ado_case(Op::Put, 0, "push", 429, None),
-        ado_case(Op::List, 4, "confirm", 500, Some(2)),
-        ado_case(Op::List, 4, "confirm", 503, None),
-        aws_case(
-            &t("UpdateSecretVersionStage", 0, "promote"),
-            FaultKind::Throttle,
-            Some(2),
-        ),
-        aws_case(
-            &t("UpdateSecretVersionStage", 0, "promote"),
-            FaultKind::InternalError,
-            None,
-        ),
-        aws_case(&t("UpdateAccessKey", 0, "retire"), FaultKind::Drop, Some(2)),
-        aws_case(
-            &t("DeleteAccessKey", 0, "retire"),
-            FaultKind::Throttle,
-            None,
-        ),
-    ]
+    named(&SAMPLE)
+}
+
+/// These cases of the full matrix, by name.
+pub fn named(names: &[&str]) -> Vec<Case> {
+    let all = full();
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|c| c.name == *n)
+                .cloned()
+                .unwrap_or_else(|| panic!("no case named {n:?}"))
+        })
+        .collect()
 }
 
 /// The Azure DevOps requests of `op` in the emulator's log, and how many got an injected answer.

@@ -127,17 +127,7 @@ const REFUSED_PAT_AFTER_CHANGES: [&str; 3] = [
 
 /// Runs these cases of the full matrix, by name.
 async fn run_named(names: &[&str]) {
-    let all = cases::full();
-    let picked: Vec<Case> = names
-        .iter()
-        .map(|n| {
-            all.iter()
-                .find(|c| c.name == *n)
-                .cloned()
-                .unwrap_or_else(|| panic!("no case named {n:?}"))
-        })
-        .collect();
-    run_matrix("regression", picked, 1).await;
+    run_matrix("regression", cases::named(names), 1).await;
 }
 
 /// A refused PAT at inspect (203 sign-in page): exit 2, `failed_step: "inspect"` in the JSON,

@@ -199,35 +199,16 @@ impl KeyStore for Aws {
     }
 
     async fn list_keys(&self, user: &IamUserName) -> PortResult<Vec<KeyInfo>> {
-        let out = self
-            .iam
-            .list_access_keys()
-            .user_name(user.as_str())
-            .send()
-            .await
-            .map_err(|e| map_err("IAM ListAccessKeys", e))?;
-        let mut keys = Vec::new();
-        for m in out.access_key_metadata() {
-            let Some(id) = m.access_key_id() else {
-                continue;
-            };
-            let id = key_id(id)?;
+        let mut keys = self.list_keys_brief(user).await?;
+        for k in &mut keys {
             let last = self
                 .iam
                 .get_access_key_last_used()
-                .access_key_id(id.as_str())
+                .access_key_id(k.id.as_str())
                 .send()
                 .await
                 .map_err(|e| map_err("IAM GetAccessKeyLastUsed", e))?;
-            keys.push(KeyInfo {
-                status: match m.status() {
-                    Some(StatusType::Active) => KeyStatus::Active,
-                    _ => KeyStatus::Inactive,
-                },
-                created: to_system(m.create_date()).unwrap_or(SystemTime::UNIX_EPOCH),
-                last_used: to_system(last.access_key_last_used().and_then(|u| u.last_used_date())),
-                id,
-            });
+            k.last_used = to_system(last.access_key_last_used().and_then(|u| u.last_used_date()));
         }
         Ok(keys)
     }

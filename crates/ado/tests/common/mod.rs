@@ -163,16 +163,7 @@ impl Env {
 /// The object without what a key update writes (`username`, `password`, and `sessionToken`,
 /// which it clears): what an update must leave exactly as is.
 pub fn without_credentials(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(p) = v
-        .pointer_mut("/authorization/parameters")
-        .and_then(Value::as_object_mut)
-    {
-        p.remove("username");
-        p.remove("password");
-        p.remove("sessionToken");
-    }
-    v
+    keyrotor_testkit::env::without_parameters(v, &["username", "password", "sessionToken"])
 }
 
 /// Fails when any secret appears in the text.

@@ -32,20 +32,9 @@ async fn compensate_inner(
 ) -> Result<Compensation, StepError> {
     let step = Step::Compensate;
     let Some(new) = &progress.new_key else {
+        // Take our intent record off AWSPENDING if it is still there.
         if let Some(v) = &progress.intent_version {
-            // Take our intent record off AWSPENDING if it is still there.
-            let pending = ports
-                .secrets
-                .read(&target.secret, Stage::Pending)
-                .await
-                .map_err(at(step, "reading AWSPENDING"))?;
-            if pending.as_ref().map(|(pv, _)| pv) == Some(v) {
-                ports
-                    .secrets
-                    .move_stage(&target.secret, Stage::Pending, None, Some(v))
-                    .await
-                    .map_err(at(step, "clearing the intent record"))?;
-            }
+            clear_pending_if_on(ports, target, v).await?;
         }
         return Ok(Compensation::Nothing);
     };
@@ -156,18 +145,7 @@ async fn compensate_inner(
         Err(e) => return Err(StepError::port(step, "deleting the new key", e)),
     }
     if let Some(v) = &progress.pending_version {
-        let pending = ports
-            .secrets
-            .read(&target.secret, Stage::Pending)
-            .await
-            .map_err(at(step, "reading AWSPENDING"))?;
-        if pending.as_ref().map(|(pv, _)| pv) == Some(v) {
-            ports
-                .secrets
-                .move_stage(&target.secret, Stage::Pending, None, Some(v))
-                .await
-                .map_err(at(step, "clearing AWSPENDING"))?;
-        }
+        clear_pending_if_on(ports, target, v).await?;
     }
     Ok(Compensation::Compensated(format!(
         "the new key {new} was deleted; the old key {} is kept and every connection holds it",
@@ -176,4 +154,27 @@ async fn compensate_inner(
             .as_ref()
             .map_or_else(|| "-".to_owned(), AccessKeyId::masked)
     )))
+}
+
+/// Takes AWSPENDING off `version` if it is still there (this run's intent or key), and off
+/// nothing else.
+async fn clear_pending_if_on(
+    ports: &Ports,
+    target: &Target,
+    version: &str,
+) -> Result<(), StepError> {
+    let step = Step::Compensate;
+    let pending = ports
+        .secrets
+        .read(&target.secret, Stage::Pending)
+        .await
+        .map_err(at(step, "reading AWSPENDING"))?;
+    if pending.as_ref().map(|(v, _)| v.as_str()) == Some(version) {
+        ports
+            .secrets
+            .move_stage(&target.secret, Stage::Pending, None, Some(version))
+            .await
+            .map_err(at(step, "clearing AWSPENDING"))?;
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
-//! The network fault matrix: the real `keyrotor` binary against moto behind a fault-injecting
-//! proxy (`keyrotor_testkit::aws_proxy`), the Azure DevOps emulator with its own faults, and the
-//! Slack sink.
+//! The network fault matrix: the real `keyrotor` binary against moto behind the test kit's
+//! fault-injecting proxy (`keyrotor_testkit::aws_proxy`, in strict mode), the Azure DevOps
+//! emulator with its own faults, and the Slack sink: a `TestEnv` per case.
 //!
 //! Each case injects one fault — throttling, 500, 503, a dropped connection, a slow or a lost
 //! answer at one AWS operation of one step; 429 with `Retry-After`, 5xx or the 203 sign-in page
@@ -18,7 +18,7 @@
 //! cases; about 6 minutes with 3 jobs):
 //!
 //! ```sh
-//! KEYROTOR_FULL_MATRIX=1 KEYROTOR_FAULTS_JOBS=3 cargo test -p keyrotor --test faults -- --nocapture
+//! KEYROTOR_FULL_MATRIX=1 KEYROTOR_FAULTS_JOBS=3 cargo test -p keyrotor --test cli faults -- --nocapture
 //! ```
 //!
 //! `KEYROTOR_FAULTS_JOBS=N` runs N cases at once (default 2; each worker has its own moto).
@@ -26,14 +26,13 @@
 //! prints one line (`fault <name>: ok — …`), and the run ends with `faults: N cases, N passed`.
 
 mod cases;
-mod env;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use keyrotor_testkit::moto::Moto;
 
-use crate::cases::Case;
+use cases::Case;
 
 /// Runs `cases` on `jobs` workers (each with its own moto, reset before every case); prints one
 /// line per case and the count line; fails listing every case that failed.
@@ -128,17 +127,7 @@ const REFUSED_PAT_AFTER_CHANGES: [&str; 3] = [
 
 /// Runs these cases of the full matrix, by name.
 async fn run_named(names: &[&str]) {
-    let all = cases::full();
-    let picked: Vec<Case> = names
-        .iter()
-        .map(|n| {
-            all.iter()
-                .find(|c| c.name == *n)
-                .cloned()
-                .unwrap_or_else(|| panic!("no case named {n:?}"))
-        })
-        .collect();
-    run_matrix("regression", picked, 1).await;
+    run_matrix("regression", cases::named(names), 1).await;
 }
 
 /// A refused PAT at inspect (203 sign-in page): exit 2, `failed_step: "inspect"` in the JSON,

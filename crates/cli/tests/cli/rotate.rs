@@ -5,10 +5,12 @@ use keyrotor_testkit::ado::{Fault, Op, RateLimit};
 use keyrotor_testkit::slack::Reply;
 use serde_json::{Value, json};
 
-use crate::env::{
-    EP_ID, EXTERNAL_ID, Env, ORG, Output, ROLE_ARN, SESSION_NAME, TARGET, USER, all_text, masked,
-    permissions, spawn_env, spawn_env_with, spawn_fleet, without_credentials,
+use keyrotor_testkit::env::{
+    EP_ID, EXTERNAL_ID, ORG, Output, ROLE_ARN, SESSION_NAME, TARGET, TestEnv as Env, USER,
+    all_text, masked, permissions, without_credentials,
 };
+
+use crate::{setup, spawn_env};
 
 /// After a successful rotation from `old`: one key in IAM, Active, at AWSCURRENT with its
 /// secret; the endpoint holds it with that secret and is otherwise unchanged; the pipeline
@@ -108,16 +110,34 @@ fn assert_rotated_json(o: &Output, old: &str, new: &str) -> Value {
     doc
 }
 
+/// `rotate --force --output json`: exits `code`, and the target ends `outcome`. Returns the run
+/// and the target's report.
+async fn forced_json(env: &Env, code: i32, outcome: &str) -> (Output, Value) {
+    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
+    assert_eq!(o.code, code, "{}", o.show());
+    let t = target(&o.json()).clone();
+    assert_eq!(t["outcome"], outcome, "{}", o.show());
+    (o, t)
+}
+
+/// `rotate --force --output json` from the initial key: exits `code`, converges
+/// ([`assert_converged`]) and reports the rotation ([`assert_rotated_json`]). Returns the run,
+/// the new key and the report.
+async fn forced_rotation(env: &Env, code: i32) -> (Output, String, Value) {
+    let before = env.endpoint();
+    let old = env.initial_key.clone();
+    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
+    assert_eq!(o.code, code, "{}", o.show());
+    let new = assert_converged(env, &old, &before).await;
+    let doc = assert_rotated_json(&o, &old, &new);
+    (o, new, doc)
+}
+
 #[tokio::test]
 async fn a_forced_rotation_updates_the_shared_endpoint_once_in_place() {
     let env = spawn_env().await;
-    let before = env.endpoint();
     let old = env.initial_key.clone();
-
-    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
-    let new = assert_converged(&env, &old, &before).await;
-    let doc = assert_rotated_json(&o, &old, &new);
+    let (_, new, doc) = forced_rotation(&env, 0).await;
     assert_eq!(doc["notification"]["status"], "sent", "{doc:#}");
     let endpoints = doc["targets"][0]["endpoints"].as_array().unwrap();
     assert!(
@@ -125,6 +145,12 @@ async fn a_forced_rotation_updates_the_shared_endpoint_once_in_place() {
             .iter()
             .all(|e| e["id"] == EP_ID && e["key"] == masked(&new).as_str()),
         "{doc:#}"
+    );
+    // Strict mode: STS refused the new key at first, as AWS does; verify waited it out.
+    assert!(
+        env.proxy().refused("GetCallerIdentity") > 0,
+        "STS (strict) refused the new key at least once: {:?}",
+        env.proxy().counts()
     );
 
     // In place: one PUT to the shared endpoint's id, nothing created, deleted or re-shared.
@@ -161,8 +187,7 @@ async fn a_rerun_right_after_a_rotation_does_nothing() {
     let env = spawn_env().await;
     let first = env.run(&["rotate", "--force", "--output", "json"]).await;
     assert_eq!(first.code, 0, "{}", first.show());
-    let aws_before = env.aws_state().await;
-    let ado_before = env.ado_state();
+    let before = env.snapshot().await;
     env.ado.clear_requests();
 
     let posts_before = env.posts().len();
@@ -178,17 +203,7 @@ async fn a_rerun_right_after_a_rotation_does_nothing() {
         "no Slack message for a quiet run"
     );
     assert!(t["new_key"].is_null(), "{t:#}");
-    assert_eq!(
-        env.aws_state().await,
-        aws_before,
-        "IAM and the secret unchanged"
-    );
-    assert_eq!(env.ado_state(), ado_before, "Azure DevOps unchanged");
-    assert_eq!(
-        env.write_requests(),
-        Vec::<String>::new(),
-        "no PUT, no write"
-    );
+    env.assert_unchanged(&before).await;
     env.stop().await;
 }
 
@@ -197,14 +212,9 @@ async fn a_refused_pat_exits_2_and_changes_nothing() {
     let env = spawn_env().await;
     env.set_pat_parameter("wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg")
         .await;
-    let aws_before = env.aws_state().await;
-    let ado_before = env.ado_state();
+    let before = env.snapshot().await;
 
-    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(o.code, 2, "{}", o.show());
-    let doc = o.json();
-    let t = target(&doc);
-    assert_eq!(t["outcome"], "invalid", "{}", o.show());
+    let (o, t) = forced_json(&env, 2, "invalid").await;
     let error = t["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("Azure DevOps") && error.contains("PAT"),
@@ -221,13 +231,7 @@ async fn a_refused_pat_exits_2_and_changes_nothing() {
         text.show()
     );
 
-    assert_eq!(
-        env.aws_state().await,
-        aws_before,
-        "same keys, same secret versions and stages"
-    );
-    assert_eq!(env.ado_state(), ado_before, "Azure DevOps unchanged");
-    assert_eq!(env.write_requests(), Vec::<String>::new());
+    env.assert_unchanged(&before).await;
     env.stop().await;
 }
 
@@ -238,11 +242,7 @@ async fn an_update_that_fails_for_good_is_compensated_with_exit_1() {
     let endpoint_before = env.endpoint();
     let old = env.initial_key.clone();
 
-    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(o.code, 1, "{}", o.show());
-    let doc = o.json();
-    let t = target(&doc);
-    assert_eq!(t["outcome"], "failed", "{}", o.show());
+    let (_, t) = forced_json(&env, 1, "failed").await;
     assert_eq!(t["failed_step"], "push", "{t:#}");
     assert!(t["error"].as_str().is_some_and(|e| !e.is_empty()), "{t:#}");
     assert!(
@@ -260,11 +260,7 @@ async fn an_update_that_fails_for_good_is_compensated_with_exit_1() {
         .find(|v| v["AccessKeyId"].as_str().map(masked).as_deref() == Some(new_masked))
         .expect("a version of the secret holds the new key");
     assert!(
-        env.known
-            .lock()
-            .unwrap()
-            .secrets
-            .contains(stored["SecretAccessKey"].as_str().unwrap()),
+        env.knows_secret(stored["SecretAccessKey"].as_str().unwrap()),
         "the deleted key's secret is among the secrets scanned for"
     );
 
@@ -319,13 +315,7 @@ async fn a_429_storm_that_ends_is_waited_out() {
     let env = spawn_env().await;
     env.ado
         .inject(Fault::status(Op::Put, 429).retry_after(1).times(3));
-    let before = env.endpoint();
-    let old = env.initial_key.clone();
-
-    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
-    let new = assert_converged(&env, &old, &before).await;
-    assert_rotated_json(&o, &old, &new);
+    forced_rotation(&env, 0).await;
     let statuses: Vec<u16> = env.puts().into_iter().map(|(_, s)| s).collect();
     assert_eq!(statuses, vec![429, 429, 429, 200]);
     env.stop().await;
@@ -337,7 +327,7 @@ async fn a_429_storm_that_ends_is_waited_out() {
 /// budget is spent, so no request is ever refused and every target rotates.
 #[tokio::test]
 async fn a_fleet_rides_out_the_rate_limit_with_no_failed_target() {
-    let env = spawn_fleet(7).await;
+    let env = setup().fleet(7).start().await;
     env.ado.set_rate_limit(Some(RateLimit {
         limit: 16,
         window_seconds: 2,
@@ -377,43 +367,32 @@ async fn a_fleet_rides_out_the_rate_limit_with_no_failed_target() {
 
 #[tokio::test]
 async fn an_oidc_connection_is_refused_with_exit_3_and_nothing_changes() {
-    let env = spawn_env_with(|ep| {
-        let p = &mut ep["authorization"]["parameters"];
-        p["useOIDC"] = json!("true");
-        p["username"] = json!("");
-        p["password"] = json!("");
-        p["assumeRoleArn"] = json!(ROLE_ARN);
-    })
-    .await;
-    let aws_before = env.aws_state().await;
-    let ado_before = env.ado_state();
+    let env = setup()
+        .edit_connections(|eps| {
+            let p = &mut eps[0]["authorization"]["parameters"];
+            p["useOIDC"] = json!("true");
+            p["username"] = json!("");
+            p["password"] = json!("");
+            p["assumeRoleArn"] = json!(ROLE_ARN);
+        })
+        .start()
+        .await;
+    let before = env.snapshot().await;
 
-    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(o.code, 3, "{}", o.show());
-    let doc = o.json();
-    let t = target(&doc);
-    assert_eq!(t["outcome"], "refused", "{}", o.show());
+    let (_, t) = forced_json(&env, 3, "refused").await;
     assert!(
-        all_text(t).contains("OIDC"),
+        all_text(&t).contains("OIDC"),
         "the report says why (OIDC): {t:#}"
     );
-    assert_eq!(env.aws_state().await, aws_before, "AWS unchanged");
-    assert_eq!(env.ado_state(), ado_before, "Azure DevOps unchanged");
-    assert_eq!(env.write_requests(), Vec::<String>::new());
+    env.assert_unchanged(&before).await;
     env.stop().await;
 }
 
 #[tokio::test]
 async fn a_slack_outage_does_not_undo_a_rotation_and_exits_4() {
     let env = spawn_env().await;
-    env.slack.script(Reply::rollup_error(), 1000);
-    let before = env.endpoint();
-    let old = env.initial_key.clone();
-
-    let o = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(o.code, 4, "{}", o.show());
-    let new = assert_converged(&env, &old, &before).await;
-    let doc = assert_rotated_json(&o, &old, &new);
+    env.slack().script(Reply::rollup_error(), 1000);
+    let (_, new, doc) = forced_rotation(&env, 4).await;
     assert_eq!(doc["notification"]["status"], "failed", "{doc:#}");
     assert!(
         doc["notification"]["error"]
@@ -428,8 +407,8 @@ async fn a_slack_outage_does_not_undo_a_rotation_and_exits_4() {
     );
 
     // The text report says so too (a webhook that was removed this time: 404 no_service).
-    env.slack.reset();
-    env.slack.script(Reply::no_service(), 1000);
+    env.slack().reset();
+    env.slack().script(Reply::no_service(), 1000);
     let before = env.endpoint();
     let text = env.run(&["rotate", "--force"]).await;
     assert_eq!(text.code, 4, "{}", text.show());

@@ -8,11 +8,14 @@ use std::time::Instant;
 use keyrotor_testkit::ado::{Scope, aws_endpoint};
 use serde_json::{Value, json};
 
-use crate::env::{EP_NAME, Env, Output, PAT_PARAM, ROLE_ARN, SECRET, USER, masked, spawn_env};
-use crate::harness::{
-    JSON, TEXT, World, assert_names, assert_one_sentence, config_line, default_org, edit_config,
-    error_lines, message_of, reseed, run_untraced, second_key, the_target, use_key, world,
+use keyrotor_testkit::env::{
+    EP_NAME, Output, PAT_PARAM, ROLE_ARN, SECRET, Snapshot, TestEnv as Env, USER, masked,
 };
+
+use super::{
+    JSON, TEXT, assert_names, assert_one_sentence, config_line, message_of, the_target, use_key,
+};
+use crate::spawn_env;
 
 type Fut<'a> = Pin<Box<dyn Future<Output = Expect> + 'a>>;
 
@@ -53,107 +56,71 @@ impl Expect {
             ..Self::default()
         }
     }
+
+    /// A config error at `line` of `keyrotor.toml` (the error names `keyrotor.toml:LINE: ` and
+    /// then `field`, possibly empty), naming `more` too.
+    fn config(line: usize, field: &str, more: &[&str]) -> Self {
+        let mut names = vec![
+            format!("keyrotor.toml:{line}: {field}")
+                .trim_end()
+                .to_owned(),
+        ];
+        names.extend(more.iter().map(|n| (*n).to_owned()));
+        Self {
+            names,
+            lines: Some((line, line)),
+            ..Self::default()
+        }
+    }
 }
 
 struct Case {
     name: &'static str,
     setup: Setup,
-    code: i32,
     kind: Kind,
 }
 
-const fn case(name: &'static str, code: i32, kind: Kind, setup: Setup) -> Case {
-    Case {
-        name,
-        setup,
-        code,
-        kind,
+impl Case {
+    /// The exit code the README documents for the kind: 2 bad usage, configuration or input,
+    /// 3 refused as unsafe, 1 a failed (and compensated) rotation.
+    fn code(&self) -> i32 {
+        match self.kind {
+            Kind::Usage | Kind::Target("invalid") => 2,
+            Kind::Target(_) => 3,
+            Kind::PushRefused => 1,
+        }
     }
 }
 
+const USAGE: Kind = Kind::Usage;
+const INVALID: Kind = Kind::Target("invalid");
+const REFUSED: Kind = Kind::Target("refused");
+const PUSH_REFUSED: Kind = Kind::PushRefused;
+
+const fn case(name: &'static str, kind: Kind, setup: Setup) -> Case {
+    Case { name, setup, kind }
+}
+
+/// Every row: the name, where the error shows (and so the exit code), the setup.
+#[rustfmt::skip]
 static CASES: &[Case] = &[
-    case("config: malformed TOML", 2, Kind::Usage, malformed_toml),
-    case("config: an unknown key", 2, Kind::Usage, unknown_key),
-    case(
-        "config: a missing target field",
-        2,
-        Kind::Usage,
-        missing_target_field,
-    ),
-    case(
-        "config: duplicate target names",
-        2,
-        Kind::Usage,
-        duplicate_target_names,
-    ),
-    case("config: a literal PAT", 2, Kind::Usage, literal_pat),
-    case(
-        "config: http to a non-loopback host",
-        2,
-        Kind::Usage,
-        http_remote,
-    ),
-    case(
-        "an unknown IAM user",
-        2,
-        Kind::Target("invalid"),
-        unknown_user,
-    ),
-    case(
-        "a secret holding JSON of another shape",
-        2,
-        Kind::Target("invalid"),
-        foreign_secret,
-    ),
-    case(
-        "a missing SSM parameter for the PAT",
-        2,
-        Kind::Usage,
-        missing_pat_parameter,
-    ),
-    case("a wrong PAT", 2, Kind::Target("invalid"), wrong_pat),
-    case(
-        "a PAT without the manage scope",
-        1,
-        Kind::PushRefused,
-        read_only_pat,
-    ),
-    case(
-        "an endpoint name that matches nothing",
-        2,
-        Kind::Target("invalid"),
-        endpoint_matches_nothing,
-    ),
-    case(
-        "an endpoint name that matches two",
-        2,
-        Kind::Target("invalid"),
-        endpoint_matches_two,
-    ),
-    case(
-        "a non-AWS (azurerm) endpoint",
-        3,
-        Kind::Target("refused"),
-        azurerm_endpoint,
-    ),
-    case(
-        "an OIDC endpoint",
-        3,
-        Kind::Target("refused"),
-        oidc_endpoint,
-    ),
-    case(
-        "two active keys, both in use",
-        3,
-        Kind::Target("refused"),
-        two_keys_in_use,
-    ),
-    case(
-        "an unknown key that was used",
-        3,
-        Kind::Target("refused"),
-        unknown_used_key,
-    ),
+    case("config: malformed TOML", USAGE, malformed_toml),
+    case("config: an unknown key", USAGE, unknown_key),
+    case("config: a missing target field", USAGE, missing_target_field),
+    case("config: duplicate target names", USAGE, duplicate_target_names),
+    case("config: a literal PAT", USAGE, literal_pat),
+    case("config: http to a non-loopback host", USAGE, http_remote),
+    case("an unknown IAM user", INVALID, unknown_user),
+    case("a secret holding JSON of another shape", INVALID, foreign_secret),
+    case("a missing SSM parameter for the PAT", USAGE, missing_pat_parameter),
+    case("a wrong PAT", INVALID, wrong_pat),
+    case("a PAT without the manage scope", PUSH_REFUSED, read_only_pat),
+    case("an endpoint name that matches nothing", INVALID, endpoint_matches_nothing),
+    case("an endpoint name that matches two", INVALID, endpoint_matches_two),
+    case("a non-AWS (azurerm) endpoint", REFUSED, azurerm_endpoint),
+    case("an OIDC endpoint", REFUSED, oidc_endpoint),
+    case("two active keys, both in use", REFUSED, two_keys_in_use),
+    case("an unknown key that was used", REFUSED, unknown_used_key),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -161,13 +128,7 @@ static CASES: &[Case] = &[
 
 /// The 1-based line of the config that contains `needle` (the first one after `after` lines).
 fn line_of(env: &Env, needle: &str, after: usize) -> usize {
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    text.lines()
-        .enumerate()
-        .skip(after)
-        .find(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .unwrap_or_else(|| panic!("{needle:?} is not in the config:\n{text}"))
+    env.config_line_of(needle, after)
 }
 
 fn pat_line() -> String {
@@ -175,46 +136,27 @@ fn pat_line() -> String {
 }
 
 fn at_line(env: &Env, needle: &str, field: &str) -> Expect {
-    let line = line_of(env, needle, 0);
-    Expect {
-        names: vec![format!("keyrotor.toml:{line}: {field}")],
-        lines: Some((line, line)),
-        ..Expect::default()
-    }
+    Expect::config(line_of(env, needle, 0), field, &[])
 }
 
 fn malformed_toml(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         // An unterminated string: a syntax error has a line but no field to name.
-        crate::harness::replace_in_config(
-            env,
-            "verify_interval = \"50ms\"",
-            "verify_interval = \"50ms",
-        );
-        let line = line_of(env, "verify_interval", 0);
-        Expect {
-            names: vec![format!("keyrotor.toml:{line}:")],
-            lines: Some((line, line)),
-            ..Expect::default()
-        }
+        env.replace_in_config("verify_interval = \"50ms\"", "verify_interval = \"50ms");
+        Expect::config(line_of(env, "verify_interval", 0), "", &[])
     })
 }
 
 fn unknown_key(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(env, "[ado]\n", "[ado]\ncolour = \"blue\"\n");
-        let line = line_of(env, "colour", 0);
-        Expect {
-            names: vec![format!("keyrotor.toml:{line}:"), "colour".into()],
-            lines: Some((line, line)),
-            ..Expect::default()
-        }
+        env.replace_in_config("[ado]\n", "[ado]\ncolour = \"blue\"\n");
+        Expect::config(line_of(env, "colour", 0), "", &["colour"])
     })
 }
 
 fn missing_target_field(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(env, &format!("iam_user = \"{USER}\"\n"), "");
+        env.replace_in_config(&format!("iam_user = \"{USER}\"\n"), "");
         // The field is missing, so the line can only be the target's table: its header or
         // any of its lines.
         let first = line_of(env, "[[target]]", 0);
@@ -229,7 +171,7 @@ fn missing_target_field(env: &mut Env) -> Fut<'_> {
 
 fn duplicate_target_names(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        edit_config(env, |text| {
+        env.edit_config(|text| {
             format!(
                 "{text}\n[[target]]\nname = \"platform-prod\"\niam_user = \"another-user\"\n\
                  secret = \"/another/secret\"\nendpoints = [ {{ project = \"Platform\", name = \
@@ -238,14 +180,7 @@ fn duplicate_target_names(env: &mut Env) -> Fut<'_> {
         });
         let second = line_of(env, "name = \"platform-prod\"", 0);
         let line = line_of(env, "name = \"platform-prod\"", second);
-        Expect {
-            names: vec![
-                format!("keyrotor.toml:{line}: target[1].name:"),
-                "platform-prod".into(),
-            ],
-            lines: Some((line, line)),
-            ..Expect::default()
-        }
+        Expect::config(line, "target[1].name:", &["platform-prod"])
     })
 }
 
@@ -255,7 +190,7 @@ const LITERAL_PAT: &str = "plaintextpat7q3xk9m2v8w4r6t1y5u0i3o7p2a9s4d6f8g1h3j5k
 fn literal_pat(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         env.add_secret(LITERAL_PAT);
-        crate::harness::replace_in_config(env, &pat_line(), &format!("pat = \"{LITERAL_PAT}\""));
+        env.replace_in_config(&pat_line(), &format!("pat = \"{LITERAL_PAT}\""));
         let mut e = at_line(env, "pat = ", "ado.pat:");
         e.never.push(LITERAL_PAT.into());
         e
@@ -264,8 +199,8 @@ fn literal_pat(env: &mut Env) -> Fut<'_> {
 
 fn http_remote(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let url = env.ado.org_url(crate::env::ORG);
-        crate::harness::replace_in_config(env, &url, "http://dev.azure.com/x");
+        let url = env.org_url();
+        env.replace_in_config(&url, "http://dev.azure.com/x");
         let mut e = at_line(env, "organization = ", "ado.organization:");
         e.names.push("http".into());
         e
@@ -274,19 +209,14 @@ fn http_remote(env: &mut Env) -> Fut<'_> {
 
 fn missing_pat_parameter(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(
-            env,
-            &pat_line(),
-            "pat = \"ssm:/azuredevops/no/such/pat\"",
-        );
+        env.replace_in_config(&pat_line(), "pat = \"ssm:/azuredevops/no/such/pat\"");
         Expect::names(&["ado.pat", "/azuredevops/no/such/pat"])
     })
 }
 
 fn unknown_user(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(
-            env,
+        env.replace_in_config(
             &format!("iam_user = \"{USER}\""),
             "iam_user = \"no-such-user\"",
         );
@@ -320,16 +250,15 @@ fn wrong_pat(env: &mut Env) -> Fut<'_> {
 
 fn read_only_pat(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let org = default_org(env, Scope::Read);
-        reseed(env, org).await;
+        let org = env.org_seed(Scope::Read);
+        env.reseed(org).await;
         Expect::names(&[EP_NAME])
     })
 }
 
 fn endpoint_matches_nothing(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        crate::harness::replace_in_config(
-            env,
+        env.replace_in_config(
             &format!("{{ project = \"Platform\", name = \"{EP_NAME}\" }}"),
             "{ project = \"Platform\", name = \"aws-nope\" }",
         );
@@ -350,15 +279,15 @@ fn endpoint_matches_two(env: &mut Env) -> Fut<'_> {
             &env.initial_secret,
             &["Platform"],
         );
-        let org = default_org(env, Scope::Manage).endpoint(twin);
-        reseed(env, org).await;
+        let org = env.org_seed(Scope::Manage).endpoint(twin);
+        env.reseed(org).await;
         Expect::names(&[EP_NAME, "Platform"])
     })
 }
 
 fn azurerm_endpoint(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let mut org = default_org(env, Scope::Manage);
+        let mut org = env.org_seed(Scope::Manage);
         let ep = &mut org.endpoints[0];
         ep["type"] = json!("azurerm");
         ep["url"] = json!("https://management.azure.com/");
@@ -378,32 +307,31 @@ fn azurerm_endpoint(env: &mut Env) -> Fut<'_> {
                 "workloadIdentityFederationSubject": "sc://contoso/Platform/aws-prod"
             }
         });
-        reseed(env, org).await;
+        env.reseed(org).await;
         Expect::names(&[EP_NAME, "azurerm"])
     })
 }
 
 fn oidc_endpoint(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let mut org = default_org(env, Scope::Manage);
+        let mut org = env.org_seed(Scope::Manage);
         let p = &mut org.endpoints[0]["authorization"]["parameters"];
         p["useOIDC"] = json!("true");
         p["username"] = json!("");
         p["password"] = json!("");
         p["assumeRoleArn"] = json!(ROLE_ARN);
-        reseed(env, org).await;
+        env.reseed(org).await;
         Expect::names(&[EP_NAME, "OIDC"])
     })
 }
 
 fn two_keys_in_use(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let (id, secret) = second_key(env).await;
+        let (id, secret) = env.add_key().await;
         let second = aws_endpoint("aws-prod-2", &id, &secret, &["Platform"]);
-        let org = default_org(env, Scope::Manage).endpoint(second);
-        reseed(env, org).await;
-        crate::harness::replace_in_config(
-            env,
+        let org = env.org_seed(Scope::Manage).endpoint(second);
+        env.reseed(org).await;
+        env.replace_in_config(
             "endpoints = [ ",
             "endpoints = [ { project = \"Platform\", name = \"aws-prod-2\" }, ",
         );
@@ -417,7 +345,7 @@ fn two_keys_in_use(env: &mut Env) -> Fut<'_> {
 
 fn unknown_used_key(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        let (id, secret) = second_key(env).await;
+        let (id, secret) = env.add_key().await;
         use_key(env, &id, &secret).await;
         let mut e = Expect::names(&[USER]);
         e.names.push(masked(&id));
@@ -434,10 +362,10 @@ fn context(o: &Output) -> String {
 }
 
 /// Runs one form of the command the way the case needs.
-async fn run(env: &Env, kind: Kind, args: &[&str], history: &mut Vec<Output>) -> Output {
+async fn run(env: &Env, kind: Kind, args: &[&str]) -> Output {
     match kind {
         // A config error stops the binary before it logs (or sends) anything.
-        Kind::Usage => run_untraced(env, args, history).await,
+        Kind::Usage => env.cmd(args).untraced().run().await,
         _ => env.run(args).await,
     }
 }
@@ -453,7 +381,7 @@ fn check_message(msg: &str, e: &Expect, o: &Output) {
 
 /// The one `error:` line of a usage error, without the prefix.
 fn usage_error(o: &Output) -> String {
-    let lines = error_lines(&o.stderr);
+    let lines = o.errors();
     assert_eq!(
         lines.len(),
         1,
@@ -531,7 +459,7 @@ fn check_push_refused(o: &Output, e: &Expect, env_key: &str) -> String {
 /// and `<run>-key`) stay behind. They must carry no label at all: nothing reads an unlabelled
 /// version (every reader asks for a stage), Secrets Manager deprecates and eventually removes
 /// them, and the secret access key in `<run>-key` belongs to a key that no longer exists.
-fn assert_push_refused_state(before: &World, after: &World, writes: &[String]) {
+fn assert_push_refused_state(before: &Snapshot, after: &Snapshot, writes: &[String]) {
     assert_eq!(
         after.aws.keys, before.aws.keys,
         "IAM: the new key was deleted, the old one is still Active"
@@ -570,22 +498,21 @@ fn assert_push_refused_state(before: &World, after: &World, writes: &[String]) {
 async fn run_case(case: &Case) {
     let mut env = spawn_env().await;
     let e = (case.setup)(&mut env).await;
-    let before = world(&env).await;
+    let before = env.snapshot().await;
     env.ado.clear_requests();
-    let mut history = Vec::new();
 
-    let json_run = run(&env, case.kind, JSON, &mut history).await;
+    let json_run = run(&env, case.kind, JSON).await;
     assert_eq!(
         json_run.code,
-        case.code,
+        case.code(),
         "exit code: {}",
         context(&json_run)
     );
     let text_run = match case.kind {
         Kind::Usage => {
             let msg = check_usage(&json_run, &e);
-            let text = run(&env, case.kind, TEXT, &mut history).await;
-            assert_eq!(text.code, case.code, "exit code: {}", context(&text));
+            let text = run(&env, case.kind, TEXT).await;
+            assert_eq!(text.code, case.code(), "exit code: {}", context(&text));
             assert_eq!(check_usage(&text, &e), msg, "the same error in both forms");
             assert_eq!(
                 env.ado.requests(),
@@ -597,15 +524,15 @@ async fn run_case(case: &Case) {
         Kind::Target(outcome) => {
             let (t, msg) = check_report(&json_run, outcome, &e);
             assert!(t["new_key"].is_null(), "no new key: {t:#}");
-            let text = run(&env, case.kind, TEXT, &mut history).await;
-            assert_eq!(text.code, case.code, "exit code: {}", context(&text));
+            let text = run(&env, case.kind, TEXT).await;
+            assert_eq!(text.code, case.code(), "exit code: {}", context(&text));
             check_text_report(&text, &msg);
             text
         }
         Kind::PushRefused => {
             check_push_refused(&json_run, &e, &env.initial_key);
-            let text = run(&env, case.kind, TEXT, &mut history).await;
-            assert_eq!(text.code, case.code, "exit code: {}", context(&text));
+            let text = run(&env, case.kind, TEXT).await;
+            assert_eq!(text.code, case.code(), "exit code: {}", context(&text));
             assert!(
                 text.stdout.lines().any(|l| l.contains("failed at push")
                     && e.names.iter().all(|n| l.contains(n.as_str()))),
@@ -621,13 +548,13 @@ async fn run_case(case: &Case) {
             assert!(
                 !o.stdout.contains(s.as_str()) && !o.stderr.contains(s.as_str()),
                 "{} is echoed: {}",
-                crate::harness::hint(s),
+                super::hint(s),
                 context(o)
             );
         }
     }
 
-    let after = world(&env).await;
+    let after = env.snapshot().await;
     let writes = env.write_requests();
     if case.kind == Kind::PushRefused {
         assert_push_refused_state(&before, &after, &writes);
@@ -638,16 +565,7 @@ async fn run_case(case: &Case) {
             );
         }
     } else {
-        assert_eq!(
-            after.aws, before.aws,
-            "IAM keys (with status), secret versions and stages unchanged"
-        );
-        assert_eq!(after.ado, before.ado, "Azure DevOps unchanged");
-        assert_eq!(
-            writes,
-            Vec::<String>::new(),
-            "no write reached Azure DevOps"
-        );
+        env.assert_unchanged(&before).await;
     }
     for k in &e.keep_keys {
         assert_eq!(
@@ -692,7 +610,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
                 println!(
                     "ok   {:<40} exit {} ({:.1}s)",
                     case.name,
-                    case.code,
+                    case.code(),
                     started.elapsed().as_secs_f64()
                 );
             }

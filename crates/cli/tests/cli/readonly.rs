@@ -1,12 +1,13 @@
 //! `plan`, `status` and `--help`: they change nothing.
 
-use crate::env::{EP_ID, EP_NAME, TARGET, masked, spawn_env};
+use keyrotor_testkit::env::{EP_ID, EP_NAME, TARGET, masked};
+
+use crate::spawn_env;
 
 #[tokio::test]
 async fn plan_and_status_show_the_masked_key_and_change_nothing() {
     let env = spawn_env().await;
-    let aws_before = env.aws_state().await;
-    let ado_before = env.ado_state();
+    let before = env.snapshot().await;
     let key = masked(&env.initial_key);
 
     let plan = env.run(&["plan", "--force"]).await;
@@ -45,9 +46,7 @@ async fn plan_and_status_show_the_masked_key_and_change_nothing() {
         "{doc:#}"
     );
 
-    assert_eq!(env.aws_state().await, aws_before, "AWS unchanged");
-    assert_eq!(env.ado_state(), ado_before, "Azure DevOps unchanged");
-    assert_eq!(env.write_requests(), Vec::<String>::new(), "no write");
+    env.assert_unchanged(&before).await;
     assert!(env.posts().is_empty(), "plan and status post nothing");
     env.stop().await;
 }

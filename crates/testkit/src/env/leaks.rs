@@ -1,19 +1,41 @@
-//! The leak checks run after every run of the binary.
+//! The leak scan run after every run of the binary.
 //!
-//! - No secret (any secret access key ever stored or pushed, any PAT, `base64(":" + PAT)` as
-//!   sent in the Basic header, the webhook URL and its secret part) in any run's stdout or
-//!   stderr (`RUST_LOG=trace`, every crate), nor in any payload the Slack sink received.
+//! - No secret (any secret access key ever stored or held, any PAT, `base64(":" + PAT)` as
+//!   sent in the Basic header, the webhook URL and its secret part) in any run's stdout (the
+//!   JSON output included) or stderr (`RUST_LOG=trace`, every crate), nor in any payload the
+//!   Slack sink received.
 //! - No full key id in stdout or in a Slack payload: only the masked form (`AKIA…WXYZ`).
 //! - In the logs, a full key id may appear only in a line logged by the AWS SDK itself (it
 //!   logs non-sensitive response bodies, such as `ListAccessKeys`, at trace level): never in
 //!   a line of keyrotor's own crates.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use base64::Engine as _;
-use keyrotor_testkit::slack::Post;
 
-use crate::env::{Known, Output};
+use super::{Output, TestEnv, masked};
+use crate::slack::Post;
+
+/// Secrets and key ids seen so far: everything the scan looks for.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Secret values (shorter than 8 characters: not scanned for).
+    pub secrets: BTreeSet<String>,
+    /// Full access key ids.
+    pub key_ids: BTreeSet<String>,
+}
+
+impl TestEnv {
+    /// Scans stdout and stderr of every run so far, and every Slack post, for every known
+    /// secret; and stdout and Slack for any full key id (logs: only in the AWS SDK's lines).
+    /// Panics on the first leak found.
+    pub fn assert_no_leaks(&self) {
+        let known = self.lock_known();
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        check(&known, &history, &self.posts());
+    }
+}
 
 /// Log lines of the AWS SDK that showed a full key id, for the report (`--nocapture`).
 static SDK_LINES_WITH_IDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -86,7 +108,7 @@ fn is_keyrotors(line: &str) -> bool {
 }
 
 /// Panics on the first leak found.
-pub fn check(known: &Known, history: &[Output], posts: &[Post]) {
+fn check(known: &Known, history: &[Output], posts: &[Post]) {
     let needles = needles(known);
     for run in history {
         for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
@@ -104,7 +126,7 @@ pub fn check(known: &Known, history: &[Output], posts: &[Post]) {
             assert!(
                 !run.stdout.contains(id.as_str()),
                 "a full key id ({}) is in the stdout of keyrotor {:?}: {}",
-                crate::env::masked(id),
+                masked(id),
                 run.args,
                 locate(&run.stdout, id)
             );
@@ -112,7 +134,7 @@ pub fn check(known: &Known, history: &[Output], posts: &[Post]) {
                 assert!(
                     !is_keyrotors(line),
                     "a full key id ({}) is in a log line of keyrotor's own in keyrotor {:?}: {}",
-                    crate::env::masked(id),
+                    masked(id),
                     run.args,
                     line.replace(id.as_str(), "<HERE>")
                 );
@@ -151,72 +173,81 @@ pub fn check(known: &Known, history: &[Output], posts: &[Post]) {
             assert!(
                 !post.body.contains(id.as_str()),
                 "a full key id ({}) is in Slack post #{i}",
-                crate::env::masked(id)
+                masked(id)
             );
         }
     }
 }
 
-#[test]
-fn the_target_of_a_log_line_is_found_after_its_spans() {
-    let line = "2026-01-01T00:00:00.000000Z TRACE invoke{service=iam operation=ListAccessKeys \
-                sdk_invocation_id=1}:try_op:try_attempt: aws_smithy_runtime::client::orchestrator: \
-                read HTTP response body";
-    assert_eq!(
-        target_of(line),
-        Some("aws_smithy_runtime::client::orchestrator")
-    );
-    let own = "2026-01-01T00:00:00.000000Z  INFO keyrotor_ado::client: service connection updated";
-    assert!(is_keyrotors(own));
-    assert!(!is_keyrotors(line));
-    assert!(is_keyrotors("no target at all"));
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[test]
-fn the_checks_find_a_secret_a_basic_header_and_a_full_key_id() {
-    const SECRET: &str = "wJalrXUtnFEMIbinaryK7MDENGbPxRfiCYEXAMPLE";
-    const ID: &str = "AKIAIOSFODNN7BINARY1";
-    let known = Known {
-        secrets: [SECRET.to_owned()].into(),
-        key_ids: [ID.to_owned()].into(),
-    };
-    let run = |stdout: &str, stderr: &str| Output {
-        args: vec!["rotate".into()],
-        code: 0,
-        stdout: stdout.into(),
-        stderr: stderr.into(),
-    };
-    let post = |body: &str| Post {
-        path: "/services/T/B/x".into(),
-        content_type: None,
-        body: body.into(),
-        json: None,
-        status: 200,
-        at: std::time::Duration::ZERO,
-    };
-    let caught = |runs: Vec<Output>, posts: Vec<Post>| {
-        std::panic::catch_unwind(|| check(&known, &runs, &posts)).is_err()
-    };
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!(":{SECRET}"));
-    let sdk = format!("T TRACE aws_smithy_runtime::client::orchestrator: body={ID}");
-    let own = format!("T  INFO keyrotor_ado::client: key={ID}");
+    #[test]
+    fn the_target_of_a_log_line_is_found_after_its_spans() {
+        let line = "2026-01-01T00:00:00.000000Z TRACE invoke{service=iam operation=ListAccessKeys \
+                    sdk_invocation_id=1}:try_op:try_attempt: aws_smithy_runtime::client::orchestrator: \
+                    read HTTP response body";
+        assert_eq!(
+            target_of(line),
+            Some("aws_smithy_runtime::client::orchestrator")
+        );
+        let own =
+            "2026-01-01T00:00:00.000000Z  INFO keyrotor_ado::client: service connection updated";
+        assert!(is_keyrotors(own));
+        assert!(!is_keyrotors(line));
+        assert!(is_keyrotors("no target at all"));
+    }
 
-    assert!(caught(vec![run("", &format!("x {SECRET} y"))], vec![]));
-    assert!(caught(vec![run(SECRET, "")], vec![]));
-    assert!(caught(
-        vec![run("", &format!("authorization: Basic {basic}"))],
-        vec![]
-    ));
-    assert!(caught(
-        vec![],
-        vec![post(&format!("{{\"text\":\"{SECRET}\"}}"))]
-    ));
-    assert!(caught(vec![run(&format!("old {ID}"), "")], vec![]));
-    assert!(caught(vec![], vec![post(ID)]));
-    assert!(caught(vec![run("", &own)], vec![]));
-    // Masked ids anywhere, and full ids in the SDK's own log lines, pass.
-    assert!(!caught(
-        vec![run("AKIA…ARY1", &sdk)],
-        vec![post("AKIA…ARY1")]
-    ));
+    #[test]
+    fn the_checks_find_a_secret_a_basic_header_and_a_full_key_id() {
+        const SECRET: &str = "wJalrXUtnFEMIbinaryK7MDENGbPxRfiCYEXAMPLE";
+        const ID: &str = "AKIAIOSFODNN7BINARY1";
+        let known = Known {
+            secrets: [SECRET.to_owned()].into(),
+            key_ids: [ID.to_owned()].into(),
+        };
+        let run = |stdout: &str, stderr: &str| Output {
+            args: vec!["rotate".into()],
+            code: 0,
+            killed: false,
+            triggered: false,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            elapsed: std::time::Duration::ZERO,
+        };
+        let post = |body: &str| Post {
+            path: "/services/T/B/x".into(),
+            content_type: None,
+            body: body.into(),
+            json: None,
+            status: 200,
+            at: std::time::Duration::ZERO,
+        };
+        let caught = |runs: Vec<Output>, posts: Vec<Post>| {
+            std::panic::catch_unwind(|| check(&known, &runs, &posts)).is_err()
+        };
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(":{SECRET}"));
+        let sdk = format!("T TRACE aws_smithy_runtime::client::orchestrator: body={ID}");
+        let own = format!("T  INFO keyrotor_ado::client: key={ID}");
+
+        assert!(caught(vec![run("", &format!("x {SECRET} y"))], vec![]));
+        assert!(caught(vec![run(SECRET, "")], vec![]));
+        assert!(caught(
+            vec![run("", &format!("authorization: Basic {basic}"))],
+            vec![]
+        ));
+        assert!(caught(
+            vec![],
+            vec![post(&format!("{{\"text\":\"{SECRET}\"}}"))]
+        ));
+        assert!(caught(vec![run(&format!("old {ID}"), "")], vec![]));
+        assert!(caught(vec![], vec![post(ID)]));
+        assert!(caught(vec![run("", &own)], vec![]));
+        // Masked ids anywhere, and full ids in the SDK's own log lines, pass.
+        assert!(!caught(
+            vec![run("AKIA…ARY1", &sdk)],
+            vec![post("AKIA…ARY1")]
+        ));
+    }
 }

@@ -1,13 +1,13 @@
 //! The cases of the matrix (which fault, at which step, what must follow) and how one is run and
 //! checked.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keyrotor_testkit::ado::{Fault as AdoFault, Op};
 use keyrotor_testkit::aws_proxy::{Fault as AwsFault, FaultKind};
+use keyrotor_testkit::env::{EP_ID, Output, TestEnv as Env, all_text};
 use keyrotor_testkit::moto::Moto;
-
-use crate::env::{EP_ID, Env, Output, VERIFY_INTERVAL_MS, VERIFY_TIMEOUT_MS, all_text};
 
 /// Every run must end within this (a bound, not a wait). The slowest legitimate run is a
 /// permanent fault on the key's `PutSecretValue`: 4 tries by keyrotor × 5 SDK attempts with the
@@ -19,6 +19,11 @@ pub const MAX_ATTEMPTS_PER_CALL: usize = 5;
 
 /// The Azure DevOps client's retry bound (keyrotor-ado: 5 attempts per request).
 const ADO_ATTEMPTS: usize = 5;
+
+/// Small verification settings, so a permanent STS fault ends in seconds (and long enough for
+/// the strict mode's new-key delay).
+const VERIFY_INTERVAL_MS: u64 = 50;
+const VERIFY_TIMEOUT_MS: u64 = 3000;
 
 /// Where a fault goes.
 #[derive(Debug, Clone)]
@@ -232,74 +237,46 @@ pub fn full() -> Vec<Case> {
 }
 
 /// A representative sample for every `cargo test`: at each step, one fault that ends and one
-/// that does not.
+/// that does not (cases of the full matrix, by name).
+const SAMPLE: [&str; 19] = [
+    "prepare: GetParameter throttle x2",
+    "prepare: GetParameter 503 forever",
+    "inspect: ListAccessKeys throttle x2",
+    "inspect: GetAccessKeyLastUsed 503 forever",
+    "inspect: ADO GET list 429 x2",
+    "inspect: ADO GET list 203 x1",
+    "create: CreateAccessKey drop x2",
+    "create: PutSecretValue #2 503 x2",
+    "create: CreateAccessKey 500 forever",
+    "verify: GetCallerIdentity throttle x2",
+    "verify: GetCallerIdentity 503 forever",
+    "push: ADO PUT 503 x2",
+    "push: ADO PUT 429 forever",
+    "confirm: ADO GET list #5 500 x2",
+    "confirm: ADO GET list #5 503 forever",
+    "promote: UpdateSecretVersionStage throttle x2",
+    "promote: UpdateSecretVersionStage 500 forever",
+    "retire: UpdateAccessKey drop x2",
+    "retire: DeleteAccessKey throttle forever",
+];
+
+/// The sample.
 pub fn sample() -> Vec<Case> {
-    let t = |op, skip, step| aws(op, skip, step);
-    vec![
-        aws_case(
-            &t("GetParameter", 0, "prepare"),
-            FaultKind::Throttle,
-            Some(2),
-        ),
-        aws_case(
-            &t("GetParameter", 0, "prepare"),
-            FaultKind::Unavailable,
-            None,
-        ),
-        aws_case(
-            &t("ListAccessKeys", 0, "inspect"),
-            FaultKind::Throttle,
-            Some(2),
-        ),
-        aws_case(
-            &t("GetAccessKeyLastUsed", 0, "inspect"),
-            FaultKind::Unavailable,
-            None,
-        ),
-        ado_case(Op::List, 0, "inspect", 429, Some(2)),
-        ado_case(Op::List, 0, "inspect", 203, Some(1)),
-        aws_case(&t("CreateAccessKey", 0, "create"), FaultKind::Drop, Some(2)),
-        aws_case(
-            &t("PutSecretValue", 1, "create"),
-            FaultKind::Unavailable,
-            Some(2),
-        ),
-        aws_case(
-            &t("CreateAccessKey", 0, "create"),
-            FaultKind::InternalError,
-            None,
-        ),
-        aws_case(
-            &t("GetCallerIdentity", 0, "verify"),
-            FaultKind::Throttle,
-            Some(2),
-        ),
-        aws_case(
-            &t("GetCallerIdentity", 0, "verify"),
-            FaultKind::Unavailable,
-            None,
-        ),
-        ado_case(Op::Put, 0, "push", 503, Some(2)),
-        ado_case(Op::Put, 0, "push", 429, None),
-        ado_case(Op::List, 4, "confirm", 500, Some(2)),
-        ado_case(Op::List, 4, "confirm", 503, None),
-        aws_case(
-            &t("UpdateSecretVersionStage", 0, "promote"),
-            FaultKind::Throttle,
-            Some(2),
-        ),
-        aws_case(
-            &t("UpdateSecretVersionStage", 0, "promote"),
-            FaultKind::InternalError,
-            None,
-        ),
-        aws_case(&t("UpdateAccessKey", 0, "retire"), FaultKind::Drop, Some(2)),
-        aws_case(
-            &t("DeleteAccessKey", 0, "retire"),
-            FaultKind::Throttle,
-            None,
-        ),
-    ]
+    named(&SAMPLE)
+}
+
+/// These cases of the full matrix, by name.
+pub fn named(names: &[&str]) -> Vec<Case> {
+    let all = full();
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|c| c.name == *n)
+                .cloned()
+                .unwrap_or_else(|| panic!("no case named {n:?}"))
+        })
+        .collect()
 }
 
 /// The Azure DevOps requests of `op` in the emulator's log, and how many got an injected answer.
@@ -336,34 +313,39 @@ async fn after_any_run(
             o.show()
         ));
     }
-    let most = env.proxy.max_attempts_per_call();
+    let most = env.proxy().max_attempts_per_call();
     if most > MAX_ATTEMPTS_PER_CALL {
         return Err(format!(
             "{what}: an SDK call made {most} attempts (bound {MAX_ATTEMPTS_PER_CALL}): {:?}",
-            env.proxy.counts()
+            env.proxy().counts()
         ));
     }
     let world = env.world().await;
     world
         .always()
         .map_err(|e| format!("{what}: invariant broken: {e}\n{world:#?}\n{}", o.show()))?;
-    let posts = env.slack.posts();
-    for s in env.secrets().await {
-        let in_post = posts.iter().any(|p| p.body.contains(&s));
-        if o.stdout.contains(&s) || o.stderr.contains(&s) || in_post {
-            return Err(format!("{what}: a secret leaked ({}…)", &s[..3]));
-        }
-    }
+    // No secret in any output: `TestEnv::run` scanned every output of the case so far (stdout,
+    // stderr at trace level, every Slack post) for every secret involved, and panics on a leak.
     Ok(world)
 }
 
 /// Runs one case against a freshly seeded world around `moto`: the faulted run, its checks, then
 /// a fault-free run that must converge. Returns the summary line.
-pub async fn run_case(case: &Case, moto: &Moto) -> Result<String, String> {
-    let env = Env::seed(moto).await;
+pub async fn run_case(case: &Case, moto: &Arc<Moto>) -> Result<String, String> {
+    let env = crate::setup()
+        .moto(moto.clone())
+        .policy(&format!("verify_interval = \"{VERIFY_INTERVAL_MS}ms\""))
+        .policy(&format!("verify_timeout = \"{VERIFY_TIMEOUT_MS}ms\""))
+        .start()
+        .await;
     let r = check_case(case, &env).await;
     env.stop().await;
     r
+}
+
+/// `keyrotor rotate --force --output json`, AWS reached through the proxy.
+async fn rotate(env: &Env) -> Output {
+    env.run(&["rotate", "--force", "--output", "json"]).await
 }
 
 async fn check_case(case: &Case, env: &Env) -> Result<String, String> {
@@ -371,7 +353,7 @@ async fn check_case(case: &Case, env: &Env) -> Result<String, String> {
     match &case.inject {
         Inject::Aws(f) => {
             op_label = f.op.clone();
-            env.proxy.inject(f.clone());
+            env.proxy().inject(f.clone());
         }
         Inject::Ado { op, skip, fault } => {
             op_label = format!("ADO {}", op_name(*op));
@@ -383,7 +365,7 @@ async fn check_case(case: &Case, env: &Env) -> Result<String, String> {
         }
     }
 
-    let o = env.rotate().await;
+    let o = rotate(env).await;
     let world = after_any_run(env, &o, "faulted run").await?;
     let outcome = o.outcome();
     let failed_step = o.failed_step();
@@ -391,7 +373,7 @@ async fn check_case(case: &Case, env: &Env) -> Result<String, String> {
     // Retries are bounded: per SDK call by the SDK; calls by the step.
     let (calls, attempts, faulted) = match &case.inject {
         Inject::Aws(f) => {
-            let per_call = env.proxy.attempts_per_call(&f.op);
+            let per_call = env.proxy().attempts_per_call(&f.op);
             let max_calls = if f.op == "GetCallerIdentity" {
                 (VERIFY_TIMEOUT_MS / VERIFY_INTERVAL_MS) as usize + 2
             } else {
@@ -407,7 +389,7 @@ async fn check_case(case: &Case, env: &Env) -> Result<String, String> {
             (
                 per_call.len(),
                 per_call.iter().sum::<usize>(),
-                env.proxy.faulted(&f.op),
+                env.proxy().faulted(&f.op),
             )
         }
         Inject::Ado { op, .. } => {
@@ -486,7 +468,7 @@ async fn check_case(case: &Case, env: &Env) -> Result<String, String> {
                     ));
                 }
             }
-            let posts = env.slack.posts();
+            let posts = env.posts();
             if notified {
                 let text = posts
                     .iter()
@@ -507,10 +489,10 @@ async fn check_case(case: &Case, env: &Env) -> Result<String, String> {
     }
 
     // Then, without faults, a rotation converges.
-    env.proxy.clear_faults();
-    env.proxy.clear_seen();
+    env.proxy().clear_faults();
+    env.proxy().clear_seen();
     env.ado.clear_faults();
-    let last = env.rotate().await;
+    let last = rotate(env).await;
     let world = after_any_run(env, &last, "final fault-free run").await?;
     if last.code != 0 || last.outcome() != "rotated" {
         return Err(format!(

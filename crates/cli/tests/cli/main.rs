@@ -1,0 +1,47 @@
+//! The real `keyrotor` binary, run as a child process against moto (AWS, behind the test kit's
+//! proxy in strict mode), the Azure DevOps emulator and the Slack sink, all on loopback ports:
+//! one environment for every test, [`keyrotor_testkit::env::TestEnv`].
+//!
+//! Every run is checked for leaks: no secret in stdout, stderr (`RUST_LOG=trace`), the JSON
+//! output or a Slack payload; key ids only masked. Every test asserts the exit code, the
+//! outcome the run reports, and the real state afterwards in moto and in the emulator.
+//!
+//! - `rotate`: `keyrotor rotate` (success, rerun, refused PAT, failing update, 429 storm, a
+//!   fleet against the rate limit, OIDC, Slack outage);
+//! - `readonly`: `plan`, `status`, `--help` change nothing;
+//! - `e2e`: the commands end to end (legacy and missing secrets, STS proof, `init`,
+//!   `sandbox`, `audit`, config errors);
+//! - `badinput`: the bad-input table (`bad input: N cases, N passed`);
+//! - `faults`: the network fault matrix (`faults: N cases, N passed`);
+//! - `kill`: SIGKILL inside every step (`kills: N runs killed, N converged`).
+//!
+//! ```sh
+//! cargo test -p keyrotor --test cli -- --nocapture             # everything, with the count lines
+//! cargo test -p keyrotor --test cli badinput -- --nocapture    # one suite
+//! KEYROTOR_FULL_MATRIX=1 cargo test -p keyrotor --test cli faults::fault_matrix -- --nocapture
+//! KEYROTOR_FULL_MATRIX=1 cargo test -p keyrotor --test cli kill -- --nocapture
+//! ```
+//!
+//! For debugging: `KEYROTOR_BINARY_SHOW=1` prints each run's stdout and the Slack posts,
+//! `KEYROTOR_BINARY_LOGS=DIR` keeps each run's stderr in DIR, `KEYROTOR_SHOW_SDK_ID_LINES=1`
+//! prints the AWS SDK log lines that hold a full key id (allowed), `KEYROTOR_BADINPUT_SHOW=1`
+//! prints each bad-input message. Run with `--nocapture`.
+
+mod badinput;
+mod e2e;
+mod faults;
+mod kill;
+mod readonly;
+mod rotate;
+
+use keyrotor_testkit::env::{Setup, TestEnv};
+
+/// The environment for this build's `keyrotor` binary, to adjust before `start()`.
+pub fn setup() -> Setup {
+    Setup::new(env!("CARGO_BIN_EXE_keyrotor"))
+}
+
+/// A fresh environment with the defaults.
+pub async fn spawn_env() -> TestEnv {
+    setup().start().await
+}

@@ -14,6 +14,7 @@
 //! - [`failed_elsewhere`]: the same for a step that failed in another process (a Lambda error,
 //!   timeout or crash caught by the state machine), whose partial progress is unknown.
 //! - [`target_report`], [`run_report`], [`notify`]: what a run did, and the one notification.
+//!
 //! (One file on purpose: the state, its transitions and the failure policy are read together,
 //! and the Step Functions definition mirrors exactly this file.)
 

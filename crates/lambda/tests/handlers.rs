@@ -208,16 +208,20 @@ impl Harness {
     }
 }
 
-/// The same case through the CLI's engine, on a world of its own.
-async fn cli_run(sc: &Scenario) -> TargetReport {
-    let quiet: Observer = Arc::new(|_| {});
-    let opts = RunOptions {
+fn run_options() -> RunOptions {
+    RunOptions {
         wait_for_drain: false,
         run_id: RunId::parse(RUN).unwrap(),
         force: false,
         dry_run: false,
         origin: "test".into(),
-    };
+    }
+}
+
+/// The same case through the CLI's engine, on a world of its own.
+async fn cli_run(sc: &Scenario) -> TargetReport {
+    let quiet: Observer = Arc::new(|_| {});
+    let opts = run_options();
     engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &opts, &quiet).await
 }
 
@@ -637,13 +641,7 @@ async fn parity_an_empty_run_is_quiet_on_both_paths() {
     let recorder = Arc::new(Recorder::default());
     let sc = Scenario::new(1);
     let quiet: Observer = Arc::new(|_| {});
-    let opts = RunOptions {
-        wait_for_drain: false,
-        run_id: RunId::parse(RUN).unwrap(),
-        force: false,
-        dry_run: false,
-        origin: "test".into(),
-    };
+    let opts = run_options();
     let cli = engine::run(
         &sc.fakes.ports(),
         &sc.policy,

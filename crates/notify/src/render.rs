@@ -16,6 +16,7 @@
 //! key ids masked again (`mask_key_ids`) and secret-shaped tokens in free text (a 40-character
 //! secret access key, a PAT, a webhook URL) replaced by `[redacted]`, in case a service echoed
 //! one into an error message.
+//!
 //! (One file on purpose: the message's limits — 50 blocks, 3,000 characters a section, the
 //! fallback text — are budgeted across all its parts at once.)
 

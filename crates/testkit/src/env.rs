@@ -29,6 +29,7 @@
 //! For debugging: `KEYROTOR_BINARY_SHOW=1` prints each run's stdout and the Slack posts,
 //! `KEYROTOR_BINARY_LOGS=DIR` keeps each run's stderr in DIR, `KEYROTOR_SHOW_SDK_ID_LINES=1`
 //! prints the AWS SDK log lines that hold a full key id (allowed). Run with `--nocapture`.
+//!
 //! (One file for the API a test sees — setup, run, observe; the world read back and the leak scan
 //! are in `env/`.)
 

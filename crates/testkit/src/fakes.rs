@@ -10,6 +10,7 @@
 //! takes effect); after it fires, every call fails, as nothing runs in a dead process. After
 //! every change the world is checked against the invariants that must hold at every instant;
 //! violations are recorded for the test to assert on.
+//!
 //! (One file on purpose: every fake shares one world state, so that the invariants can be
 //! checked after every single change, whichever port made it.)
 

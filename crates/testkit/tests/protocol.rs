@@ -611,17 +611,24 @@ async fn fields_other_readers_rely_on_survive_every_rotation() {
 // the secret's stages and every connection of the organization).
 
 use keyrotor_core::machine::{self, Context, TargetState};
+use keyrotor_core::protocol::Ports;
+
+/// The machine's context for a scenario (`waits`: the driver waits out the drain, as Step
+/// Functions does).
+fn context<'a>(sc: &'a Scenario, ports: &'a Ports, waits: bool) -> Context<'a> {
+    Context {
+        ports,
+        policy: &sc.policy,
+        target: &sc.target,
+        verify_budget: sc.policy.verify_timeout,
+        waits_for_drain: waits,
+    }
+}
 
 /// Drives a run through core's machine until the step it would run next is `until` (or done).
 async fn drive_until(sc: &Scenario, s: &mut TargetState, until: Option<Step>) {
     let ports = sc.fakes.ports();
-    let cx = Context {
-        ports: &ports,
-        policy: &sc.policy,
-        target: &sc.target,
-        verify_budget: sc.policy.verify_timeout,
-        waits_for_drain: false,
-    };
+    let cx = context(sc, &ports, false);
     while s.next.is_some() && s.next != until {
         if let Err(e) = machine::advance(&cx, s).await {
             machine::fail(s, e);
@@ -772,13 +779,7 @@ enum Driver {
 /// One step of a run through core's machine, recording a failure as its driver does.
 async fn step_once(sc: &Scenario, s: &mut TargetState, driver: Driver) {
     let ports = sc.fakes.ports();
-    let cx = Context {
-        ports: &ports,
-        policy: &sc.policy,
-        target: &sc.target,
-        verify_budget: sc.policy.verify_timeout,
-        waits_for_drain: false,
-    };
+    let cx = context(sc, &ports, false);
     let before = s.clone();
     if let Err(e) = machine::advance(&cx, s).await {
         match driver {
@@ -917,13 +918,7 @@ async fn running_jobs_keep_the_old_key_for_the_drain_on_both_drivers() {
     // for; a retire invoked earlier is refused (retryable) and changes nothing.
     let old = sc.fakes.state().users["pipeline"][0].id.clone();
     let ports = sc.fakes.ports();
-    let cx = Context {
-        ports: &ports,
-        policy: &sc.policy,
-        target: &sc.target,
-        verify_budget: sc.policy.verify_timeout,
-        waits_for_drain: true,
-    };
+    let cx = context(&sc, &ports, true);
     let mut s = run_state(&sc, "execution-1");
     while s.next != Some(Step::Retire) {
         machine::advance(&cx, &mut s).await.unwrap();

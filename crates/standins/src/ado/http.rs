@@ -1,5 +1,6 @@
 //! The HTTP side: routing (case-insensitive, like the real service), faults, authentication,
 //! api-version, rate limits, the JSON error shape, and the `/_emulator/` control API.
+//!
 //! (One file on purpose: it is the route table of the emulated REST API and the quirks of each
 //! route, kept side by side so the contract can be read in one place.)
 

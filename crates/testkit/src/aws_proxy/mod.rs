@@ -66,6 +66,7 @@
 //! recorded in [`Seen::strict`] ([`AwsProxy::refused`] counts them).
 //!
 //! The proxy stops when the [`AwsProxy`] is dropped.
+//!
 //! (The proxy's HTTP plumbing and fault injection stay together; strict mode is in `strict.rs`.)
 
 use std::collections::BTreeMap;

@@ -34,11 +34,43 @@ mod kill;
 mod readonly;
 mod rotate;
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
 use keyrotor_testkit::env::{Setup, TestEnv};
 
 /// The environment for this build's `keyrotor` binary, to adjust before `start()`.
 pub fn setup() -> Setup {
-    Setup::new(env!("CARGO_BIN_EXE_keyrotor"))
+    Setup::new(binary())
+}
+
+/// The binary under test, pinned for the whole test process: `target/debug/keyrotor` is
+/// re-pointed by every build into the target directory (other checkouts sharing it too), so
+/// the tests run a hard link to what it was when they started (`target/tmp`, one per process;
+/// those of processes that ended are removed).
+fn binary() -> &'static Path {
+    static PINNED: OnceLock<PathBuf> = OnceLock::new();
+    PINNED.get_or_init(|| {
+        let built = Path::new(env!("CARGO_BIN_EXE_keyrotor"));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let prefix = "keyrotor-under-test-";
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix(prefix)
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let pinned = dir.join(format!("{prefix}{}", std::process::id()));
+        let _ = std::fs::remove_file(&pinned);
+        match std::fs::hard_link(built, &pinned)
+            .or_else(|_| std::fs::copy(built, &pinned).map(drop))
+        {
+            Ok(()) => pinned,
+            Err(_) => built.to_owned(),
+        }
+    })
 }
 
 /// A fresh environment with the defaults.

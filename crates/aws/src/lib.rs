@@ -7,7 +7,7 @@
 //! The endpoint, region and credentials come from the standard AWS environment
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, profiles, the Lambda role), so tests point the same code
 //! at moto. Throttling, 5xx and timeouts are retried by the SDK's standard retry strategy with
-//! backoff; errors are mapped to [`PortErrorKind`] by their AWS error code.
+//! backoff (`CreateAccessKey` by the adapter itself, see [`KeyStore::create_key`]); errors are mapped to [`PortErrorKind`] by their AWS error code.
 //!
 //! Secrets Manager is always read with an explicit `VersionStage` or `VersionId`, never "the
 //! latest": without it moto can answer the old value right after a stage move.
@@ -21,6 +21,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
+use aws_sdk_iam::config::AsyncSleep;
 use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::error::SdkError;
 use aws_sdk_iam::primitives::DateTime;
@@ -213,14 +214,56 @@ impl KeyStore for Aws {
         Ok(keys)
     }
 
+    /// Retried here, not by the SDK: a retry after an attempt whose answer was lost (the key
+    /// may exist, its secret unseen) can meet the two-key limit that attempt caused, which is
+    /// not the same as another actor holding the room ([`PortErrorKind::LostAnswer`]).
     async fn create_key(&self, user: &IamUserName) -> PortResult<NewKey> {
-        let out = self
-            .iam
-            .create_access_key()
-            .user_name(user.as_str())
-            .send()
-            .await
-            .map_err(|e| map_err("IAM CreateAccessKey", e))?;
+        const ATTEMPTS: u32 = 5;
+        let mut lost = false;
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        let out = loop {
+            let sent = self
+                .iam
+                .create_access_key()
+                .user_name(user.as_str())
+                .customize()
+                .config_override(
+                    aws_sdk_iam::config::Builder::default().retry_config(RetryConfig::disabled()),
+                )
+                .send()
+                .await;
+            let e = match sent {
+                Ok(out) => break out,
+                Err(e) => e,
+            };
+            // Throttling is refused before it acts; anything else unanswered may have acted.
+            let unknown = match &e {
+                SdkError::ServiceError(se) => !matches!(
+                    se.err().code(),
+                    Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded")
+                ),
+                _ => true,
+            };
+            let err = map_err("IAM CreateAccessKey", e);
+            if err.kind == PortErrorKind::LimitExceeded && lost {
+                return Err(PortError::new(
+                    PortErrorKind::LostAnswer,
+                    "IAM CreateAccessKey: an attempt's answer was lost and its retry met the \
+                     two-key limit; that attempt probably created a key whose secret was never \
+                     received",
+                ));
+            }
+            if !err.is_retryable() || attempt == ATTEMPTS {
+                return Err(err);
+            }
+            lost |= unknown;
+            if let Some(sleep) = self.config.sleep_impl() {
+                sleep.sleep(delay).await;
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+            attempt += 1;
+        };
         let k = out.access_key().ok_or_else(|| {
             PortError::new(PortErrorKind::Failed, "IAM CreateAccessKey returned no key")
         })?;
@@ -232,6 +275,7 @@ impl KeyStore for Aws {
                 last_used: None,
             },
             secret: SecretString::from(k.secret_access_key().to_owned()),
+            after_lost_answer: lost,
         })
     }
 

@@ -167,13 +167,18 @@ fn made_by_keyrotor(s: &Snapshot, policy: &Policy, k: &KeyInfo) -> bool {
         .flatten()
         .any(|st| match &st.content {
             Content::Intent { expires_at, .. } => {
-                let from = expires_at
-                    .checked_sub(policy.intent_lease + Duration::from_secs(60))
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                k.created >= from && k.created <= *expires_at
+                k.created >= intent_window_start(*expires_at, policy) && k.created <= *expires_at
             }
             _ => false,
         })
+}
+
+/// Where an intent's window starts: its writing (expiry less `intent_lease`), less a minute of
+/// clock skew between the machine that wrote it and IAM's `CreateDate`.
+pub(crate) fn intent_window_start(expires_at: SystemTime, policy: &Policy) -> SystemTime {
+    expires_at
+        .checked_sub(policy.intent_lease + Duration::from_secs(60))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Decides what a run does. Pure: the same inputs give the same plan.

@@ -25,6 +25,10 @@ pub enum PortErrorKind {
     NotFound,
     /// IAM's two-keys-per-user limit.
     LimitExceeded,
+    /// The call may have taken effect, and the adapter could not tell: an attempt's answer was
+    /// lost (timeout, dropped connection, 5xx) and its retry met a refusal the first attempt
+    /// would explain (`CreateAccessKey` retried into the two-key limit).
+    LostAnswer,
     /// A credential was refused (a wrong PAT, a key IAM does not accept yet).
     Unauthorized,
     /// The caller is not allowed to do this (missing permission or scope).
@@ -83,6 +87,9 @@ pub struct NewKey {
     pub info: KeyInfo,
     /// The secret access key.
     pub secret: SecretString,
+    /// An earlier attempt of this `CreateAccessKey` lost its answer before this one succeeded:
+    /// that attempt may have created a key whose secret nobody received.
+    pub after_lost_answer: bool,
 }
 
 /// IAM access keys of one user.
@@ -100,7 +107,9 @@ pub trait KeyStore: Send + Sync {
         }
         Ok(keys)
     }
-    /// `CreateAccessKey`. `LimitExceeded` if the user already has two keys.
+    /// `CreateAccessKey`. `LimitExceeded` if the user already has two keys; `LostAnswer` if an
+    /// attempt whose answer was lost may have taken the room. Adapters retry it themselves so
+    /// they can tell the two apart (and set [`NewKey::after_lost_answer`]).
     async fn create_key(&self, user: &IamUserName) -> PortResult<NewKey>;
     /// `UpdateAccessKey`.
     async fn set_status(

@@ -104,6 +104,9 @@ pub struct State {
     pub creates: u32,
     /// `LimitExceeded` answers.
     pub limit_exceeded: u32,
+    /// The next this many `CreateAccessKey` attempts act but lose their answer (the adapter's
+    /// retry then reports [`PortErrorKind::LostAnswer`] or a key with `after_lost_answer`).
+    pub lose_create_answers: u32,
     /// Mutations made.
     pub mutations: u32,
     /// Port calls made.
@@ -377,12 +380,33 @@ impl KeyStore for Fakes {
     async fn create_key(&self, user: &IamUserName) -> PortResult<NewKey> {
         self.call(|s| {
             let now = s.now();
-            if s.keys_of(user)?.len() >= 2 {
-                s.limit_exceeded += 1;
-                return Err(PortError::new(
-                    PortErrorKind::LimitExceeded,
-                    "Cannot exceed quota for AccessKeysPerUser: 2",
-                ));
+            // As the AWS adapter reports a lost answer: the lost attempt created a key, the
+            // adapter's retry met the limit (LostAnswer) or created another key.
+            let mut lost = false;
+            loop {
+                if s.keys_of(user)?.len() >= 2 {
+                    if lost {
+                        return Err(PortError::new(
+                            PortErrorKind::LostAnswer,
+                            "IAM CreateAccessKey: an attempt's answer was lost and its retry met the two-key limit",
+                        ));
+                    }
+                    s.limit_exceeded += 1;
+                    return Err(PortError::new(
+                        PortErrorKind::LimitExceeded,
+                        "Cannot exceed quota for AccessKeysPerUser: 2",
+                    ));
+                }
+                if s.lose_create_answers == 0 {
+                    break;
+                }
+                s.lose_create_answers -= 1;
+                lost = true;
+                let k = s.new_key(now);
+                s.created.push(k.id.clone());
+                s.creates += 1;
+                s.keys_of(user)?.push(k);
+                s.mutated();
             }
             let k = s.new_key(now);
             let out = NewKey {
@@ -393,6 +417,7 @@ impl KeyStore for Fakes {
                     last_used: None,
                 },
                 secret: SecretString::from(k.secret.clone()),
+                after_lost_answer: lost,
             };
             s.created.push(k.id.clone());
             s.creates += 1;

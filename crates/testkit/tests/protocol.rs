@@ -1037,3 +1037,103 @@ async fn a_previous_key_an_operator_reactivated_for_another_connection_is_not_sw
     );
     nobody_is_left_without_a_key(&sc, "re-activated previous key");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_create_answer_is_recovered_in_the_same_run() {
+    // The lost attempt created a key whose secret nobody received; the adapter's retry met the
+    // two-key limit. The run deletes that key (it appeared since create's listing, inside this
+    // run's intent window, never used) and creates again, instead of standing aside as "busy"
+    // with its own intent live.
+    let sc = Scenario::new(2);
+    sc.fakes.state().lose_create_answers = 1;
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    let st = sc.fakes.state();
+    assert_eq!(st.creates, 2, "the lost attempt and the one that worked");
+    let lost = &st.created[0];
+    assert!(
+        !st.users["pipeline"].iter().any(|k| &k.id == lost),
+        "the key whose answer was lost is deleted"
+    );
+    drop(st);
+    sc.world().after_success().unwrap();
+    nobody_is_left_without_a_key(&sc, "lost create answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_create_answer_whose_retry_worked_leaves_no_stray_key() {
+    // With room for two (no key yet), the adapter's retry after a lost answer succeeds: the
+    // lost attempt's key exists too, unusable. Create deletes it; nothing else would (it is in
+    // no intent's window once the key replaces the intent).
+    let sc = Scenario::new(1);
+    let mut s = run_state(&sc, "run-with-room-for-two");
+    drive_until(&sc, &mut s, Some(Step::Create)).await;
+    {
+        let mut st = sc.fakes.state();
+        st.users.get_mut("pipeline").unwrap().clear();
+        st.lose_create_answers = 1;
+    }
+    s.progress.old_key = None;
+    let ports = sc.fakes.ports();
+    let cx = context(&sc, &ports, false);
+    machine::advance(&cx, &mut s).await.unwrap();
+    let st = sc.fakes.state();
+    assert_eq!(st.creates, 2);
+    let keys: Vec<_> = st.users["pipeline"].iter().map(|k| k.id.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![s.progress.new_key.as_ref().unwrap().as_str().to_owned()],
+        "only the key this run holds is left"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_create_deletes_the_key_its_crashed_attempt_made() {
+    // Step Functions retries a create whose invocation died right after CreateAccessKey: same
+    // run, same intent at AWSPENDING, a key nobody has the secret of. The retry deletes that
+    // key and rotates, instead of standing aside ("two keys") until the intent expires.
+    let mut found = false;
+    for at in 1..=20 {
+        let sc = Scenario::new(1);
+        let mut s = run_state(&sc, "execution-retried");
+        drive_until(&sc, &mut s, Some(Step::Create)).await;
+        let before = s.clone();
+        let base = sc.fakes.state().calls;
+        sc.fakes.state().tripwire = Tripwire {
+            at: Some(base + at),
+            after_effect: true,
+            fired: false,
+        };
+        let ports = sc.fakes.ports();
+        let cx = context(&sc, &ports, false);
+        let died = machine::advance(&cx, &mut s).await.is_err();
+        sc.fakes.state().tripwire = Tripwire::default();
+        let (creates, keys) = {
+            let st = sc.fakes.state();
+            (st.creates, st.users["pipeline"].len())
+        };
+        if !(died && creates == 1 && keys == 2 && s.progress.new_key.is_none()) {
+            continue;
+        }
+        // Died after CreateAccessKey, before the key reached AWSPENDING.
+        let lost = sc.fakes.state().created[0].clone();
+        let mut s = before;
+        drive_until(&sc, &mut s, None).await;
+        assert_eq!(
+            s.outcome,
+            Some(Outcome::Rotated),
+            "crash at call {at}: {:?}",
+            s.failure
+        );
+        assert!(
+            !sc.fakes.state().users["pipeline"]
+                .iter()
+                .any(|k| k.id == lost),
+            "the crashed attempt's key is deleted"
+        );
+        nobody_is_left_without_a_key(&sc, "retried create");
+        found = true;
+        break;
+    }
+    assert!(found, "no crash landed right after CreateAccessKey");
+}

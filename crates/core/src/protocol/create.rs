@@ -1,6 +1,9 @@
 //! **create**: the new key, announced by an intent record and stored at AWSPENDING at once.
 
+use std::time::SystemTime;
+
 use super::*;
+use crate::ports::{KeyInfo, NewKey};
 
 /// **create**: resumes the key at AWSPENDING if it exists; else writes an intent record to
 /// AWSPENDING, creates the key and immediately stores it at AWSPENDING (token = run id). If
@@ -59,8 +62,10 @@ pub async fn create(
                 // This run's own intent, written by an earlier attempt of this step: keep it.
                 // Writing it again under the same request token with a new expiry is refused
                 // by Secrets Manager (ResourceExistsException).
-                Content::Intent { run_id, .. } if run_id == progress.run_id.as_str() => {
-                    own_intent = Some(info.version);
+                Content::Intent {
+                    run_id, expires_at, ..
+                } if run_id == progress.run_id.as_str() => {
+                    own_intent = Some((info.version, expires_at));
                 }
                 _ => {}
             }
@@ -74,6 +79,35 @@ pub async fn create(
             )
             .await
             .map_err(at(step, "creating the secret"))?;
+    }
+    // An earlier attempt of this step under the same intent may have created a key and lost it
+    // (crashed, or its answer was lost, before the key reached AWSPENDING): nobody has its
+    // secret. Delete such keys, so the two-key limit does not stop this attempt.
+    let mut keys = keys;
+    if let Some((_, expires_at)) = &own_intent {
+        let from = crate::plan::intent_window_start(*expires_at, policy);
+        let mut named = HashSet::new();
+        for stage in [Stage::Current, Stage::Previous] {
+            if let Some(StageInfo {
+                content: Content::Key { id, .. },
+                ..
+            }) = stage_info(ports, target, stage)
+                .await
+                .map_err(at(step, "reading the secret's stages"))?
+            {
+                named.insert(id);
+            }
+        }
+        let lost: Vec<AccessKeyId> = keys
+            .iter()
+            .filter(|k| k.created >= from && Some(&k.id) != progress.old_key.as_ref())
+            .filter(|k| !named.contains(&k.id))
+            .map(|k| k.id.clone())
+            .collect();
+        if !lost.is_empty() {
+            let gone = delete_lost(ports, target, &lost).await?;
+            keys.retain(|k| !gone.contains(&k.id));
+        }
     }
     if let Some(old) = &progress.old_key
         && !keys
@@ -113,7 +147,7 @@ pub async fn create(
 
     // The intent record: announces the key about to exist, so no other run takes it for an orphan.
     let version = match own_intent {
-        Some(v) => v,
+        Some((v, _)) => v,
         None => {
             let intent =
                 secret_value::intent_value(progress.run_id.as_str(), now + policy.intent_lease);
@@ -141,20 +175,7 @@ pub async fn create(
         ));
     }
 
-    let new = match ports.iam.create_key(&target.iam_user).await {
-        Ok(k) => k,
-        Err(e) if e.kind == PortErrorKind::LimitExceeded => {
-            return Err(StepError::new(
-                step,
-                StepErrorKind::Busy,
-                format!(
-                    "IAM user '{}' has two keys already; another run is rotating it",
-                    target.iam_user
-                ),
-            ));
-        }
-        Err(e) => return Err(StepError::port(step, "creating the access key", e)),
-    };
+    let new = create_key(ports, target, policy, now, &keys).await?;
     let owner = secret_value::Lease {
         run_id: progress.run_id.to_string(),
         expires_at: now + policy.owner_lease,
@@ -316,4 +337,108 @@ pub async fn release(ports: &Ports, target: &Target, progress: &Progress) -> boo
         .put(&target.secret, &token, &value, Stage::Pending)
         .await
         .is_ok()
+}
+
+/// `CreateAccessKey`, recovering from a lost answer: a key created by an attempt whose answer
+/// never arrived is unusable (its secret was seen by nobody) and holds one of the user's two
+/// places. Such keys are the ones that appeared since `before` was listed, inside this run's
+/// intent window, never used; they are deleted, and the create is tried once more.
+async fn create_key(
+    ports: &Ports,
+    target: &Target,
+    policy: &Policy,
+    now: SystemTime,
+    before: &[KeyInfo],
+) -> Result<NewKey, StepError> {
+    let step = Step::Create;
+    let from = crate::plan::intent_window_start(now + policy.intent_lease, policy);
+    let appeared = |keys: Vec<KeyInfo>, new: Option<&AccessKeyId>| -> Vec<AccessKeyId> {
+        keys.into_iter()
+            .filter(|k| before.iter().all(|b| b.id != k.id) && Some(&k.id) != new)
+            .filter(|k| k.created >= from)
+            .map(|k| k.id)
+            .collect()
+    };
+    let mut retried = false;
+    loop {
+        match ports.iam.create_key(&target.iam_user).await {
+            Ok(new) => {
+                if new.after_lost_answer {
+                    let keys = ports
+                        .iam
+                        .list_keys_brief(&target.iam_user)
+                        .await
+                        .map_err(at(step, "listing keys after a lost answer"))?;
+                    let lost = appeared(keys, Some(&new.info.id));
+                    if !lost.is_empty() {
+                        // Best effort: a key left here is the next run's orphan (same window).
+                        let _ = delete_lost(ports, target, &lost).await;
+                    }
+                }
+                return Ok(new);
+            }
+            Err(e) if e.kind == PortErrorKind::LostAnswer && !retried => {
+                retried = true;
+                let keys = ports
+                    .iam
+                    .list_keys_brief(&target.iam_user)
+                    .await
+                    .map_err(at(step, "listing keys after a lost answer"))?;
+                let lost = appeared(keys, None);
+                if delete_lost(ports, target, &lost).await?.is_empty() {
+                    return Err(StepError::new(
+                        step,
+                        StepErrorKind::Failed,
+                        format!(
+                            "{}; no key of this run's could be told apart, nothing was deleted",
+                            e.message
+                        ),
+                    ));
+                }
+            }
+            Err(e) if e.kind == PortErrorKind::LimitExceeded => {
+                return Err(StepError::new(
+                    step,
+                    StepErrorKind::Busy,
+                    format!(
+                        "IAM user '{}' has two keys already; another run is rotating it",
+                        target.iam_user
+                    ),
+                ));
+            }
+            Err(e) => return Err(StepError::port(step, "creating the access key", e)),
+        }
+    }
+}
+
+/// Deletes the keys among `ids` that are Active and never used (a key someone already signs
+/// with is not a lost one). Returns the ids deleted.
+async fn delete_lost(
+    ports: &Ports,
+    target: &Target,
+    ids: &[AccessKeyId],
+) -> Result<Vec<AccessKeyId>, StepError> {
+    let step = Step::Create;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = ports
+        .iam
+        .list_keys(&target.iam_user)
+        .await
+        .map_err(at(step, "listing keys with their last use"))?;
+    let mut gone = Vec::new();
+    for k in keys.iter().filter(|k| ids.contains(&k.id)) {
+        if k.status != KeyStatus::Active || k.last_used.is_some() {
+            continue;
+        }
+        match ports.iam.delete_key(&target.iam_user, &k.id).await {
+            Ok(()) => {}
+            Err(e) if e.kind == PortErrorKind::NotFound => {}
+            Err(e) => return Err(StepError::port(step, "deleting a lost key", e)),
+        }
+        tracing::warn!(key = %k.id, "deleted a key whose secret was lost (CreateAccessKey answer lost or a crash)");
+        gone.push(k.id.clone());
+    }
+    Ok(gone)
 }

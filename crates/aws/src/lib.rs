@@ -311,6 +311,18 @@ impl KeyStore for Aws {
         Ok(())
     }
 
+    async fn last_used(&self, key: &AccessKeyId) -> PortResult<Option<SystemTime>> {
+        let last = optional(
+            self.iam
+                .get_access_key_last_used()
+                .access_key_id(key.as_str())
+                .send()
+                .await
+                .map_err(|e| map_err("IAM GetAccessKeyLastUsed", e)),
+        )?;
+        Ok(last.and_then(|l| to_system(l.access_key_last_used().and_then(|u| u.last_used_date()))))
+    }
+
     async fn owner_of(&self, key: &AccessKeyId) -> PortResult<Option<KeyOwner>> {
         let Some(last) = optional(
             self.iam

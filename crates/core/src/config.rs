@@ -68,6 +68,10 @@ pub struct Policy {
     pub drain: Duration,
     /// How many targets the CLI rotates at once.
     pub concurrency: usize,
+    /// Whether AWS service connections of the organization that hold the old key but are not in
+    /// the target's config are updated in place too (opt-in). Off: such a connection keeps the
+    /// old key Active, and the run says which connection and what to do.
+    pub update_unlisted_connections: bool,
 }
 
 impl Default for Policy {
@@ -82,6 +86,7 @@ impl Default for Policy {
             owner_lease: Duration::from_secs(30 * 60),
             drain: Duration::from_secs(60 * 60),
             concurrency: 4,
+            update_unlisted_connections: false,
         }
     }
 }
@@ -162,6 +167,7 @@ struct RawPolicy {
     owner_lease: Option<Spanned<String>>,
     drain: Option<Spanned<String>>,
     concurrency: Option<Spanned<i64>>,
+    update_unlisted_connections: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +234,24 @@ impl Ctx<'_> {
                 humantime::parse_duration(s).map_err(|_| {
                     format!("'{s}' is not a duration (write it like \"6d\", \"120s\" or \"90m\")")
                 })
+            }),
+        }
+    }
+
+    fn flag(
+        &self,
+        raw: &Option<Spanned<toml::Value>>,
+        field: &str,
+        default: bool,
+    ) -> Result<bool, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(v) => v.get_ref().as_bool().ok_or_else(|| {
+                self.error(
+                    Some(v.span()),
+                    field,
+                    format!("{} is not true or false", v.get_ref()),
+                )
             }),
         }
     }
@@ -320,6 +344,11 @@ impl Config {
                 1..65,
                 d.concurrency as i64,
             )? as usize,
+            update_unlisted_connections: cx.flag(
+                &p.update_unlisted_connections,
+                "policy.update_unlisted_connections",
+                d.update_unlisted_connections,
+            )?,
         };
 
         let mut targets = Vec::with_capacity(raw.target.len());

@@ -227,3 +227,17 @@ fn different_users_and_secrets_are_fine() {
         .is_ok()
     );
 }
+
+#[test]
+fn updating_unlisted_connections_is_opt_in_and_a_bool() {
+    assert!(!parse(MINIMAL).unwrap().policy.update_unlisted_connections);
+    let on = format!("{MINIMAL}\n[policy]\nupdate_unlisted_connections = true\n");
+    assert!(parse(&on).unwrap().policy.update_unlisted_connections);
+    let bad = format!("{MINIMAL}\n[policy]\nupdate_unlisted_connections = \"yes\"\n");
+    let e = parse(&bad).unwrap_err();
+    assert_eq!(
+        e.field.as_deref(),
+        Some("policy.update_unlisted_connections")
+    );
+    assert!(e.message.contains("not true or false"), "{e}");
+}

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use crate::config::{Policy, Target};
 use crate::domain::RunId;
 use crate::machine::{self, Context, TargetState};
-use crate::plan::Decision;
+use crate::plan::Plan;
 use crate::ports::Notifier;
 use crate::protocol::{self, Ports};
 use crate::report::{RunReport, Step, TargetReport};
@@ -106,7 +106,7 @@ pub async fn run_target(
     let rotating = state
         .plan
         .as_ref()
-        .is_some_and(|p| matches!(p.decision, Decision::Rotate | Decision::Resume))
+        .is_some_and(|p| matches!(p, Plan::Rotate { .. } | Plan::Resume { .. }))
         && !state.dry_run
         && (state.steps.contains(&Step::Create)
             || state

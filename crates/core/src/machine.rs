@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Policy, Target};
 use crate::domain::{AccessKeyId, RunId};
-use crate::plan::{self, Decision, Plan};
+use crate::plan::{self, Decision, Plan, Retirement};
 use crate::ports::{Endpoint, Notifier};
 use crate::protocol::{self, Compensation, Ports, Progress, StepError, StepErrorKind};
 use crate::report::{EndpointReport, NotificationStatus, Outcome, RunReport, Step, TargetReport};
@@ -163,7 +163,7 @@ impl TargetState {
     }
 
     fn decision(&self) -> Option<Decision> {
-        self.plan.as_ref().map(|p| p.decision)
+        self.plan.as_ref().map(Plan::decision)
     }
 
     fn note(&mut self, s: &str) {
@@ -357,16 +357,13 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
             after_inspect(state, p, target);
         }
         Step::Cleanup => {
-            let plan = state.plan.clone().unwrap_or_else(no_plan);
-            let notes = protocol::cleanup(
-                ports,
-                target,
-                &state.progress.run_id,
-                plan.clear_pending,
-                &plan.orphans,
-                plan.make_room.as_ref(),
-            )
-            .await?;
+            let tidy = state
+                .plan
+                .as_ref()
+                .and_then(Plan::tidy)
+                .cloned()
+                .unwrap_or_default();
+            let notes = protocol::cleanup(ports, target, &state.progress.run_id, &tidy).await?;
             if !notes.is_empty() {
                 state.note(&notes.join("; "));
             }
@@ -384,7 +381,14 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
             state.next = Some(Step::Push);
         }
         Step::Push => {
-            protocol::push(ports, target, &mut state.progress).await?;
+            let unlisted = protocol::push(ports, target, policy, &mut state.progress).await?;
+            if !unlisted.is_empty() {
+                state.note(&format!(
+                    "also updated {} that held the old key and are not in the config (policy.update_unlisted_connections): {}",
+                    if unlisted.len() == 1 { "1 connection" } else { "connections" },
+                    unlisted.join(", ")
+                ));
+            }
             state.next = Some(Step::Confirm);
         }
         Step::Confirm => {
@@ -415,18 +419,9 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
         }
         Step::Retire => {
             if state.decision() == Some(Decision::NothingDue) {
-                let plan = state.plan.clone().unwrap_or_else(no_plan);
-                if let Some(old) = &plan.finish_retire {
-                    protocol::retire(
-                        ports,
-                        target,
-                        policy,
-                        Some(old),
-                        None,
-                        Some(plan.finish_retire_delete),
-                    )
-                    .await?;
-                    state.note(&format!("finished retiring the previous key {old}"));
+                if let Some(r) = state.plan.as_ref().and_then(Plan::finish_retire).cloned() {
+                    protocol::retire(ports, target, &r).await?;
+                    state.note(&format!("finished retiring the previous key {}", r.key));
                 }
                 state.end(Outcome::NothingDue);
             } else {
@@ -443,15 +438,21 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
                     ));
                 }
                 let p = &state.progress;
-                protocol::retire(
-                    ports,
-                    target,
-                    policy,
-                    p.old_key.as_ref(),
-                    p.new_key.as_ref(),
-                    None,
-                )
-                .await?;
+                if let Some(old) = p
+                    .old_key
+                    .as_ref()
+                    .filter(|o| Some(*o) != p.new_key.as_ref())
+                {
+                    let r = Retirement {
+                        key: old.clone(),
+                        delete: policy.delete_old_key_after.is_zero(),
+                        // A minute for the clock skew between this machine and IAM.
+                        unused_after: p
+                            .confirmed_at
+                            .map(|t| t + policy.drain + Duration::from_secs(60)),
+                    };
+                    protocol::retire(ports, target, &r).await?;
+                }
                 state.end(Outcome::Rotated);
             }
         }
@@ -492,23 +493,17 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
     Ok(())
 }
 
-/// The plan a step acts on (`inspect` always sets one; a hand-made state without one plans
-/// nothing to tidy).
-fn no_plan() -> Plan {
-    Plan::new(Decision::Rotate, "")
-}
-
 /// What follows `inspect`, from the plan.
 fn after_inspect(state: &mut TargetState, p: Plan, target: &Target) {
-    state.progress.old_key = p.old_key.clone();
+    state.progress.old_key = p.old_key().cloned();
     // A resumed key becomes this run's new key only when `create` finds it at AWSPENDING, so a
     // failed resume is never compensated by deleting a key this run did not take on.
     state.progress.new_key = None;
     state.progress.pending_version = None;
     state.progress.intent_version = None;
-    state.reason = Some(p.reason.clone());
-    let decision = p.decision;
-    let reason = p.reason.clone();
+    state.reason = Some(p.reason().to_owned());
+    let decision = p.decision();
+    let reason = p.reason().to_owned();
     state.plan = Some(p);
     match decision {
         Decision::Refuse => {
@@ -538,7 +533,8 @@ fn after_inspect(state: &mut TargetState, p: Plan, target: &Target) {
             let tidy = state
                 .plan
                 .as_ref()
-                .is_some_and(|p| p.clear_pending || !p.orphans.is_empty() || p.make_room.is_some());
+                .and_then(Plan::tidy)
+                .is_some_and(|t| !t.is_empty());
             state.next = if tidy {
                 Some(Step::Cleanup)
             } else {
@@ -555,9 +551,7 @@ fn after_inspect(state: &mut TargetState, p: Plan, target: &Target) {
 /// nothing.
 fn after_tidying(state: &TargetState) -> Option<Step> {
     match &state.plan {
-        Some(p) if p.decision == Decision::NothingDue => {
-            p.finish_retire.as_ref().map(|_| Step::Retire)
-        }
+        Some(p) if p.decision() == Decision::NothingDue => p.finish_retire().map(|_| Step::Retire),
         _ => Some(Step::Create),
     }
 }
@@ -607,13 +601,13 @@ pub fn target_report(state: &TargetState) -> TargetReport {
         .progress
         .old_key
         .as_ref()
-        .or(plan.and_then(|p| p.old_key.as_ref()))
+        .or(plan.and_then(Plan::old_key))
         .map(AccessKeyId::masked);
     t.new_key = state
         .progress
         .new_key
         .as_ref()
-        .or(plan.and_then(|p| p.new_key.as_ref()))
+        .or(plan.and_then(Plan::new_key))
         .map(AccessKeyId::masked);
     t.reason = state.reason.clone();
     t.compensation = state.compensation.clone();

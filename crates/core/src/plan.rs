@@ -92,52 +92,229 @@ pub enum Decision {
     Invalid,
 }
 
-/// The plan for one target. Ids and sentences only, never a secret: it travels in the Step
-/// Functions payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    /// What the run does.
-    pub decision: Decision,
-    /// One sentence for people.
-    pub reason: String,
-    /// The key the endpoints hold now (to be retired).
-    pub old_key: Option<AccessKeyId>,
-    /// The key being rotated in (when resuming).
-    pub new_key: Option<AccessKeyId>,
-    /// Never-used keys nobody holds: deleted by `cleanup`.
-    pub orphans: Vec<AccessKeyId>,
-    /// A retired key deleted by `cleanup` to make room for the new one.
-    pub make_room: Option<AccessKeyId>,
-    /// A previous key whose retirement is unfinished (Active, or Inactive past its grace).
-    pub finish_retire: Option<AccessKeyId>,
-    /// Whether finishing that retirement deletes the key (its grace period is over).
-    pub finish_retire_delete: bool,
-    /// AWSPENDING holds an expired intent or a deleted key: `cleanup` takes the label off.
+/// What `cleanup` tidies before anything else: leftovers of earlier runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tidy {
+    /// AWSPENDING holds an expired intent or a deleted key: the label comes off.
     pub clear_pending: bool,
+    /// Never-used keys nobody holds that an intent record announced: deleted.
+    pub orphans: Vec<AccessKeyId>,
+    /// A retired key deleted to make room for the new one (IAM allows two).
+    pub make_room: Option<Retirement>,
+}
+
+impl Tidy {
+    /// Whether there is anything to tidy.
+    pub fn is_empty(&self) -> bool {
+        !self.clear_pending && self.orphans.is_empty() && self.make_room.is_none()
+    }
+}
+
+/// One key to retire, and how far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retirement {
+    /// The key.
+    pub key: AccessKeyId,
+    /// Deleted as well as deactivated (its grace period is over).
+    pub delete: bool,
+    /// Invariant 1's second signal: when IAM says the key signed a request after this instant
+    /// (every connection had the new key and running jobs had their drain), something the
+    /// organization's connections do not show still uses it, and it stays Active.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::machine::time_serde"
+    )]
+    pub unused_after: Option<SystemTime>,
+}
+
+/// The plan for one target: what the run does, and what each decision needs. Ids and sentences
+/// only, never a secret: it travels in the Step Functions payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "kebab-case")]
+pub enum Plan {
+    /// Create a new key and rotate it in, in place of `old_key`.
+    Rotate {
+        /// One sentence for people.
+        reason: String,
+        /// The key every connection holds now.
+        old_key: AccessKeyId,
+        /// Leftovers tidied first.
+        tidy: Tidy,
+    },
+    /// Finish the rotation to `new_key`, whose key is at AWSPENDING.
+    Resume {
+        /// One sentence for people.
+        reason: String,
+        /// The key it replaces, when known.
+        old_key: Option<AccessKeyId>,
+        /// The key being rotated in.
+        new_key: AccessKeyId,
+        /// Leftovers tidied first.
+        tidy: Tidy,
+    },
+    /// The key is young enough: only tidy up, and finish an earlier retirement.
+    NothingDue {
+        /// One sentence for people.
+        reason: String,
+        /// The key in use.
+        old_key: AccessKeyId,
+        /// Leftovers.
+        tidy: Tidy,
+        /// A previous key whose retirement is unfinished (Active past its drain, or Inactive
+        /// past its grace).
+        finish_retire: Option<Retirement>,
+    },
+    /// Another run holds the intent or the rotation's lease: stand aside.
+    Busy {
+        /// One sentence for people.
+        reason: String,
+        /// The key the connections hold, when known.
+        old_key: Option<AccessKeyId>,
+        /// The key the other run rotates in, when known.
+        new_key: Option<AccessKeyId>,
+    },
+    /// Unsafe: a person must act.
+    Refuse {
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The secret holds something keyrotor does not manage.
+    Invalid {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Plan {
-    pub(crate) fn new(decision: Decision, reason: impl Into<String>) -> Self {
-        Self {
-            decision,
-            reason: reason.into(),
-            old_key: None,
-            new_key: None,
-            orphans: Vec::new(),
-            make_room: None,
-            finish_retire: None,
-            finish_retire_delete: false,
-            clear_pending: false,
+    /// The decision, without what it carries.
+    pub fn decision(&self) -> Decision {
+        match self {
+            Self::Rotate { .. } => Decision::Rotate,
+            Self::Resume { .. } => Decision::Resume,
+            Self::NothingDue { .. } => Decision::NothingDue,
+            Self::Busy { .. } => Decision::Busy,
+            Self::Refuse { .. } => Decision::Refuse,
+            Self::Invalid { .. } => Decision::Invalid,
+        }
+    }
+
+    /// One sentence for people.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Rotate { reason, .. }
+            | Self::Resume { reason, .. }
+            | Self::NothingDue { reason, .. }
+            | Self::Busy { reason, .. }
+            | Self::Refuse { reason }
+            | Self::Invalid { reason } => reason,
+        }
+    }
+
+    /// The key the connections hold now, when the plan knows it.
+    pub fn old_key(&self) -> Option<&AccessKeyId> {
+        match self {
+            Self::Rotate { old_key, .. } | Self::NothingDue { old_key, .. } => Some(old_key),
+            Self::Resume { old_key, .. } | Self::Busy { old_key, .. } => old_key.as_ref(),
+            Self::Refuse { .. } | Self::Invalid { .. } => None,
+        }
+    }
+
+    /// The key being rotated in, when one is at AWSPENDING.
+    pub fn new_key(&self) -> Option<&AccessKeyId> {
+        match self {
+            Self::Resume { new_key, .. } => Some(new_key),
+            Self::Busy { new_key, .. } => new_key.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// What `cleanup` tidies (nothing for a plan that acts on nothing).
+    pub fn tidy(&self) -> Option<&Tidy> {
+        match self {
+            Self::Rotate { tidy, .. }
+            | Self::Resume { tidy, .. }
+            | Self::NothingDue { tidy, .. } => Some(tidy),
+            _ => None,
+        }
+    }
+
+    /// An earlier retirement this run finishes.
+    pub fn finish_retire(&self) -> Option<&Retirement> {
+        match self {
+            Self::NothingDue { finish_retire, .. } => finish_retire.as_ref(),
+            _ => None,
         }
     }
 
     /// Whether the plan changes anything at all.
     pub fn changes_anything(&self) -> bool {
-        matches!(self.decision, Decision::Rotate | Decision::Resume)
-            || !self.orphans.is_empty()
-            || self.make_room.is_some()
-            || self.finish_retire.is_some()
-            || self.clear_pending
+        matches!(self, Self::Rotate { .. } | Self::Resume { .. })
+            || self.tidy().is_some_and(|t| !t.is_empty())
+            || self.finish_retire().is_some()
+    }
+}
+
+/// The planner's working notes, turned into a [`Plan`] at the end.
+struct Draft {
+    decision: Decision,
+    reason: String,
+    old_key: Option<AccessKeyId>,
+    new_key: Option<AccessKeyId>,
+    tidy: Tidy,
+    finish_retire: Option<Retirement>,
+}
+
+impl Draft {
+    fn new(decision: Decision, reason: impl Into<String>) -> Self {
+        Self {
+            decision,
+            reason: reason.into(),
+            old_key: None,
+            new_key: None,
+            tidy: Tidy::default(),
+            finish_retire: None,
+        }
+    }
+
+    fn into_plan(self) -> Plan {
+        let Draft {
+            decision,
+            reason,
+            old_key,
+            new_key,
+            tidy,
+            finish_retire,
+        } = self;
+        match (decision, old_key, new_key) {
+            (Decision::Rotate, Some(old_key), _) => Plan::Rotate {
+                reason,
+                old_key,
+                tidy,
+            },
+            (Decision::Resume, old_key, Some(new_key)) => Plan::Resume {
+                reason,
+                old_key,
+                new_key,
+                tidy,
+            },
+            (Decision::NothingDue, Some(old_key), _) => Plan::NothingDue {
+                reason,
+                old_key,
+                tidy,
+                finish_retire,
+            },
+            (Decision::Busy, old_key, new_key) => Plan::Busy {
+                reason,
+                old_key,
+                new_key,
+            },
+            (Decision::Invalid, _, _) => Plan::Invalid { reason },
+            (Decision::Refuse, _, _) => Plan::Refuse { reason },
+            (d, _, _) => Plan::Refuse {
+                reason: format!("the plan to {d:?} lacks the key it acts on ({reason})"),
+            },
+        }
     }
 }
 
@@ -181,9 +358,21 @@ pub(crate) fn intent_window_start(expires_at: SystemTime, policy: &Policy) -> Sy
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// When the previous key should have gone quiet, estimated from the current key's creation: the
+/// push follows it within `verify_timeout`, jobs have `drain` after that, plus ten minutes for
+/// a slow push and clock skew. A later use means a consumer nobody listed (or a job longer than
+/// the drain): the key stays Active.
+fn unused_after(current: &KeyInfo, policy: &Policy) -> SystemTime {
+    current.created + policy.verify_timeout + policy.drain + Duration::from_secs(600)
+}
+
 /// Decides what a run does. Pure: the same inputs give the same plan.
 pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: bool) -> Plan {
-    let refuse = |reason: String| Plan::new(Decision::Refuse, reason);
+    decide(s, policy, now, run_id, force).into_plan()
+}
+
+fn decide(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: bool) -> Draft {
+    let refuse = |reason: String| Draft::new(Decision::Refuse, reason);
     let user = &s.user;
 
     // Connections keyrotor cannot rotate.
@@ -197,14 +386,14 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
     for (label, stage) in [("AWSCURRENT", &s.current), ("AWSPREVIOUS", &s.previous)] {
         match stage.as_ref().map(|st| &st.content) {
             Some(Content::Foreign) if label == "AWSCURRENT" => {
-                return Plan::new(
+                return Draft::new(
                     Decision::Invalid,
                     "the secret holds something that is not an access key (neither keyrotor's \
                      JSON nor a bare secret access key)",
                 );
             }
             Some(Content::Key { user_name, id }) if user_name != user.as_str() => {
-                return Plan::new(
+                return Draft::new(
                     Decision::Invalid,
                     format!(
                         "the secret's {label} holds key {id} of IAM user '{user_name}', not of '{user}'"
@@ -245,7 +434,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
     }
 
     // AWSPENDING: a live intent of another run, a key to resume, or a stale label.
-    let mut p = Plan::new(Decision::Rotate, "");
+    let mut p = Draft::new(Decision::Rotate, "");
     let mut pending: Option<&AccessKeyId> = None;
     match s.pending.as_ref().map(|st| &st.content) {
         Some(Content::Intent {
@@ -253,7 +442,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
             expires_at,
         }) => {
             if holder != run_id && *expires_at > now {
-                let mut b = Plan::new(
+                let mut b = Draft::new(
                     Decision::Busy,
                     format!(
                         "another run ({holder}) is creating a key for this user; its intent holds \
@@ -265,7 +454,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
                 return b;
             }
             if holder != run_id {
-                p.clear_pending = true;
+                p.tidy.clear_pending = true;
             }
         }
         Some(Content::Key { id, .. }) => {
@@ -275,7 +464,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
             if let Some(o) = owner.filter(|o| o.run_id != run_id && o.expires_at > now)
                 && s.key(id).is_some()
             {
-                let mut b = Plan::new(
+                let mut b = Draft::new(
                     Decision::Busy,
                     format!(
                         "another run ({}) owns the rotation to {id} until {}",
@@ -290,10 +479,10 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
             if s.key(id).is_some() {
                 pending = Some(id);
             } else {
-                p.clear_pending = true;
+                p.tidy.clear_pending = true;
             }
         }
-        Some(Content::Legacy | Content::Foreign) => p.clear_pending = true,
+        Some(Content::Legacy | Content::Foreign) => p.tidy.clear_pending = true,
         None => {}
     }
 
@@ -351,7 +540,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
         // can show it created it: an intent record of a run announced it (the key was created
         // inside that intent's window). Anything else is someone's new key.
         if made_by_keyrotor(s, policy, k) {
-            p.orphans.push(k.id.clone());
+            p.tidy.orphans.push(k.id.clone());
         } else {
             strangers.push(k);
         }
@@ -375,7 +564,7 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
                 s.keys
                     .iter()
                     .map(|k| &k.id)
-                    .find(|id| *id != new && !p.orphans.contains(id))
+                    .find(|id| *id != new && !p.tidy.orphans.contains(id))
             })
             .cloned();
         if held.len() > 2 || held.iter().any(|h| h != new && Some(h) != old.as_ref()) {
@@ -408,7 +597,9 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
         .keys
         .iter()
         .find(|k| {
-            k.id != in_use && !p.orphans.contains(&k.id) && !strangers.iter().any(|x| x.id == k.id)
+            k.id != in_use
+                && !p.tidy.orphans.contains(&k.id)
+                && !strangers.iter().any(|x| x.id == k.id)
         })
         .cloned();
     if let Some(x) = strangers.first() {
@@ -464,8 +655,11 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
                 )
             });
         } else if o.status == KeyStatus::Active || grace_over {
-            p.finish_retire = Some(o.id.clone());
-            p.finish_retire_delete = grace_over;
+            p.finish_retire = Some(Retirement {
+                key: o.id.clone(),
+                delete: grace_over,
+                unused_after: in_use_info.as_ref().map(|k| unused_after(k, policy)),
+            });
         }
     }
 
@@ -491,8 +685,11 @@ pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force:
     // Rotate: any other key goes first, to make room (IAM allows two keys).
     if let Some(o) = other {
         p.finish_retire = None;
-        p.finish_retire_delete = false;
-        p.make_room = Some(o.id);
+        p.tidy.make_room = Some(Retirement {
+            key: o.id,
+            delete: true,
+            unused_after: in_use_info.as_ref().map(|k| unused_after(k, policy)),
+        });
     }
     p.decision = Decision::Rotate;
     p.reason = if force && age < policy.min_key_age {

@@ -107,6 +107,11 @@ pub trait KeyStore: Send + Sync {
         }
         Ok(keys)
     }
+    /// When IAM last saw the key sign a request (`GetAccessKeyLastUsed`); `None` if never or
+    /// if the key is unknown.
+    async fn last_used(&self, key: &AccessKeyId) -> PortResult<Option<SystemTime>> {
+        Ok(self.owner_of(key).await?.and_then(|o| o.last_used))
+    }
     /// `CreateAccessKey`. `LimitExceeded` if the user already has two keys; `LostAnswer` if an
     /// attempt whose answer was lost may have taken the room. Adapters retry it themselves so
     /// they can tell the two apart (and set [`NewKey::after_lost_answer`]).

@@ -242,7 +242,7 @@ async fn the_state_machine_s_chain_of_handlers_rotates_the_key() {
     assert_eq!(listed["targets"][0], fresh());
 
     let s = h.step("inspect", &fresh()).await.unwrap();
-    assert_eq!(state(&s).plan.unwrap().decision, Decision::Rotate);
+    assert_eq!(state(&s).plan.unwrap().decision(), Decision::Rotate);
     assert_eq!(next(&s), "create", "nothing to tidy: no cleanup invocation");
     let s = h.drive(s).await;
     let done = state(&s);
@@ -272,7 +272,7 @@ async fn the_state_machine_s_chain_of_handlers_rotates_the_key() {
     let mut again = fresh();
     again["progress"]["run_id"] = json!("second-run");
     let s = state(&h.step("inspect", &again).await.unwrap());
-    assert_eq!(s.plan.unwrap().decision, Decision::NothingDue);
+    assert_eq!(s.plan.unwrap().decision(), Decision::NothingDue);
     assert_eq!(s.outcome, Some(Outcome::NothingDue));
     assert_eq!(s.next, None);
 }
@@ -398,7 +398,7 @@ async fn a_refused_target_ends_at_inspect_with_its_reason() {
     let mut h = Harness::new(false);
     h.scenario.fakes.state().endpoints[0].oidc = true;
     let s = state(&h.step("inspect", &fresh()).await.unwrap());
-    assert_eq!(s.plan.unwrap().decision, Decision::Refuse);
+    assert_eq!(s.plan.unwrap().decision(), Decision::Refuse);
     assert_eq!(s.outcome, Some(Outcome::Refused));
     assert_eq!(s.next, None);
     assert!(s.failure.unwrap().message.contains("OIDC"));

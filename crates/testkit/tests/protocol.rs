@@ -1137,3 +1137,135 @@ async fn a_retried_create_deletes_the_key_its_crashed_attempt_made() {
     }
     assert!(found, "no crash landed right after CreateAccessKey");
 }
+
+/// Marks `id` as used by IAM at the fake clock's now.
+fn used_now(sc: &Scenario, id: &str) {
+    let mut st = sc.fakes.state();
+    let now = st.now.unwrap();
+    let k = st
+        .users
+        .get_mut("pipeline")
+        .unwrap()
+        .iter_mut()
+        .find(|k| k.id == id)
+        .unwrap();
+    k.used = Some(now);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_old_key_iam_saw_in_use_after_the_push_and_the_drain_is_not_retired() {
+    // "Every holder counts": IAM's last-used date is the second signal. A consumer the
+    // organization's connections do not show (a script, another organization) signs with the
+    // old key after every connection moved: the key stays Active, on the run that rotated and
+    // on every later run while the use goes on, and is retired once it stops.
+    let sc = Scenario::new(1);
+    let old = sc.initial_key.0.clone();
+    let active = |sc: &Scenario| {
+        sc.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == old && k.active)
+    };
+    let ports = sc.fakes.ports();
+    let cx = context(&sc, &ports, false);
+    let mut s = run_state(&sc, "run-meets-a-hidden-consumer");
+    drive_until(&sc, &mut s, Some(Step::Retire)).await;
+    sc.fakes.advance(Duration::from_secs(120));
+    used_now(&sc, &old);
+    let e = machine::advance(&cx, &mut s).await.unwrap_err();
+    assert_eq!(
+        e.kind,
+        keyrotor_core::protocol::StepErrorKind::Refused,
+        "{e:?}"
+    );
+    assert!(e.message.contains("still uses it"), "{}", e.message);
+    assert!(active(&sc), "the old key stays Active");
+    nobody_is_left_without_a_key(&sc, "hidden consumer");
+
+    // Later runs: still in use well after the push → kept; quiet since → retired.
+    sc.fakes.advance(Duration::from_secs(3600));
+    used_now(&sc, &old);
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
+    assert!(active(&sc));
+    sc.fakes.state().users.get_mut("pipeline").unwrap()[0].used = None;
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
+    assert!(
+        !sc.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == old),
+        "retired once IAM saw no later use"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_use_of_the_old_key_during_the_drain_does_not_keep_it() {
+    // Jobs that started before the push use the old key during the drain: that is what the
+    // drain is for, not a sign of a hidden consumer.
+    let drain = Duration::from_secs(3600);
+    let mut sc = Scenario::new(1);
+    sc.policy.drain = drain;
+    let old = sc.initial_key.0.clone();
+    let mut o = opts();
+    o.force = true;
+    let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    sc.fakes.advance(drain / 2);
+    used_now(&sc, &old);
+    sc.fakes
+        .advance(drain + sc.policy.verify_timeout + Duration::from_secs(1));
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
+    assert!(
+        !sc.fakes.state().users["pipeline"]
+            .iter()
+            .any(|k| k.id == old),
+        "retired after the drain"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_opt_in_an_unlisted_holder_is_updated_too_on_both_drivers() {
+    // `policy.update_unlisted_connections = true`: the connection in another project that holds
+    // the same key is updated in place with the listed ones, and the old key is retired.
+    for driver in [Driver::Cli, Driver::Lambda] {
+        let mut sc = Scenario::new(1);
+        sc.policy.update_unlisted_connections = true;
+        let (old, secret) = sc.initial_key.clone();
+        sc.fakes.add_endpoint(
+            keyrotor_testkit::fakes::ORG,
+            "Billing",
+            "aws-shared",
+            Some((&old, &secret)),
+        );
+        let mut s = run_state(&sc, "run-with-the-opt-in");
+        while s.next.is_some() {
+            step_once(&sc, &mut s, driver).await;
+        }
+        assert_eq!(
+            s.outcome,
+            Some(Outcome::Rotated),
+            "{driver:?}: {:?}",
+            s.failure
+        );
+        assert!(
+            s.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("Billing/aws-shared"),
+            "{driver:?}: the run says which unlisted connection it updated: {:?}",
+            s.reason
+        );
+        let st = sc.fakes.state();
+        assert!(
+            !st.users["pipeline"].iter().any(|k| k.id == old),
+            "{driver:?}: the old key is retired"
+        );
+        let new = s.progress.new_key.as_ref().unwrap().as_str();
+        for e in &st.endpoints {
+            assert_eq!(e.username.as_deref(), Some(new), "{driver:?}: {}", e.name);
+        }
+        drop(st);
+        nobody_is_left_without_a_key(&sc, "opt-in");
+    }
+}

@@ -9,16 +9,14 @@ pub async fn cleanup(
     ports: &Ports,
     target: &Target,
     run_id: &RunId,
-    clear_pending: bool,
-    orphans: &[AccessKeyId],
-    make_room: Option<&AccessKeyId>,
+    tidy: &Tidy,
 ) -> Result<Vec<String>, StepError> {
     let step = Step::Cleanup;
     let now = ports.clock.now();
     let mut done = Vec::new();
     // Orphans first: the stale intent that proves keyrotor created them is still in the
     // secret if this run dies in between.
-    for id in orphans {
+    for id in &tidy.orphans {
         // Keys first, then the stages: a key created after our first read is announced by an
         // intent record that this second read sees.
         let keys = ports
@@ -60,7 +58,7 @@ pub async fn cleanup(
             Err(e) => return Err(StepError::port(step, "deleting an orphan key", e)),
         }
     }
-    if clear_pending {
+    if tidy.clear_pending {
         let keys = ports
             .iam
             .list_keys_brief(&target.iam_user)
@@ -88,9 +86,9 @@ pub async fn cleanup(
             }
         }
     }
-    if let Some(id) = make_room {
-        retire_key(ports, target, id, true, step).await?;
-        done.push(format!("deleted the retired key {id} to make room"));
+    if let Some(r) = &tidy.make_room {
+        retire_key(ports, target, r, step).await?;
+        done.push(format!("deleted the retired key {} to make room", r.key));
     }
     Ok(done)
 }

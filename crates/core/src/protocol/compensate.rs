@@ -44,7 +44,7 @@ async fn compensate_inner(
             "another run ({other}) took this rotation over; nothing of it was undone"
         )));
     }
-    let endpoints = match resolve_endpoints(ports, target, step).await {
+    let endpoints = match run_endpoints(ports, target, progress, step).await {
         Ok(eps) => eps,
         // This run created the key and never sent a PUT: no connection can hold it.
         Err(_) if progress.created_here && !progress.put_attempted => Vec::new(),

@@ -13,7 +13,7 @@ pub async fn confirm(ports: &Ports, target: &Target, progress: &Progress) -> Res
             "no new key in this run's progress",
         )
     })?;
-    for e in resolve_endpoints(ports, target, step).await? {
+    for e in run_endpoints(ports, target, progress, step).await? {
         let now = ports
             .ado
             .get(&e.handle)

@@ -36,8 +36,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Policy, Target};
-use crate::domain::{AccessKeyId, KeyStatus, RunId};
-use crate::plan::{Snapshot, StageInfo};
+use crate::domain::{AccessKeyId, EndpointRef, EndpointSelector, KeyStatus, ProjectName, RunId};
+use crate::plan::{Retirement, Snapshot, StageInfo, Tidy};
 use crate::ports::{
     CallerIdentity, Clock, Endpoint, KeyStore, PortError, PortErrorKind, SecretStore,
     ServiceConnections, Stage,
@@ -147,6 +147,10 @@ pub struct Progress {
         with = "crate::machine::time_serde"
     )]
     pub confirmed_at: Option<std::time::SystemTime>,
+    /// Connections outside the target's config that held the old key and that this run
+    /// updates too (`policy.update_unlisted_connections`), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlisted: Vec<EndpointRef>,
 }
 
 impl Progress {
@@ -162,6 +166,7 @@ impl Progress {
             created_here: false,
             put_attempted: false,
             confirmed_at: None,
+            unlisted: Vec::new(),
         }
     }
 }
@@ -195,9 +200,35 @@ pub async fn resolve_endpoints(
     target: &Target,
     step: Step,
 ) -> Result<Vec<Endpoint>, StepError> {
+    resolve_refs(ports, target, &target.endpoints, step).await
+}
+
+/// The connections this run rotates: the target's, and the unlisted ones it took on
+/// (`policy.update_unlisted_connections`).
+pub(crate) async fn run_endpoints(
+    ports: &Ports,
+    target: &Target,
+    progress: &Progress,
+    step: Step,
+) -> Result<Vec<Endpoint>, StepError> {
+    let refs: Vec<EndpointRef> = target
+        .endpoints
+        .iter()
+        .chain(&progress.unlisted)
+        .cloned()
+        .collect();
+    resolve_refs(ports, target, &refs, step).await
+}
+
+async fn resolve_refs(
+    ports: &Ports,
+    target: &Target,
+    refs: &[EndpointRef],
+    step: Step,
+) -> Result<Vec<Endpoint>, StepError> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for r in &target.endpoints {
+    for r in refs {
         let e = ports
             .ado
             .find(&target.organization, r)

@@ -2,37 +2,23 @@
 
 use super::*;
 
-/// **retire**: the old key becomes Inactive, and is deleted now when there is no grace period
-/// (else by the first run after the grace period).
-///
-/// `delete` overrides the policy (a later run finishing a retirement whose grace is over).
-pub async fn retire(
-    ports: &Ports,
-    target: &Target,
-    policy: &Policy,
-    old: Option<&AccessKeyId>,
-    new: Option<&AccessKeyId>,
-    delete: Option<bool>,
-) -> Result<(), StepError> {
-    let Some(old) = old else { return Ok(()) };
-    if Some(old) == new {
-        return Ok(());
-    }
-    let delete = delete.unwrap_or(policy.delete_old_key_after.is_zero());
-    retire_key(ports, target, old, delete, Step::Retire).await
+/// **retire**: the previous key becomes Inactive, and is deleted when `r.delete` (no grace
+/// period, or a later run finishing a retirement whose grace is over).
+pub async fn retire(ports: &Ports, target: &Target, r: &Retirement) -> Result<(), StepError> {
+    retire_key(ports, target, r, Step::Retire).await
 }
 
-/// Deactivates a key (if Active) and deletes it when `delete`. Invariant 1 (pipelines never
+/// Deactivates a key (if Active) and deletes it when `r.delete`. Invariant 1 (pipelines never
 /// break, every connection of the organization counted): a key that any AWS connection of the
 /// organization holds, listed in the config or not, stays Active and the step is refused, naming
-/// the connections.
+/// the connections; and an Active key IAM saw in use after `r.unused_after` stays Active too.
 pub(super) async fn retire_key(
     ports: &Ports,
     target: &Target,
-    id: &AccessKeyId,
-    delete: bool,
+    r: &Retirement,
     step: Step,
 ) -> Result<(), StepError> {
+    let (id, delete) = (&r.key, r.delete);
     let holders = holders_of(ports, target, id, step).await?;
     if !holders.is_empty() {
         let listed = resolve_endpoints(ports, target, step)
@@ -54,7 +40,7 @@ pub(super) async fn retire_key(
             )
         } else {
             format!(
-                "key {id} stays Active: service connection '{}' holds it and is not in this target's config; add it to the target's endpoints (or point it at the new key), then run keyrotor again",
+                "key {id} stays Active: service connection '{}' holds it and is not in this target's config; add it to the target's endpoints, point it at the new key, or set policy.update_unlisted_connections = true; then run keyrotor again",
                 others.iter().map(name).collect::<Vec<_>>().join("', '")
             )
         };
@@ -69,6 +55,24 @@ pub(super) async fn retire_key(
         return Ok(());
     };
     if k.status == KeyStatus::Active {
+        if let Some(cutoff) = r.unused_after {
+            let used = ports
+                .iam
+                .last_used(id)
+                .await
+                .map_err(at(step, "reading when the old key was last used"))?;
+            if let Some(used) = used.filter(|u| *u > cutoff) {
+                return Err(StepError::new(
+                    step,
+                    StepErrorKind::Refused,
+                    format!(
+                        "key {id} stays Active: IAM saw it used at {}, after every listed connection had the new key and running jobs had policy.drain to finish ({}); something outside the organization's AWS service connections (or a job longer than the drain) still uses it: find it (CloudTrail, by the key id), move it to the new key, and the next run retires the key",
+                        humantime::format_rfc3339_seconds(used),
+                        humantime::format_rfc3339_seconds(cutoff)
+                    ),
+                ));
+            }
+        }
         ports
             .iam
             .set_status(&target.iam_user, id, KeyStatus::Inactive)

@@ -31,7 +31,7 @@ fn offsets() -> Vec<u64> {
 
 /// An env whose config has a short intent lease, so a run killed inside create's window is
 /// outlived quickly by the next run.
-async fn spawn_env() -> Env {
+pub(crate) async fn spawn_env() -> Env {
     crate::setup()
         .policy("intent_lease = \"2s\"")
         .policy("owner_lease = \"2s\"")
@@ -42,7 +42,7 @@ async fn spawn_env() -> Env {
 
 /// Starts `rotate --force`, SIGKILLs it `offset_ms` after it logs the start of `step`.
 /// Returns whether the kill landed (the step was reached before the run ended).
-async fn kill_inside(env: &Env, step: &str, offset_ms: u64) -> bool {
+pub(crate) async fn kill_inside(env: &Env, step: &str, offset_ms: u64) -> bool {
     let wanted = [format!("step=\"{step}\""), format!("step={step}")];
     let o = env
         .cmd(&["rotate", "--force"])
@@ -60,7 +60,7 @@ async fn kill_inside(env: &Env, step: &str, offset_ms: u64) -> bool {
 
 /// Runs `rotate` until it rotates or has nothing due (a killed run's intent may hold it off
 /// for the lease), checking invariants after each run; then a last run must change nothing.
-async fn converge(env: &Env, label: &str) {
+pub(crate) async fn converge(env: &Env, label: &str) {
     let mut outcome = String::new();
     for _ in 0..10 {
         let out = env.run(&["rotate", "--output", "json"]).await;

@@ -13,7 +13,9 @@
 //!   `sandbox`, `audit`, config errors);
 //! - `badinput`: the bad-input table (`bad input: N cases, N passed`);
 //! - `faults`: the network fault matrix (`faults: N cases, N passed`);
-//! - `kill`: SIGKILL inside every step (`kills: N runs killed, N converged`).
+//! - `kill`: SIGKILL inside every step (`kills: N runs killed, N converged`);
+//! - `interleave`: a Step Functions execution (the Lambda's handlers) and CLI processes on one
+//!   target, interleaved at every step, a CLI run killed inside every step, a refused PUT.
 //!
 //! ```sh
 //! cargo test -p keyrotor --test cli -- --nocapture             # everything, with the count lines
@@ -30,6 +32,7 @@
 mod badinput;
 mod e2e;
 mod faults;
+mod interleave;
 mod kill;
 mod readonly;
 mod rotate;

@@ -35,6 +35,20 @@ impl TestEnv {
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         check(&known, &history, &self.posts());
     }
+
+    /// Panics if `text` (`what`: e.g. the Lambda payloads a test collected) holds a known
+    /// secret, in any form the scan looks for.
+    pub fn assert_text_clean(&self, text: &str, what: &str) {
+        let known = self.lock_known();
+        for needle in needles(&known) {
+            assert!(
+                !text.contains(&needle),
+                "{what} holds a secret ({}): {}",
+                hint(&needle),
+                locate(text, &needle)
+            );
+        }
+    }
 }
 
 /// Log lines of the AWS SDK that showed a full key id, for the report (`--nocapture`).

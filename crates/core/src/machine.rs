@@ -377,7 +377,7 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
             state.next = Some(Step::Verify);
         }
         Step::Verify => {
-            protocol::verify(ports, target, policy, &state.progress, cx.verify_budget).await?;
+            protocol::verify(ports, target, policy, &mut state.progress, cx.verify_budget).await?;
             state.next = Some(Step::Push);
         }
         Step::Push => {

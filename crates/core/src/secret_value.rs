@@ -197,6 +197,17 @@ pub fn owner_of(value: &SecretString) -> Option<Lease> {
     })
 }
 
+/// The `CreateDate` a key's value records, if it holds one.
+pub fn created_of(value: &SecretString) -> Option<SystemTime> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Dated {
+        create_date: String,
+    }
+    let d: Dated = serde_json::from_str(value.expose_secret()).ok()?;
+    humantime::parse_rfc3339_weak(&d.create_date).ok()
+}
+
 /// Reads a key out of a value, if it holds one.
 pub fn parse_key(value: &SecretString) -> Option<StoredKey> {
     let raw: KeyJson = serde_json::from_str(value.expose_secret()).ok()?;

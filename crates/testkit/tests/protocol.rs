@@ -1269,3 +1269,37 @@ async fn with_the_opt_in_an_unlisted_holder_is_updated_too_on_both_drivers() {
         nobody_is_left_without_a_key(&sc, "opt-in");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_run_renews_its_lease_and_is_not_taken_over() {
+    // "One owner per rotation, for its whole life": a run whose steps take longer than its lease
+    // (a paced fleet, retries) renews the lease before it acts, so another run stands aside
+    // instead of taking the rotation over under it.
+    let sc = Scenario::new(1);
+    let lease = sc.policy.owner_lease;
+    let ports = sc.fakes.ports();
+    let cx = context(&sc, &ports, false);
+    let mut a = run_state(&sc, "slow-run");
+    drive_until(&sc, &mut a, Some(Step::Verify)).await;
+    let first = a.progress.pending_version.clone();
+    // Fresh lease: verify writes nothing.
+    let writes = sc.fakes.state().mutations;
+    machine::advance(&cx, &mut a).await.unwrap();
+    assert_eq!(
+        a.progress.pending_version, first,
+        "a fresh lease is not renewed"
+    );
+    assert_eq!(sc.fakes.state().mutations, writes);
+    // Two thirds of the lease later, push renews it first.
+    sc.fakes.advance(lease * 2 / 3);
+    machine::advance(&cx, &mut a).await.unwrap();
+    assert_ne!(a.progress.pending_version, first, "push renewed the lease");
+    // Past the first lease's end, another run finds a live owner and stands aside.
+    sc.fakes.advance(lease / 2);
+    let mut b = run_state(&sc, "other-run");
+    drive_until(&sc, &mut b, None).await;
+    assert_eq!(b.outcome, Some(Outcome::Busy), "{:?}", b.failure);
+    drive_until(&sc, &mut a, None).await;
+    assert_eq!(a.outcome, Some(Outcome::Rotated), "{:?}", a.failure);
+    sc.world().after_success().unwrap();
+}

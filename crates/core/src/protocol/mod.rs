@@ -279,10 +279,16 @@ where
 /// Reads the key this run rotates in, from AWSPENDING. If a racing run took the label off our
 /// version (it wrote its intent just after we stored the key, then lost to IAM's two-key limit),
 /// the label is put back: our version is the rotation in progress.
+///
+/// Invariant 7 (one owner for the rotation's whole life): when less than half of this run's
+/// lease is left (a slow verify, a paced fleet, retries), the lease is renewed here, before the
+/// step acts: the same key written again at AWSPENDING with a new expiry. A fresh lease costs
+/// nothing.
 pub(crate) async fn pending_secret(
     ports: &Ports,
     target: &Target,
-    progress: &Progress,
+    policy: &Policy,
+    progress: &mut Progress,
     step: Step,
 ) -> Result<(AccessKeyId, SecretString), StepError> {
     let fail = |m: String| StepError::new(step, StepErrorKind::Failed, m);
@@ -300,7 +306,10 @@ pub(crate) async fn pending_secret(
         .await
         .map_err(at(step, "reading AWSPENDING"))?;
     let value = match holder {
-        Some((v, value)) if v == mine => value,
+        Some((v, value)) if v == mine => {
+            renew_if_due(ports, target, policy, progress, &value, step).await?;
+            value
+        }
         Some((_, ref value))
             if secret_value::parse_key(value).is_some_and(|k| k.id == new)
                 && secret_value::owner_of(value)
@@ -332,6 +341,59 @@ pub(crate) async fn pending_secret(
         .filter(|k| k.id == new)
         .ok_or_else(|| fail(format!("the pending version no longer holds {new}")))?;
     Ok((new, k.secret))
+}
+
+/// Renews this run's lease on its rotation when less than half of it is left (see
+/// [`pending_secret`]); `value` is this run's version at AWSPENDING.
+async fn renew_if_due(
+    ports: &Ports,
+    target: &Target,
+    policy: &Policy,
+    progress: &mut Progress,
+    value: &SecretString,
+    step: Step,
+) -> Result<(), StepError> {
+    let now = ports.clock.now();
+    let me = progress.run_id.as_str();
+    match secret_value::owner_of(value) {
+        Some(o) if o.run_id == me && o.expires_at < now + policy.owner_lease / 2 => {}
+        _ => return Ok(()),
+    }
+    let (Some(k), Some(created)) = (
+        secret_value::parse_key(value),
+        secret_value::created_of(value),
+    ) else {
+        return Ok(());
+    };
+    let expires_at = now + policy.owner_lease;
+    let lease = secret_value::Lease {
+        run_id: me.to_owned(),
+        expires_at,
+    };
+    let renewed = secret_value::key_value_owned(
+        Some(value),
+        &k.id,
+        &k.secret,
+        &k.user_name,
+        created,
+        Some(&lease),
+    );
+    // One token per renewal (its expiry in the purpose): a retried step that renews again
+    // writes a new version, never a different value under a used token.
+    let secs = expires_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let token = progress.run_id.token(&format!("renew-{secs}"));
+    let version = with_retries(3, || {
+        ports
+            .secrets
+            .put(&target.secret, &token, &renewed, Stage::Pending)
+    })
+    .await
+    .map_err(at(step, "renewing this run's lease on the rotation"))?;
+    progress.pending_version = Some(version);
+    Ok(())
 }
 
 /// Invariant 7 (one owner at a time), the IAM half, checked right before every visible or

@@ -40,7 +40,7 @@ pub async fn push(
     }
     // Right before the PUTs: this run still owns the rotation (AWSPENDING is its version, not
     // taken over) and its key is live in IAM.
-    let (id, secret) = pending_secret(ports, target, progress, step).await?;
+    let (id, secret) = pending_secret(ports, target, policy, progress, step).await?;
     ensure_key_live(ports, target, progress, step).await?;
     for e in endpoints {
         if e.key_id().as_ref() == Some(&id) {

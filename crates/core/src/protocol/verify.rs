@@ -8,11 +8,11 @@ pub async fn verify(
     ports: &Ports,
     target: &Target,
     policy: &Policy,
-    progress: &Progress,
+    progress: &mut Progress,
     budget: Duration,
 ) -> Result<(), StepError> {
     let step = Step::Verify;
-    let (id, secret) = pending_secret(ports, target, progress, step).await?;
+    let (id, secret) = pending_secret(ports, target, policy, progress, step).await?;
     let deadline = tokio::time::Instant::now() + budget;
     let mut streak = 0;
     let mut last = String::from("no attempt was made");

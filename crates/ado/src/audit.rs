@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use keyrotor_core::domain::{AccessKeyId, OrgUrl};
+use keyrotor_core::domain::{AccessKeyId, EndpointId, OrgUrl};
 use keyrotor_core::ports::{PortError, PortErrorKind, PortResult};
 use serde_json::Value;
 
@@ -71,9 +71,11 @@ impl AdoClient {
             )?;
             let items = endpoint::list_items(self.get_json(&url).await?.body)?;
             for e in items.iter().filter(|e| is_aws(e)) {
-                let Ok(id) = endpoint::id_of(e) else { continue };
+                let Ok(id) = endpoint::endpoint_id(e) else {
+                    continue;
+                };
                 let entry = found
-                    .entry(id.to_ascii_lowercase())
+                    .entry(id.as_str().to_ascii_lowercase())
                     .or_insert_with(|| audit_entry(e, id));
                 if !entry.projects.contains(&project.name) {
                     entry.projects.push(project.name.clone());
@@ -95,10 +97,10 @@ fn is_aws(e: &Value) -> bool {
     str_at(e, "/type").is_some_and(|t| t.eq_ignore_ascii_case("aws"))
 }
 
-fn audit_entry(e: &Value, id: &str) -> AuditEndpoint {
+fn audit_entry(e: &Value, id: EndpointId) -> AuditEndpoint {
     let username = parameter(e, "username");
     AuditEndpoint {
-        id: id.to_owned(),
+        id,
         name: str_at(e, "/name").unwrap_or_default().to_owned(),
         kind: str_at(e, "/type").unwrap_or_default().to_owned(),
         scheme: str_at(e, "/authorization/scheme")

@@ -132,7 +132,7 @@ impl AdoClient {
                 "_apis",
                 "serviceendpoint",
                 "endpoints",
-                &handle.id,
+                handle.id.as_str(),
             ],
             &[],
         )?;
@@ -281,15 +281,15 @@ impl ServiceConnections for AdoClient {
         // The update in place: same id, so pipeline authorizations, approvals and checks stay.
         let url = api_url(
             &handle.org,
-            &["_apis", "serviceendpoint", "endpoints", &handle.id],
+            &["_apis", "serviceendpoint", "endpoints", handle.id.as_str()],
             &[],
         )?;
         let answer = self
             .transport
             .send(Method::PUT, &url, Some(&body), &[secret.expose_secret()])
             .await?;
-        let same_id =
-            endpoint::id_of(&answer.body).is_ok_and(|id| id.eq_ignore_ascii_case(&handle.id));
+        let same_id = endpoint::id_of(&answer.body)
+            .is_ok_and(|id| id.eq_ignore_ascii_case(handle.id.as_str()));
         let holds_key = endpoint::parameter(&answer.body, "username") == Some(key.as_str());
         if !same_id || !holds_key {
             return Err(PortError::new(

@@ -2,7 +2,7 @@
 //! update in place (`username` and `password` change and `sessionToken` is cleared; everything
 //! else is kept as is).
 
-use keyrotor_core::domain::{AccessKeyId, OrgUrl, ProjectName};
+use keyrotor_core::domain::{AccessKeyId, EndpointId, OrgUrl, ProjectName};
 use keyrotor_core::ports::{Endpoint, EndpointHandle, PortError, PortErrorKind, PortResult};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -71,6 +71,16 @@ pub(crate) fn id_of(v: &Value) -> PortResult<&str> {
     })
 }
 
+/// The object's `id`, parsed.
+pub(crate) fn endpoint_id(v: &Value) -> PortResult<EndpointId> {
+    EndpointId::parse(id_of(v)?).map_err(|e| {
+        PortError::new(
+            PortErrorKind::Failed,
+            format!("Azure DevOps answered a service connection with an unexpected id: {e}"),
+        )
+    })
+}
+
 /// Reads what keyrotor needs from a `ServiceEndpoint` object found in `project`.
 pub(crate) fn to_endpoint(v: &Value, org: &OrgUrl, project: &ProjectName) -> PortResult<Endpoint> {
     if !v.is_object() {
@@ -83,7 +93,7 @@ pub(crate) fn to_endpoint(v: &Value, org: &OrgUrl, project: &ProjectName) -> Por
         handle: EndpointHandle {
             org: org.clone(),
             project: project.clone(),
-            id: id_of(v)?.to_owned(),
+            id: endpoint_id(v)?,
         },
         name: name_in(v, project.as_str()),
         kind: str_at(v, "/type").unwrap_or_default().to_owned(),

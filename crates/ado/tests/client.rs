@@ -24,7 +24,7 @@ fn by_name(project: &str, name: &str) -> EndpointRef {
 fn by_id(project: &str, id: &str) -> EndpointRef {
     EndpointRef {
         project: ProjectName::parse(project).unwrap(),
-        by: EndpointSelector::Id(id.into()),
+        by: EndpointSelector::Id(keyrotor_core::domain::EndpointId::parse(id).unwrap()),
     }
 }
 
@@ -180,14 +180,14 @@ async fn oidc_and_non_aws_connections_are_reported_and_left_alone() {
 
     let (key, secret) = new_key();
     for h in [&oidc.handle, &gh.handle] {
-        let before = env.stored(&h.id);
+        let before = env.stored(h.id.as_str());
         let e = env
             .client
             .set_credentials(h, &key, &secret)
             .await
             .unwrap_err();
         assert_eq!(e.kind, PortErrorKind::Refused, "{e}");
-        assert_eq!(env.stored(&h.id), before);
+        assert_eq!(env.stored(h.id.as_str()), before);
     }
     assert!(
         env.methods().iter().all(|m| m == "GET"),

@@ -26,7 +26,9 @@ use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::error::SdkError;
 use aws_sdk_iam::primitives::DateTime;
 use aws_sdk_iam::types::StatusType;
-use keyrotor_core::domain::{AccessKeyId, IamUserName, KeyStatus, SecretName};
+use keyrotor_core::domain::{
+    AccessKeyId, Arn, IamUserName, KeyStatus, SecretName, SecretVersionId,
+};
 use keyrotor_core::ports::{
     CallerIdentity, KeyInfo, KeyOwner, KeyStore, NewKey, Parameters, PortError, PortErrorKind,
     PortResult, SecretStore, SecretVersion, Stage,
@@ -160,6 +162,15 @@ fn optional<T>(r: PortResult<T>) -> PortResult<Option<T>> {
 
 fn to_system(t: Option<&DateTime>) -> Option<SystemTime> {
     t.and_then(|d| SystemTime::try_from(*d).ok())
+}
+
+fn version_id(raw: &str) -> PortResult<SecretVersionId> {
+    SecretVersionId::parse(raw).map_err(|e| {
+        PortError::new(
+            PortErrorKind::Failed,
+            format!("Secrets Manager returned an unexpected version id: {e}"),
+        )
+    })
 }
 
 fn key_id(raw: &str) -> PortResult<AccessKeyId> {
@@ -391,16 +402,15 @@ impl SecretStore for Aws {
                 ),
             ));
         }
-        let mut versions: Vec<SecretVersion> = out
-            .version_ids_to_stages()
-            .into_iter()
-            .flatten()
-            .filter(|(_, stages)| !stages.is_empty())
-            .map(|(id, stages)| SecretVersion {
-                id: id.clone(),
-                stages: stages.clone(),
-            })
-            .collect();
+        let mut versions = Vec::new();
+        for (id, stages) in out.version_ids_to_stages().into_iter().flatten() {
+            if !stages.is_empty() {
+                versions.push(SecretVersion {
+                    id: version_id(id)?,
+                    stages: stages.clone(),
+                });
+            }
+        }
         versions.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Some(versions))
     }
@@ -409,7 +419,7 @@ impl SecretStore for Aws {
         &self,
         name: &SecretName,
         stage: Stage,
-    ) -> PortResult<Option<(String, SecretString)>> {
+    ) -> PortResult<Option<(SecretVersionId, SecretString)>> {
         let r = self
             .secrets
             .get_secret_value()
@@ -421,7 +431,7 @@ impl SecretStore for Aws {
         let Some(out) = optional(r)? else {
             return Ok(None);
         };
-        let version = out.version_id().unwrap_or_default().to_owned();
+        let version = version_id(out.version_id().unwrap_or_default())?;
         if out.secret_string().is_none() && out.secret_binary().is_some() {
             return Err(binary_secret(name));
         }
@@ -433,13 +443,13 @@ impl SecretStore for Aws {
     async fn read_version(
         &self,
         name: &SecretName,
-        version: &str,
+        version: &SecretVersionId,
     ) -> PortResult<Option<SecretString>> {
         let r = self
             .secrets
             .get_secret_value()
             .secret_id(name.as_str())
-            .version_id(version)
+            .version_id(version.as_str())
             .send()
             .await
             .map_err(|e| map_err("Secrets Manager GetSecretValue", e));
@@ -484,36 +494,39 @@ impl SecretStore for Aws {
     async fn put(
         &self,
         name: &SecretName,
-        token: &str,
+        token: &SecretVersionId,
         value: &SecretString,
         stage: Stage,
-    ) -> PortResult<String> {
+    ) -> PortResult<SecretVersionId> {
         let out = self
             .secrets
             .put_secret_value()
             .secret_id(name.as_str())
-            .client_request_token(token)
+            .client_request_token(token.as_str())
             .secret_string(value.expose_secret())
             .version_stages(stage.label())
             .send()
             .await
             .map_err(|e| map_err("Secrets Manager PutSecretValue", e))?;
-        Ok(out.version_id().unwrap_or(token).to_owned())
+        match out.version_id() {
+            Some(v) => version_id(v),
+            None => Ok(token.clone()),
+        }
     }
 
     async fn move_stage(
         &self,
         name: &SecretName,
         stage: Stage,
-        to: Option<&str>,
-        from: Option<&str>,
+        to: Option<&SecretVersionId>,
+        from: Option<&SecretVersionId>,
     ) -> PortResult<()> {
         self.secrets
             .update_secret_version_stage()
             .secret_id(name.as_str())
             .version_stage(stage.label())
-            .set_move_to_version_id(to.map(str::to_owned))
-            .set_remove_from_version_id(from.map(str::to_owned))
+            .set_move_to_version_id(to.map(|v| v.as_str().to_owned()))
+            .set_remove_from_version_id(from.map(|v| v.as_str().to_owned()))
             .send()
             .await
             .map_err(|e| map_err("Secrets Manager UpdateSecretVersionStage", e))?;
@@ -546,7 +559,7 @@ impl Parameters for Aws {
 
 #[async_trait]
 impl CallerIdentity for Aws {
-    async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<String> {
+    async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<Arn> {
         // A client of its own, signed with the new key only; no retries: verify loops itself.
         let creds = Credentials::new(
             key.as_str(),
@@ -565,8 +578,14 @@ impl CallerIdentity for Aws {
             .send()
             .await
             .map_err(|e| map_err("STS GetCallerIdentity with the new key", e))?;
-        out.arn()
-            .map(str::to_owned)
-            .ok_or_else(|| PortError::new(PortErrorKind::Failed, "STS answered without an ARN"))
+        let arn = out
+            .arn()
+            .ok_or_else(|| PortError::new(PortErrorKind::Failed, "STS answered without an ARN"))?;
+        Arn::parse(arn).map_err(|e| {
+            PortError::new(
+                PortErrorKind::Failed,
+                format!("STS answered an unexpected ARN: {e}"),
+            )
+        })
     }
 }

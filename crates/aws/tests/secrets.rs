@@ -40,7 +40,10 @@ async fn a_binary_secret_is_refused_naming_it_not_read_as_no_value() {
         .unwrap()
         .clone();
     let e = aws
-        .read_version(&name, &version)
+        .read_version(
+            &name,
+            &keyrotor_core::domain::SecretVersionId::parse(&version).unwrap(),
+        )
         .await
         .expect_err("refused");
     assert_eq!(e.kind, PortErrorKind::Invalid);

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::domain::{
-    EndpointRef, EndpointSelector, IamUserName, OrgUrl, ProjectName, SecretName, SecretRef,
-    TargetName,
+    EndpointId, EndpointRef, EndpointSelector, IamUserName, OrgUrl, ProjectName, SecretName,
+    SecretRef, TargetName,
 };
 
 /// A configuration error: where, which field, what is wrong (one sentence).
@@ -434,7 +434,8 @@ impl Config {
                         let ok =
                             s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
                         if ok {
-                            Ok(s.to_ascii_lowercase())
+                            EndpointId::parse(&s.to_ascii_lowercase())
+                                .map_err(|_| "an endpoint id is a GUID")
                         } else {
                             Err("an endpoint id is a GUID")
                         }

@@ -176,6 +176,16 @@ macro_rules! plain_newtype {
                 f.write_str(&self.0)
             }
         }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
         string_newtype_serde!($t);
     };
 }
@@ -257,6 +267,18 @@ plain_newtype!(
         if ok { Ok(()) } else { err("an ARN starts with 'arn:' and is at most 2048 characters") }
     }
 );
+
+impl Arn {
+    /// The IAM user an ARN names (`arn:<partition>:iam::<account>:user/<path/>name`), if it
+    /// names one.
+    pub fn iam_user_name(&self) -> Option<&str> {
+        let mut parts = self.0.splitn(6, ':');
+        let service = parts.nth(2)?;
+        let resource = parts.nth(2)?;
+        let name = resource.strip_prefix("user/")?.rsplit('/').next()?;
+        (service == "iam" && !name.is_empty()).then_some(name)
+    }
+}
 
 /// An Azure DevOps organization URL, such as `https://dev.azure.com/contoso`.
 ///
@@ -378,7 +400,7 @@ pub enum EndpointSelector {
     /// The connection's name in the project.
     Name(String),
     /// The connection's id (a GUID).
-    Id(String),
+    Id(EndpointId),
 }
 
 /// [`EndpointSelector`] as it comes in, before its value is checked.
@@ -397,7 +419,7 @@ impl TryFrom<RawEndpointSelector> for EndpointSelector {
                 err("a service connection name is not blank")
             }
             RawEndpointSelector::Name(n) => Ok(Self::Name(n)),
-            RawEndpointSelector::Id(id) => Ok(Self::Id(EndpointId::parse(&id)?.0)),
+            RawEndpointSelector::Id(id) => Ok(Self::Id(EndpointId::parse(&id)?)),
         }
     }
 }
@@ -479,7 +501,7 @@ impl RunId {
     /// same token: a retried step reuses its token, and the intent's version id can be computed
     /// again later. The purpose shown in the token (its ASCII letters and digits, at most 16)
     /// is only there to be read; uniqueness never depends on it.
-    pub fn token(&self, purpose: &str) -> String {
+    pub fn token(&self, purpose: &str) -> SecretVersionId {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(b"keyrotor-token-v1\0");
@@ -502,7 +524,7 @@ impl RunId {
             t.push(HEX[usize::from(b >> 4)].into());
             t.push(HEX[usize::from(b & 0xf)].into());
         }
-        t
+        SecretVersionId(t)
     }
 }
 

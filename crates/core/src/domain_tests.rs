@@ -141,7 +141,7 @@ fn tokens_are_32_to_64_letters_digits_and_dashes_for_every_run_id() {
         let run = RunId::parse(&id).unwrap();
         for purpose in ["intent", "key", "", "a_purpose_far_too_long_to_show_whole"] {
             let t = run.token(purpose);
-            assert!(is_token(&t), "{id:?} {purpose:?}: {t:?}");
+            assert!(is_token(t.as_str()), "{id:?} {purpose:?}: {t:?}");
         }
     }
 }
@@ -168,15 +168,15 @@ fn a_token_is_the_same_every_time_for_the_same_run_and_purpose() {
     assert_eq!(a.token("intent"), b.token("intent"));
     assert_eq!(a.token("key"), a.clone().token("key"));
     assert_ne!(a.token("intent"), a.token("key"));
-    assert!(a.token("intent").starts_with("kr-intent-"));
+    assert!(a.token("intent").as_str().starts_with("kr-intent-"));
     // Pinned: a change of derivation would orphan the versions of runs in flight.
     let run = RunId::parse("run-1").unwrap();
     assert_eq!(
-        run.token("intent"),
+        run.token("intent").as_str(),
         "kr-intent-15433d760e5ca9fb22a3051df9123dfe8d7e7abc"
     );
     assert_eq!(
-        run.token("key"),
+        run.token("key").as_str(),
         "kr-key-6525f0888df6e6adb4c6f69aa621f53d552e4f88"
     );
 }
@@ -213,7 +213,9 @@ fn deserializing_goes_through_every_parser() {
     assert_eq!(serde_json::to_string(&run).unwrap(), "\"run_1-x\"");
     let r = EndpointRef {
         project: ProjectName::parse("P").unwrap(),
-        by: EndpointSelector::Id("00000000-0000-0000-0000-000000000000".into()),
+        by: EndpointSelector::Id(
+            EndpointId::parse("00000000-0000-0000-0000-000000000000").unwrap(),
+        ),
     };
     let json = serde_json::to_string(&r).unwrap();
     assert_eq!(serde_json::from_str::<EndpointRef>(&json).unwrap(), r);
@@ -241,7 +243,7 @@ fn secret_version_ids_are_letters_digits_and_dashes() {
     let uuid = RunId::new().to_string();
     assert_eq!(SecretVersionId::parse(&uuid).unwrap().as_str(), uuid);
     let token = RunId::parse("r").unwrap().token("intent");
-    assert!(SecretVersionId::parse(&token).is_ok());
+    assert!(SecretVersionId::parse(token.as_str()).is_ok());
     assert!(SecretVersionId::parse(&"a".repeat(64)).is_ok());
     for bad in ["", "a_b", "a b", "a.b"] {
         assert!(SecretVersionId::parse(bad).is_err(), "{bad:?}");
@@ -267,4 +269,24 @@ fn arns_start_with_arn_and_fit_2048() {
     }
     let json = serde_json::to_string(&arn).unwrap();
     assert_eq!(serde_json::from_str::<Arn>(&json).unwrap(), arn);
+}
+
+#[test]
+fn an_arn_names_an_iam_user_only_when_it_is_one() {
+    let user = |raw: &str| Arn::parse(raw).unwrap().iam_user_name().map(str::to_owned);
+    assert_eq!(
+        user("arn:aws:iam::123456789012:user/pipeline").as_deref(),
+        Some("pipeline")
+    );
+    assert_eq!(
+        user("arn:aws-cn:iam::123456789012:user/team/a/pipeline").as_deref(),
+        Some("pipeline")
+    );
+    assert_eq!(
+        user("arn:aws:sts::123456789012:assumed-role/r/pipeline"),
+        None
+    );
+    assert_eq!(user("arn:aws:iam::123456789012:role/pipeline"), None);
+    assert_eq!(user("arn:aws:iam::123456789012:user/"), None);
+    assert_eq!(user("arn:aws:s3:::user/pipeline"), None);
 }

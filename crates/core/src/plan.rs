@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Policy;
-use crate::domain::{AccessKeyId, IamUserName, KeyStatus};
+use crate::domain::{AccessKeyId, IamUserName, KeyStatus, SecretVersionId};
 use crate::ports::{Endpoint, KeyInfo};
 use crate::secret_value::Content;
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageInfo {
     /// The version id.
-    pub version: String,
+    pub version: SecretVersionId,
     /// What it holds.
     pub content: Content,
     /// The run that owns the rotation to this key, while it is at AWSPENDING.

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use super::{Decision, Plan, Snapshot, StageInfo, plan};
 use crate::config::Policy;
-use crate::domain::{AccessKeyId, IamUserName, KeyStatus, OrgUrl, ProjectName};
+use crate::domain::{
+    AccessKeyId, EndpointId, IamUserName, KeyStatus, OrgUrl, ProjectName, SecretVersionId,
+};
 use crate::ports::{Endpoint, EndpointHandle, KeyInfo};
 use crate::secret_value::Content;
 
@@ -98,7 +100,7 @@ fn aws(name: &str, username: Option<&str>) -> Endpoint {
         handle: EndpointHandle {
             org: OrgUrl::parse("https://dev.azure.com/contoso").unwrap(),
             project: ProjectName::parse("Platform").unwrap(),
-            id: format!("00000000-0000-0000-0000-{:0>12}", name.len()),
+            id: EndpointId::parse(&format!("00000000-0000-0000-0000-{:0>12}", name.len())).unwrap(),
         },
         name: name.into(),
         kind: "AWS".into(),
@@ -167,7 +169,7 @@ impl Given {
     fn stage(&mut self, version: &str, content: Content) -> Option<StageInfo> {
         self.snapshot.secret_exists = true;
         Some(StageInfo {
-            version: version.into(),
+            version: SecretVersionId::parse(version).unwrap(),
             content,
             owner: None,
         })

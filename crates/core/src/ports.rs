@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use crate::domain::{
-    AccessKeyId, EndpointRef, IamUserName, KeyStatus, OrgUrl, ProjectName, SecretName,
+    AccessKeyId, Arn, EndpointId, EndpointRef, IamUserName, KeyStatus, OrgUrl, ProjectName,
+    SecretName, SecretVersionId,
 };
 use crate::report::RunReport;
 
@@ -145,7 +146,7 @@ pub struct KeyOwner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsConnection {
     /// Its id.
-    pub id: String,
+    pub id: EndpointId,
     /// Its name.
     pub name: String,
     /// Its `type` as stored (`AWS`, or `aws` from some clients).
@@ -192,7 +193,7 @@ impl Stage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretVersion {
     /// The version id.
-    pub id: String,
+    pub id: SecretVersionId,
     /// Its labels.
     pub stages: Vec<String>,
 }
@@ -208,12 +209,12 @@ pub trait SecretStore: Send + Sync {
         &self,
         name: &SecretName,
         stage: Stage,
-    ) -> PortResult<Option<(String, SecretString)>>;
+    ) -> PortResult<Option<(SecretVersionId, SecretString)>>;
     /// The value of one version, by id; `None` if there is no such version.
     async fn read_version(
         &self,
         name: &SecretName,
-        version: &str,
+        version: &SecretVersionId,
     ) -> PortResult<Option<SecretString>>;
     /// Creates the secret with no value. `Ok` if it exists already.
     async fn create(&self, name: &SecretName, description: &str) -> PortResult<()>;
@@ -222,17 +223,17 @@ pub trait SecretStore: Send + Sync {
     async fn put(
         &self,
         name: &SecretName,
-        token: &str,
+        token: &SecretVersionId,
         value: &SecretString,
         stage: Stage,
-    ) -> PortResult<String>;
+    ) -> PortResult<SecretVersionId>;
     /// `UpdateSecretVersionStage`: put `stage` on `to` (if any), taking it off `from` (if any).
     async fn move_stage(
         &self,
         name: &SecretName,
         stage: Stage,
-        to: Option<&str>,
-        from: Option<&str>,
+        to: Option<&SecretVersionId>,
+        from: Option<&SecretVersionId>,
     ) -> PortResult<()>;
 }
 
@@ -248,7 +249,7 @@ pub trait Parameters: Send + Sync {
 pub trait CallerIdentity: Send + Sync {
     /// `GetCallerIdentity` signed with this key: the ARN it belongs to. `Unauthorized` while
     /// IAM does not accept the key yet.
-    async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<String>;
+    async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<Arn>;
 }
 
 /// Where one service connection lives: enough to GET and PUT it.
@@ -259,7 +260,7 @@ pub struct EndpointHandle {
     /// A project it is shared into (used for GET).
     pub project: ProjectName,
     /// Its id.
-    pub id: String,
+    pub id: EndpointId,
 }
 
 /// What keyrotor needs to know of a service connection. The password is never read back.

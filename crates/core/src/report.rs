@@ -111,7 +111,7 @@ pub struct EndpointReport {
     /// `project/name`.
     pub endpoint: String,
     /// Its id.
-    pub id: String,
+    pub id: crate::domain::EndpointId,
     /// The key it holds (masked), if known.
     pub key: Option<String>,
 }

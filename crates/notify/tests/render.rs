@@ -24,7 +24,11 @@ fn masked(full: &str) -> String {
 fn endpoint(name: &str, key: Option<&str>) -> EndpointReport {
     EndpointReport {
         endpoint: format!("Platform/{name}"),
-        id: format!("00000000-0000-0000-0000-{:012}", name.len()),
+        id: keyrotor_core::domain::EndpointId::parse(&format!(
+            "00000000-0000-0000-0000-{:012}",
+            name.len()
+        ))
+        .unwrap(),
         key: key.map(masked),
     }
 }
@@ -671,7 +675,7 @@ fn long_failure(i: usize) -> TargetReport {
     t.endpoints = (0..40)
         .map(|e| EndpointReport {
             endpoint: format!("Platform/{} {}", prose(3, e), e),
-            id: format!("id-{e}"),
+            id: keyrotor_core::domain::EndpointId::parse(&format!("id-{e}")).unwrap(),
             key: Some(masked(if e % 2 == 0 { OLD_FULL } else { NEW_FULL })),
         })
         .collect();

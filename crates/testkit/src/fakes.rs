@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use keyrotor_core::config::{Policy, Target};
 use keyrotor_core::domain::{
-    AccessKeyId, EndpointRef, EndpointSelector, IamUserName, KeyStatus, OrgUrl, ProjectName,
-    SecretName,
+    AccessKeyId, Arn, EndpointId, EndpointRef, EndpointSelector, IamUserName, KeyStatus, OrgUrl,
+    ProjectName, SecretName, SecretVersionId,
 };
 use keyrotor_core::invariants::{World, WorldEndpoint, WorldKey};
 use keyrotor_core::ports::{
@@ -344,7 +344,7 @@ impl State {
             handle: EndpointHandle {
                 org: org.clone(),
                 project: project.clone(),
-                id: e.id.clone(),
+                id: EndpointId::parse(&e.id).expect("fake endpoint ids parse"),
             },
             name: e.name.clone(),
             kind: e.kind.clone(),
@@ -482,6 +482,11 @@ impl KeyStore for Fakes {
     }
 }
 
+/// A fake version's id as the port hands it out (the fakes' ids are valid version ids).
+fn fake_version_id(raw: &str) -> SecretVersionId {
+    SecretVersionId::parse(raw).expect("fake version ids parse")
+}
+
 fn no_secret(name: &SecretName) -> PortError {
     PortError::new(
         PortErrorKind::NotFound,
@@ -497,7 +502,7 @@ impl SecretStore for Fakes {
                 vs.iter()
                     .filter(|v| !v.stages.is_empty())
                     .map(|v| SecretVersion {
-                        id: v.id.clone(),
+                        id: fake_version_id(&v.id),
                         stages: v.stages.clone(),
                     })
                     .collect()
@@ -510,12 +515,12 @@ impl SecretStore for Fakes {
         &self,
         name: &SecretName,
         stage: Stage,
-    ) -> PortResult<Option<(String, SecretString)>> {
+    ) -> PortResult<Option<(SecretVersionId, SecretString)>> {
         self.call(|s| {
             Ok(s.secrets.get(name.as_str()).and_then(|vs| {
                 vs.iter()
                     .find(|v| v.stages.iter().any(|l| l == stage.label()))
-                    .map(|v| (v.id.clone(), SecretString::from(v.value.clone())))
+                    .map(|v| (fake_version_id(&v.id), SecretString::from(v.value.clone())))
             }))
         })
         .await
@@ -524,8 +529,9 @@ impl SecretStore for Fakes {
     async fn read_version(
         &self,
         name: &SecretName,
-        version: &str,
+        version: &SecretVersionId,
     ) -> PortResult<Option<SecretString>> {
+        let version = version.as_str();
         self.call(|s| {
             Ok(s.secrets
                 .get(name.as_str())
@@ -549,10 +555,12 @@ impl SecretStore for Fakes {
     async fn put(
         &self,
         name: &SecretName,
-        token: &str,
+        token: &SecretVersionId,
         value: &SecretString,
         stage: Stage,
-    ) -> PortResult<String> {
+    ) -> PortResult<SecretVersionId> {
+        let id = token.clone();
+        let token = token.as_str();
         self.call(|s| {
             let vs = s
                 .secrets
@@ -560,7 +568,7 @@ impl SecretStore for Fakes {
                 .ok_or_else(|| no_secret(name))?;
             if let Some(v) = vs.iter().find(|v| v.id == token) {
                 if v.value == value.expose_secret() {
-                    return Ok(token.to_owned());
+                    return Ok(id);
                 }
                 return Err(PortError::new(
                     PortErrorKind::Invalid,
@@ -581,7 +589,7 @@ impl SecretStore for Fakes {
                 stages,
             });
             s.mutated();
-            Ok(token.to_owned())
+            Ok(id)
         })
         .await
     }
@@ -590,9 +598,13 @@ impl SecretStore for Fakes {
         &self,
         name: &SecretName,
         stage: Stage,
-        to: Option<&str>,
-        from: Option<&str>,
+        to: Option<&SecretVersionId>,
+        from: Option<&SecretVersionId>,
     ) -> PortResult<()> {
+        let (to, from) = (
+            to.map(SecretVersionId::as_str),
+            from.map(SecretVersionId::as_str),
+        );
         self.call(|s| {
             let vs = s.secrets.get_mut(name.as_str()).ok_or_else(|| no_secret(name))?;
             let label = stage.label();
@@ -658,7 +670,7 @@ impl Parameters for Fakes {
 
 #[async_trait]
 impl CallerIdentity for Fakes {
-    async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<String> {
+    async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<Arn> {
         self.call(|s| {
             let now = s.now();
             let nowi = tokio::time::Instant::now();
@@ -666,7 +678,8 @@ impl CallerIdentity for Fakes {
                 if let Some(k) = keys.iter_mut().find(|k| k.id == key.as_str()) {
                     if k.active && k.secret == secret.expose_secret() && nowi >= k.valid_from {
                         k.used = Some(now);
-                        return Ok(format!("arn:aws:iam::{ACCOUNT}:user/{user}"));
+                        return Ok(Arn::parse(&format!("arn:aws:iam::{ACCOUNT}:user/{user}"))
+                            .expect("a user's ARN"));
                     }
                     break;
                 }
@@ -692,7 +705,7 @@ impl ServiceConnections for Fakes {
                 })
                 .filter(|e| match &r.by {
                     EndpointSelector::Name(n) => &e.name == n,
-                    EndpointSelector::Id(id) => &e.id == id,
+                    EndpointSelector::Id(id) => e.id == id.as_str(),
                 })
                 .collect();
             match matches.as_slice() {
@@ -716,7 +729,7 @@ impl ServiceConnections for Fakes {
                 .iter()
                 .filter(|e| e.org == org.as_str() && e.kind.eq_ignore_ascii_case("aws"))
                 .map(|e| AwsConnection {
-                    id: e.id.clone(),
+                    id: EndpointId::parse(&e.id).expect("fake endpoint ids parse"),
                     name: e.name.clone(),
                     kind: e.kind.clone(),
                     scheme: e.scheme.clone(),
@@ -741,7 +754,7 @@ impl ServiceConnections for Fakes {
                 .iter()
                 .find(|e| {
                     e.org == h.org.as_str()
-                        && e.id == h.id
+                        && e.id == h.id.as_str()
                         && e.projects.iter().any(|p| p == h.project.as_str())
                 })
                 .map(|e| State::endpoint_view(e, &h.org, &h.project)))
@@ -762,7 +775,7 @@ impl ServiceConnections for Fakes {
             let e = s
                 .endpoints
                 .iter_mut()
-                .find(|e| e.org == h.org.as_str() && e.id == h.id)
+                .find(|e| e.org == h.org.as_str() && e.id == h.id.as_str())
                 .ok_or_else(|| PortError::new(PortErrorKind::NotFound, "endpoint not found"))?;
             e.username = Some(key.as_str().to_owned());
             e.password = Some(secret.expose_secret().to_owned());

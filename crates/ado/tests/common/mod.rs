@@ -145,7 +145,7 @@ impl Env {
         EndpointHandle {
             org: self.org.clone(),
             project: ProjectName::parse(project).unwrap(),
-            id: id.to_owned(),
+            id: keyrotor_core::domain::EndpointId::parse(id).unwrap(),
         }
     }
 

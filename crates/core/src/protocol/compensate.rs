@@ -161,7 +161,7 @@ async fn compensate_inner(
 async fn clear_pending_if_on(
     ports: &Ports,
     target: &Target,
-    version: &str,
+    version: &SecretVersionId,
 ) -> Result<(), StepError> {
     let step = Step::Compensate;
     let pending = ports
@@ -169,7 +169,7 @@ async fn clear_pending_if_on(
         .read(&target.secret, Stage::Pending)
         .await
         .map_err(at(step, "reading AWSPENDING"))?;
-    if pending.as_ref().map(|(v, _)| v.as_str()) == Some(version) {
+    if pending.as_ref().map(|(v, _)| v) == Some(version) {
         ports
             .secrets
             .move_stage(&target.secret, Stage::Pending, None, Some(version))

@@ -233,7 +233,7 @@ async fn take_over(
     keys: &[crate::ports::KeyInfo],
     id: &AccessKeyId,
     info: StageInfo,
-) -> Result<String, StepError> {
+) -> Result<SecretVersionId, StepError> {
     let step = Step::Create;
     let now = ports.clock.now();
     let me = progress.run_id.as_str();

@@ -36,7 +36,9 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Policy, Target};
-use crate::domain::{AccessKeyId, EndpointRef, EndpointSelector, KeyStatus, ProjectName, RunId};
+use crate::domain::{
+    AccessKeyId, EndpointRef, EndpointSelector, KeyStatus, ProjectName, RunId, SecretVersionId,
+};
 use crate::plan::{Retirement, Snapshot, StageInfo, Tidy};
 use crate::ports::{
     CallerIdentity, Clock, Endpoint, KeyStore, PortError, PortErrorKind, SecretStore,
@@ -131,9 +133,9 @@ pub struct Progress {
     /// The key being rotated in.
     pub new_key: Option<AccessKeyId>,
     /// The secret version holding the new key.
-    pub pending_version: Option<String>,
+    pub pending_version: Option<SecretVersionId>,
     /// The version of this run's intent record, while it may still be at AWSPENDING.
-    pub intent_version: Option<String>,
+    pub intent_version: Option<SecretVersionId>,
     /// This run created the new key (it did not resume one).
     #[serde(default)]
     pub created_here: bool,
@@ -331,7 +333,7 @@ pub(crate) async fn pending_secret(
             let from = other.map(|(v, _)| v);
             ports
                 .secrets
-                .move_stage(&target.secret, Stage::Pending, Some(&mine), from.as_deref())
+                .move_stage(&target.secret, Stage::Pending, Some(&mine), from.as_ref())
                 .await
                 .map_err(at(step, "putting AWSPENDING back on the new key"))?;
             value

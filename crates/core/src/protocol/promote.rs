@@ -48,7 +48,7 @@ async fn promote_once(
     ports: &Ports,
     target: &Target,
     progress: &Progress,
-    new_version: &str,
+    new_version: &SecretVersionId,
 ) -> Result<(), Stop> {
     let versions = ports
         .secrets
@@ -65,9 +65,9 @@ async fn promote_once(
     // Invariant 7, the secret half: AWSPENDING on another version before this run's key is
     // current may be another run's takeover; only then is its value read.
     let pending = holder("AWSPENDING");
-    if current.as_deref() != Some(new_version)
+    if current.as_ref() != Some(new_version)
         && pending.is_some()
-        && pending.as_deref() != Some(new_version)
+        && pending.as_ref() != Some(new_version)
         && let Some(other) = taken_over_by(ports, target, progress, Step::Promote)
             .await
             .map_err(Stop::Step)?
@@ -78,7 +78,7 @@ async fn promote_once(
             format!("another run ({other}) took this rotation over; standing aside"),
         )));
     }
-    if current.as_deref() != Some(new_version) {
+    if current.as_ref() != Some(new_version) {
         if let Some(old) = &current {
             ports
                 .secrets
@@ -86,7 +86,7 @@ async fn promote_once(
                     &target.secret,
                     Stage::Previous,
                     Some(old),
-                    holder("AWSPREVIOUS").as_deref(),
+                    holder("AWSPREVIOUS").as_ref(),
                 )
                 .await?;
         }
@@ -96,11 +96,11 @@ async fn promote_once(
                 &target.secret,
                 Stage::Current,
                 Some(new_version),
-                current.as_deref(),
+                current.as_ref(),
             )
             .await?;
     }
-    if holder("AWSPENDING").as_deref() == Some(new_version) {
+    if holder("AWSPENDING").as_ref() == Some(new_version) {
         ports
             .secrets
             .move_stage(&target.secret, Stage::Pending, None, Some(new_version))

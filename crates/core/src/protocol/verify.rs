@@ -19,8 +19,7 @@ pub async fn verify(
     loop {
         match ports.sts.caller_arn(&id, &secret).await {
             Ok(arn) => {
-                let ok = arn.contains(":user/")
-                    && arn.rsplit('/').next() == Some(target.iam_user.as_str());
+                let ok = arn.iam_user_name() == Some(target.iam_user.as_str());
                 if !ok {
                     return Err(StepError::new(
                         step,

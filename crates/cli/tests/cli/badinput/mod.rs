@@ -98,7 +98,7 @@ pub async fn use_key(env: &TestEnv, id: &str, secret: &str) {
         )
         .await
         .expect("GetCallerIdentity signed with the second key");
-    assert!(arn.ends_with(&format!(":user/{USER}")), "{arn}");
+    assert_eq!(arn.iam_user_name(), Some(USER), "{arn}");
     let used = env
         .iam
         .get_access_key_last_used()

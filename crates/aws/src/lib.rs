@@ -85,6 +85,36 @@ impl Aws {
     pub fn ssm(&self) -> &aws_sdk_ssm::Client {
         &self.ssm
     }
+
+    /// `GetSecretValue` by stage or by version id: the version and its text; `None` when the
+    /// secret or that version does not exist. A binary secret is refused.
+    async fn get_value(
+        &self,
+        name: &SecretName,
+        stage: Option<&str>,
+        version: Option<&str>,
+    ) -> PortResult<Option<(SecretVersionId, SecretString)>> {
+        let r = self
+            .secrets
+            .get_secret_value()
+            .secret_id(name.as_str())
+            .set_version_stage(stage.map(str::to_owned))
+            .set_version_id(version.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| map_err("Secrets Manager GetSecretValue", e));
+        let Some(out) = optional(r)? else {
+            return Ok(None);
+        };
+        if out.secret_string().is_none() && out.secret_binary().is_some() {
+            return Err(binary_secret(name));
+        }
+        let Some(text) = out.secret_string() else {
+            return Ok(None);
+        };
+        let id = version_id(out.version_id().or(version).unwrap_or_default())?;
+        Ok(Some((id, SecretString::from(text.to_owned()))))
+    }
 }
 
 /// Maps an SDK error to a port error by its AWS error code. `what` says what was being done.
@@ -420,24 +450,7 @@ impl SecretStore for Aws {
         name: &SecretName,
         stage: Stage,
     ) -> PortResult<Option<(SecretVersionId, SecretString)>> {
-        let r = self
-            .secrets
-            .get_secret_value()
-            .secret_id(name.as_str())
-            .version_stage(stage.label())
-            .send()
-            .await
-            .map_err(|e| map_err("Secrets Manager GetSecretValue", e));
-        let Some(out) = optional(r)? else {
-            return Ok(None);
-        };
-        let version = version_id(out.version_id().unwrap_or_default())?;
-        if out.secret_string().is_none() && out.secret_binary().is_some() {
-            return Err(binary_secret(name));
-        }
-        Ok(out
-            .secret_string()
-            .map(|s| (version, SecretString::from(s.to_owned()))))
+        self.get_value(name, Some(stage.label()), None).await
     }
 
     async fn read_version(
@@ -445,23 +458,10 @@ impl SecretStore for Aws {
         name: &SecretName,
         version: &SecretVersionId,
     ) -> PortResult<Option<SecretString>> {
-        let r = self
-            .secrets
-            .get_secret_value()
-            .secret_id(name.as_str())
-            .version_id(version.as_str())
-            .send()
-            .await
-            .map_err(|e| map_err("Secrets Manager GetSecretValue", e));
-        let Some(out) = optional(r)? else {
-            return Ok(None);
-        };
-        if out.secret_string().is_none() && out.secret_binary().is_some() {
-            return Err(binary_secret(name));
-        }
-        Ok(out
-            .secret_string()
-            .map(|s| SecretString::from(s.to_owned())))
+        Ok(self
+            .get_value(name, None, Some(version.as_str()))
+            .await?
+            .map(|(_, value)| value))
     }
 
     async fn create(&self, name: &SecretName, description: &str) -> PortResult<()> {

@@ -36,6 +36,23 @@ pub enum Step {
 }
 
 impl Step {
+    /// The steps of a rotation with nothing to tidy, in order: [`Step::ALL`] up to retire,
+    /// without cleanup.
+    pub const ROTATION: [Step; 7] = {
+        let [
+            inspect,
+            _cleanup,
+            create,
+            verify,
+            push,
+            confirm,
+            promote,
+            retire,
+            ..,
+        ] = Self::ALL;
+        [inspect, create, verify, push, confirm, promote, retire]
+    };
+
     /// Every step, in protocol order (the state machine has the same list; a test checks).
     pub const ALL: [Step; 10] = [
         Step::Inspect,

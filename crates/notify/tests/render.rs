@@ -41,15 +41,7 @@ fn rotated(name: &str) -> TargetReport {
         endpoint("aws-0", Some(NEW_FULL)),
         endpoint("aws-1", Some(NEW_FULL)),
     ];
-    t.steps = vec![
-        Step::Inspect,
-        Step::Create,
-        Step::Verify,
-        Step::Push,
-        Step::Confirm,
-        Step::Promote,
-        Step::Retire,
-    ];
+    t.steps = Step::ROTATION.to_vec();
     t.reason = Some("the key is 95 days old, older than max_key_age (90 days)".into());
     t.duration_ms = 3140;
     t
@@ -204,20 +196,12 @@ fn a_planned_rotation_of_a_dry_run_does_not_claim_connections_were_updated() {
     assert!(!all.contains("updated"), "{all}");
 }
 
-const STEPS: [Step; 8] = [
-    Step::Inspect,
-    Step::Cleanup,
-    Step::Create,
-    Step::Verify,
-    Step::Push,
-    Step::Confirm,
-    Step::Promote,
-    Step::Retire,
-];
+/// Every step a run can fail at (all but compensate and report).
+const STEPS: &[Step] = Step::ALL.split_at(8).0;
 
 #[test]
 fn a_failure_at_each_step_names_the_step_the_error_the_keys_and_what_to_do() {
-    for step in STEPS {
+    for &step in STEPS {
         let report = run(vec![rotated("platform"), failed("billing", step)]);
         let v = render(&report);
         assert_eq!(header(&v), "keyrotor: 1 rotated, 1 FAILED", "{step}");

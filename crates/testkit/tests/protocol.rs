@@ -10,6 +10,27 @@ use keyrotor_core::ports::{PortError, PortErrorKind};
 use keyrotor_core::report::{Outcome, Step, TargetReport};
 use keyrotor_testkit::fakes::{Scenario, Tripwire};
 
+/// Whether the user has key `id` (in any state).
+fn has_key(sc: &Scenario, id: &str) -> bool {
+    sc.fakes.state().users["pipeline"]
+        .iter()
+        .any(|k| k.id == id)
+}
+
+/// Whether the user has key `id` and it is Active.
+fn is_active(sc: &Scenario, id: &str) -> bool {
+    sc.fakes.state().users["pipeline"]
+        .iter()
+        .any(|k| k.id == id && k.active)
+}
+
+/// A forced run (rotates whatever the key's age).
+async fn forced(sc: &Scenario) -> TargetReport {
+    let mut o = opts();
+    o.force = true;
+    engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await
+}
+
 fn quiet() -> Observer {
     Arc::new(|_| {})
 }
@@ -41,18 +62,7 @@ async fn a_due_key_is_rotated_and_every_invariant_holds() {
     let keys = &st.users["pipeline"];
     assert_eq!(keys.len(), 1, "no grace: the old key is deleted");
     assert_ne!(keys[0].id, sc.initial_key.0);
-    assert_eq!(
-        r.steps,
-        vec![
-            Step::Inspect,
-            Step::Create,
-            Step::Verify,
-            Step::Push,
-            Step::Confirm,
-            Step::Promote,
-            Step::Retire
-        ]
-    );
+    assert_eq!(r.steps, Step::ROTATION);
 }
 
 #[tokio::test(start_paused = true)]
@@ -183,12 +193,7 @@ async fn an_orphan_a_crashed_run_announced_is_deleted_before_rotating() {
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
     assert!(r.steps.contains(&Step::Cleanup));
-    assert!(
-        !sc.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == id),
-        "the orphan is gone"
-    );
+    assert!(!has_key(&sc, &id), "the orphan is gone");
     assert_eq!(
         sc.fakes.state().limit_exceeded,
         0,
@@ -226,11 +231,7 @@ async fn a_key_a_person_created_is_never_deleted() {
     let (id, _) = young.fakes.add_key("pipeline", Duration::from_secs(600));
     let r = run(&young).await;
     assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
-    assert!(
-        young.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == id && k.active)
-    );
+    assert!(is_active(&young, &id));
 }
 
 #[tokio::test(start_paused = true)]
@@ -428,15 +429,7 @@ async fn crash_everywhere(start: fn(Scenario) -> Scenario) {
         total * 2,
         total * 2
     );
-    for step in [
-        Step::Inspect,
-        Step::Create,
-        Step::Verify,
-        Step::Push,
-        Step::Confirm,
-        Step::Promote,
-        Step::Retire,
-    ] {
+    for step in Step::ROTATION {
         assert!(
             steps_hit.contains(&step),
             "no crash landed in {step}: {steps_hit:?}"
@@ -740,9 +733,7 @@ async fn a_key_that_a_connection_outside_the_config_holds_is_not_retired() {
         "aws-shared",
         Some((&old, &secret)),
     );
-    let mut o = opts();
-    o.force = true;
-    let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+    let r = forced(&sc).await;
     assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
     assert_eq!(r.failed_step, Some(Step::Retire));
     let error = r.error.clone().unwrap();
@@ -874,22 +865,18 @@ async fn running_jobs_keep_the_old_key_for_the_drain_on_both_drivers() {
     let mut sc = Scenario::new(1);
     sc.policy.drain = drain;
     let old = sc.initial_key.0.clone();
-    let active = |sc: &Scenario, id: &str| {
-        sc.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == id && k.active)
-    };
 
     // The CLI, not waiting: the rotation ends with the old key Active and its due time.
-    let mut o = opts();
-    o.force = true;
-    let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+    let r = forced(&sc).await;
     assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
     assert!(
         r.reason.as_deref().unwrap().contains("stays Active until"),
         "{r:?}"
     );
-    assert!(active(&sc, &old), "the old key is Active during the drain");
+    assert!(
+        is_active(&sc, &old),
+        "the old key is Active during the drain"
+    );
     assert!(
         sc.fakes
             .state()
@@ -901,17 +888,12 @@ async fn running_jobs_keep_the_old_key_for_the_drain_on_both_drivers() {
     // A run within the drain leaves it alone; the first run after it retires it.
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
-    assert!(active(&sc, &old));
+    assert!(is_active(&sc, &old));
     sc.fakes
         .advance(drain + sc.policy.verify_timeout + Duration::from_secs(1));
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
-    assert!(
-        !sc.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == old),
-        "retired after the drain"
-    );
+    assert!(!has_key(&sc, &old), "retired after the drain");
     sc.world().after_success().unwrap();
 
     // Step Functions: the machine goes on to retire at `retire_at`, which the Wait state waits
@@ -937,15 +919,11 @@ async fn running_jobs_keep_the_old_key_for_the_drain_on_both_drivers() {
         keyrotor_core::protocol::StepErrorKind::Retryable,
         "{e:?}"
     );
-    assert!(active(&sc, &old));
+    assert!(is_active(&sc, &old));
     sc.fakes.advance(drain);
     machine::advance(&cx, &mut s).await.unwrap();
     assert_eq!(s.outcome, Some(Outcome::Rotated));
-    assert!(
-        !sc.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == old)
-    );
+    assert!(!has_key(&sc, &old));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1001,9 +979,7 @@ async fn a_previous_key_an_operator_reactivated_for_another_connection_is_not_sw
     let mut sc = Scenario::new(1);
     sc.policy.delete_old_key_after = Duration::from_secs(86_400);
     let (old, secret) = sc.initial_key.clone();
-    let mut o = opts();
-    o.force = true;
-    let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+    let r = forced(&sc).await;
     assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
     {
         let mut st = sc.fakes.state();
@@ -1029,12 +1005,7 @@ async fn a_previous_key_an_operator_reactivated_for_another_connection_is_not_sw
         r.error.as_deref().unwrap().contains("Ops/aws-repair"),
         "{r:?}"
     );
-    assert!(
-        sc.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == old && k.active),
-        "the re-activated key stays Active"
-    );
+    assert!(is_active(&sc, &old), "the re-activated key stays Active");
     nobody_is_left_without_a_key(&sc, "re-activated previous key");
 }
 
@@ -1125,12 +1096,7 @@ async fn a_retried_create_deletes_the_key_its_crashed_attempt_made() {
             "crash at call {at}: {:?}",
             s.failure
         );
-        assert!(
-            !sc.fakes.state().users["pipeline"]
-                .iter()
-                .any(|k| k.id == lost),
-            "the crashed attempt's key is deleted"
-        );
+        assert!(!has_key(&sc, &lost), "the crashed attempt's key is deleted");
         nobody_is_left_without_a_key(&sc, "retried create");
         found = true;
         break;
@@ -1160,11 +1126,6 @@ async fn an_old_key_iam_saw_in_use_after_the_push_and_the_drain_is_not_retired()
     // on every later run while the use goes on, and is retired once it stops.
     let sc = Scenario::new(1);
     let old = sc.initial_key.0.clone();
-    let active = |sc: &Scenario| {
-        sc.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == old && k.active)
-    };
     let ports = sc.fakes.ports();
     let cx = context(&sc, &ports, false);
     let mut s = run_state(&sc, "run-meets-a-hidden-consumer");
@@ -1178,7 +1139,7 @@ async fn an_old_key_iam_saw_in_use_after_the_push_and_the_drain_is_not_retired()
         "{e:?}"
     );
     assert!(e.message.contains("still uses it"), "{}", e.message);
-    assert!(active(&sc), "the old key stays Active");
+    assert!(is_active(&sc, &old), "the old key stays Active");
     nobody_is_left_without_a_key(&sc, "hidden consumer");
 
     // Later runs: still in use well after the push → kept; quiet since → retired.
@@ -1186,16 +1147,11 @@ async fn an_old_key_iam_saw_in_use_after_the_push_and_the_drain_is_not_retired()
     used_now(&sc, &old);
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
-    assert!(active(&sc));
+    assert!(is_active(&sc, &old));
     sc.fakes.state().users.get_mut("pipeline").unwrap()[0].used = None;
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
-    assert!(
-        !sc.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == old),
-        "retired once IAM saw no later use"
-    );
+    assert!(!has_key(&sc, &old), "retired once IAM saw no later use");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1206,9 +1162,7 @@ async fn a_use_of_the_old_key_during_the_drain_does_not_keep_it() {
     let mut sc = Scenario::new(1);
     sc.policy.drain = drain;
     let old = sc.initial_key.0.clone();
-    let mut o = opts();
-    o.force = true;
-    let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+    let r = forced(&sc).await;
     assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
     sc.fakes.advance(drain / 2);
     used_now(&sc, &old);
@@ -1216,12 +1170,7 @@ async fn a_use_of_the_old_key_during_the_drain_does_not_keep_it() {
         .advance(drain + sc.policy.verify_timeout + Duration::from_secs(1));
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
-    assert!(
-        !sc.fakes.state().users["pipeline"]
-            .iter()
-            .any(|k| k.id == old),
-        "retired after the drain"
-    );
+    assert!(!has_key(&sc, &old), "retired after the drain");
 }
 
 #[tokio::test(start_paused = true)]

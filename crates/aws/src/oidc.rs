@@ -153,7 +153,7 @@ impl OidcIam for Aws {
             .send()
             .await
             .map_err(|e| map_err("IAM ListOpenIDConnectProviders", e))?;
-        let wanted = format!("/oidc-provider/{issuer}");
+        let wanted = format!(":oidc-provider/{issuer}");
         for entry in listed.open_id_connect_provider_list() {
             let Some(arn) = entry.arn() else { continue };
             if !arn

@@ -13,7 +13,8 @@
 //!   `sandbox`, `audit`, config errors);
 //! - `badinput`: the bad-input table (`bad input: N cases, N passed`);
 //! - `faults`: the network fault matrix (`faults: N cases, N passed`);
-//! - `kill`: SIGKILL inside every step (`kills: N runs killed, N converged`).
+//! - `kill`: SIGKILL inside every step (`kills: N runs killed, N converged`);
+//! - `oidc`: `migrate-oidc` (plan, apply, rollback, finish, refusals, a crash at every step).
 //!
 //! ```sh
 //! cargo test -p keyrotor --test cli -- --nocapture             # everything, with the count lines
@@ -31,6 +32,7 @@ mod badinput;
 mod e2e;
 mod faults;
 mod kill;
+mod oidc;
 mod readonly;
 mod rotate;
 

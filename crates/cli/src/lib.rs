@@ -12,7 +12,8 @@
 //! - [`audit`]: `keyrotor audit`;
 //! - [`migrate_oidc`]: `keyrotor migrate-oidc`, from the key to OIDC and back;
 //! - [`backend`]: the real adapters;
-//! - [`sandbox`]: `keyrotor sandbox`, the whole job against local stand-ins.
+//! - [`sandbox`]: `keyrotor sandbox`, the whole job against local stand-ins (`sandbox_oidc`:
+//!   `--oidc`, the move to OIDC).
 
 #![warn(missing_docs)]
 
@@ -42,6 +43,7 @@ pub mod migrate_oidc;
 pub mod output;
 pub mod progress;
 pub mod sandbox;
+mod sandbox_oidc;
 
 const EXIT_CODES: &str = "\
 Exit codes:

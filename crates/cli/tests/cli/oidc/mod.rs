@@ -14,8 +14,8 @@
 
 mod crash;
 mod flows;
+mod surface;
 
-use aws_credential_types::Credentials;
 use keyrotor_core::oidc::{self, AUDIENCE};
 use keyrotor_testkit::env::{ORG, Output, TARGET, TestEnv, USER};
 use serde_json::Value;
@@ -162,34 +162,13 @@ pub async fn assert_every_connection_works(env: &TestEnv) -> usize {
     on_oidc
 }
 
-/// What a pipeline on OIDC does: `AssumeRoleWithWebIdentity` (moto checks no token), then a call
-/// signed with the role's credentials, so that IAM records the role's use.
+/// What a pipeline on OIDC does (`AssumeRoleWithWebIdentity`, then a call with the role's
+/// credentials), so that IAM records the role's use.
 pub async fn pipeline_assumes(env: &TestEnv, role_arn: &str) {
-    let sts = aws_sdk_sts::Client::new(&env.sdk);
-    let got = sts
-        .assume_role_with_web_identity()
-        .role_arn(role_arn)
-        .role_session_name("aws-vsts-tools")
-        .web_identity_token("header.payload.signature")
-        .send()
+    let arn = keyrotor_standins::pipeline::assume_with_web_identity(&env.sdk, role_arn)
         .await
         .expect("moto accepts AssumeRoleWithWebIdentity");
-    let c = got.credentials().expect("credentials");
-    let creds = Credentials::new(
-        c.access_key_id(),
-        c.secret_access_key(),
-        Some(c.session_token().to_owned()),
-        None,
-        "pipeline",
-    );
-    let conf = aws_sdk_sts::config::Builder::from(&env.sdk)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_sts::Client::from_conf(conf)
-        .get_caller_identity()
-        .send()
-        .await
-        .expect("a call signed with the role's credentials");
+    assert!(arn.contains(":assumed-role/"), "{arn}");
     assert!(
         role(env, role_arn.rsplit('/').next().unwrap())
             .await

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use aws_sdk_ssm::types::ParameterType;
 use keyrotor_core::domain::{IamUserName, TargetName};
 use keyrotor_core::oidc::{
-    InlinePolicy, MigrationRecord, Permissions, RolePermissions, Source, parse_policy_document,
+    InlinePolicy, MigrationRecord, Permissions, Source, parse_policy_document,
 };
 use keyrotor_core::oidc_ports::{MigrationStore, OidcIam, OidcProvider, Role};
 use keyrotor_core::ports::{PortError, PortErrorKind, PortResult};
@@ -290,45 +290,6 @@ impl OidcIam for Aws {
             }
         }
         Ok(p)
-    }
-
-    async fn role_permissions(&self, name: &str) -> PortResult<RolePermissions> {
-        let attached = self
-            .iam
-            .list_attached_role_policies()
-            .role_name(name)
-            .send()
-            .await
-            .map_err(|e| map_err("IAM ListAttachedRolePolicies", e))?;
-        let mut managed: Vec<String> = attached
-            .attached_policies()
-            .iter()
-            .filter_map(|p| p.policy_arn().map(str::to_owned))
-            .collect();
-        managed.sort();
-        let names = self
-            .iam
-            .list_role_policies()
-            .role_name(name)
-            .send()
-            .await
-            .map_err(|e| map_err("IAM ListRolePolicies", e))?;
-        let mut inline = Vec::new();
-        for n in names.policy_names() {
-            let got = self
-                .iam
-                .get_role_policy()
-                .role_name(name)
-                .policy_name(n)
-                .send()
-                .await
-                .map_err(|e| map_err("IAM GetRolePolicy", e))?;
-            inline.push(InlinePolicy {
-                name: n.clone(),
-                document: document("GetRolePolicy", got.policy_document())?,
-            });
-        }
-        Ok(RolePermissions { managed, inline })
     }
 
     async fn attach_policy(&self, role: &str, policy_arn: &str) -> PortResult<()> {

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::domain::{AccessKeyId, IamUserName, OrgUrl, TargetName};
-use crate::oidc::{MigrationRecord, Permissions, RolePermissions};
+use crate::oidc::{MigrationRecord, Permissions};
 use crate::ports::{EndpointHandle, PortResult};
 
 /// An IAM OIDC identity provider.
@@ -55,8 +55,6 @@ pub trait OidcIam: Send + Sync {
     async fn set_trust(&self, name: &str, trust: &Value) -> PortResult<()>;
     /// The user's effective permissions: its attached and inline policies and its groups'.
     async fn user_permissions(&self, user: &IamUserName) -> PortResult<Permissions>;
-    /// What a role has: attached managed policies and inline policies.
-    async fn role_permissions(&self, name: &str) -> PortResult<RolePermissions>;
     /// `AttachRolePolicy`.
     async fn attach_policy(&self, role: &str, policy_arn: &str) -> PortResult<()>;
     /// `PutRolePolicy`.

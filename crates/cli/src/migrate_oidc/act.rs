@@ -152,13 +152,12 @@ pub(crate) async fn apply(
     record.key_id = o.key.as_str().to_owned();
     record.provider_arn = provider_arn.clone();
     record.created_role = created_role;
-    record.switched_at = None;
+    let switched_before = record.switched_at.take();
     for (sw, c) in p.switches.iter().zip(&o.connections) {
-        if sw.done && record.original(&c.handle.id).is_some() {
-            continue;
-        }
+        // On OIDC already: switched by an earlier run (its original is recorded), or before
+        // keyrotor came (not keyrotor's to put back).
         if sw.done {
-            continue; // on OIDC before keyrotor came: not keyrotor's to put back
+            continue;
         }
         record
             .connections
@@ -206,7 +205,12 @@ pub(crate) async fn apply(
         switched.push(sw);
     }
     record.phase = Phase::Applied;
-    record.switched_at = Some(ctx.ports.clock.now());
+    // The drain and the last-use checks count from the last switch; a rerun that switched
+    // nothing does not move it.
+    record.switched_at = match switched_before {
+        Some(t) if switched.is_empty() => Some(t),
+        _ => Some(ctx.ports.clock.now()),
+    };
     ctx.oidc
         .store
         .save(&t.name, &record)

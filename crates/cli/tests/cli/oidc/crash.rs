@@ -104,3 +104,33 @@ async fn a_failing_update_leaves_every_connection_working_and_a_rerun_finishes()
     assert_eq!(assert_every_connection_works(&env).await, 2);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_partial_apply_can_be_rolled_back_and_then_finish_is_refused() {
+    let env = crate::setup()
+        .connections(Connections::Separate)
+        .start()
+        .await;
+    assert!(killed_after(&env, "--apply", "migrate-oidc: connection switched").await);
+    assert_eq!(
+        assert_every_connection_works(&env).await,
+        1,
+        "one switched, one not"
+    );
+
+    let o = migrate(&env, &["--finish"]).await;
+    assert_eq!(o.code, 3, "the apply did not finish: {}", o.show());
+    assert!(one_error(&o).contains("--apply again"), "{}", o.show());
+
+    let o = migrate(&env, &["--rollback"]).await;
+    assert_eq!(o.code, 0, "{}", o.show());
+    assert_eq!(assert_every_connection_works(&env).await, 0);
+    let o = migrate(&env, &["--finish"]).await;
+    assert_eq!(o.code, 3, "{}", o.show());
+    assert!(one_error(&o).contains("rolled back"), "{}", o.show());
+    assert_eq!(
+        env.aws_state().await.active_keys(),
+        vec![env.initial_key.as_str()]
+    );
+    env.stop().await;
+}

@@ -91,11 +91,19 @@ async fn apply_switches_a_shared_connection_in_place_and_finish_retires_the_key(
     );
     let puts = env.puts().len();
 
-    // A rerun converges: nothing left to do, no PUT.
+    let recorded = record(&env).await;
+    assert_eq!(recorded["phase"], "applied", "{recorded:#}");
+    assert!(
+        !recorded.to_string().contains(&env.initial_secret),
+        "no secret in the record"
+    );
+
+    // A rerun converges: nothing left to do, no PUT, the switch time kept.
     let o = migrate(&env, &["--apply"]).await;
     assert_eq!(o.code, 0, "{}", o.show());
     assert_eq!(env.puts().len(), puts, "no second PUT");
     assert!(o.stdout.contains("already on OIDC"), "{}", o.show());
+    assert_eq!(record(&env).await["switchedAt"], recorded["switchedAt"]);
 
     // Finish is refused until a pipeline has assumed the role.
     let o = migrate(&env, &["--finish"]).await;
@@ -119,6 +127,18 @@ async fn apply_switches_a_shared_connection_in_place_and_finish_retires_the_key(
     assert_eq!(o.code, 3, "{}", o.show());
     one_error(&o);
     env.stop().await;
+}
+
+/// The migration record, straight from SSM.
+async fn record(env: &TestEnv) -> Value {
+    let got = env
+        .ssm
+        .get_parameter()
+        .name(format!("/keyrotor/migrate-oidc/{TARGET}"))
+        .send()
+        .await
+        .expect("the record exists");
+    serde_json::from_str(got.parameter().unwrap().value().unwrap()).unwrap()
 }
 
 #[tokio::test]

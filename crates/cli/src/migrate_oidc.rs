@@ -41,6 +41,9 @@ Exit codes:
   3  refused as unsafe (the key is still held or used, a rotation is in progress, the drain is
      not over); nothing changed";
 
+/// IAM's default quota of managed policies attached to one role.
+const MANAGED_PER_ROLE: usize = 10;
+
 /// Options of `keyrotor migrate-oidc`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = EXIT_CODES)]
@@ -446,6 +449,13 @@ pub(crate) fn plan_text(ctx: &Ctx, o: &Observed, p: &MigrationPlan, others: &[St
             for p in &perms.inline {
                 let _ = writeln!(s, "    inline {}:", p.name);
                 s.push_str(&indent(&pretty(&p.document), "      "));
+            }
+            if perms.managed.len() > MANAGED_PER_ROLE {
+                let _ = writeln!(
+                    s,
+                    "    note: {} managed policies, and IAM lets a role have {MANAGED_PER_ROLE} by default (20 on request): raise the quota first, or give --role-arn",
+                    perms.managed.len()
+                );
             }
             if perms.managed.is_empty() && perms.inline.is_empty() {
                 let _ = writeln!(s, "    (none: the user has no policy)");

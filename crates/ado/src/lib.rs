@@ -43,6 +43,8 @@
 //! - `pacing`: the rate-limit pacing every request of a client shares, and its arithmetic.
 //! - `endpoint`: the `ServiceEndpoint` JSON read into the core's `Endpoint`, and edited.
 //! - `audit`: [`AdoClient::list_aws_endpoints`], every AWS connection of an organization.
+//! - `oidc`: `keyrotor migrate-oidc`'s side: the organization id, and a connection switched in
+//!   place between its key and OIDC.
 //!
 //! [`ServiceConnections`]: keyrotor_core::ports::ServiceConnections
 //! [`PortError`]: keyrotor_core::ports::PortError
@@ -52,6 +54,7 @@
 mod audit;
 mod client;
 mod endpoint;
+mod oidc;
 mod pacing;
 mod transport;
 

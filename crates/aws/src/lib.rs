@@ -11,8 +11,13 @@
 //!
 //! Secrets Manager is always read with an explicit `VersionStage` or `VersionId`, never "the
 //! latest": without it moto can answer the old value right after a stage move.
+//!
+//! [`oidc`]: what `keyrotor migrate-oidc` needs of IAM and SSM (providers, roles, the user's
+//! policies, the migration record).
 
 #![warn(missing_docs)]
+
+pub mod oidc;
 
 use std::time::{Duration, SystemTime};
 

@@ -14,6 +14,11 @@ use serde_json::json;
 
 use crate::{Backend, Format, Io};
 
+/// The flag of a connection that holds a key and could use OIDC: it names the command that
+/// moves it.
+pub const OIDC_READY: &str =
+    "could use OIDC (AWS Toolkit ≥ 1.15) and hold no key at all: keyrotor migrate-oidc moves it";
+
 /// Keys older than this are flagged.
 pub const OLD_KEY: Duration = Duration::from_secs(90 * 86_400);
 
@@ -115,7 +120,7 @@ pub async fn run(args: &AuditArgs, backend: &dyn Backend, io: &mut Io<'_>) -> i3
             flags.push("key older than 90 days");
         }
         if !conn.uses_oidc && conn.key_id.is_some() {
-            flags.push("could use OIDC (AWS Toolkit ≥ 1.15) and hold no key at all");
+            flags.push(OIDC_READY);
         }
         if !conn.is_ready {
             flags.push("not ready");
@@ -180,6 +185,13 @@ fn text_out(org: &OrgUrl, rows: &[Row], now: SystemTime) -> String {
         ]);
     }
     let _ = writeln!(out, "{table}");
+    if rows.iter().any(|r| r.flags.contains(&OIDC_READY)) {
+        out.push_str(
+            "To move a connection to OIDC: keyrotor migrate-oidc --config F --target NAME (the target \
+             whose endpoints list it) shows the plan; --apply does it, reversibly (README: \"Leaving \
+             keys behind\").\n",
+        );
+    }
     if rows.iter().any(|r| matches!(r.facts, KeyFacts::Hidden(_))) {
         out.push_str("Some key ages are unknown: the AWS credentials may not call iam:GetAccessKeyLastUsed.\n");
     }

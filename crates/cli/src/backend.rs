@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use keyrotor_core::ports::{Notifier, PortResult, ServiceConnections};
 use secrecy::SecretString;
 
+use crate::migrate_oidc::OidcPorts;
 use crate::{AwsPorts, Backend};
 
 /// The production backend. AWS settings come from the environment unless a config is given
@@ -45,6 +46,19 @@ impl Backend for RealBackend {
 
     fn ado(&self, pat: SecretString) -> PortResult<Arc<dyn ServiceConnections>> {
         Ok(Arc::new(keyrotor_ado::AdoClient::new(pat)?))
+    }
+
+    async fn oidc(&self, region: Option<String>, pat: SecretString) -> PortResult<OidcPorts> {
+        let config = match &self.aws {
+            Some(c) => c.clone(),
+            None => keyrotor_aws::load_config(region).await,
+        };
+        let aws = Arc::new(keyrotor_aws::Aws::new(&config));
+        Ok(OidcPorts {
+            iam: aws.clone(),
+            store: aws,
+            ado: Arc::new(keyrotor_ado::AdoClient::new(pat)?),
+        })
     }
 
     fn notifier(&self, webhook: SecretString) -> PortResult<Arc<dyn Notifier>> {

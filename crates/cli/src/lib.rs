@@ -10,8 +10,10 @@
 //! - [`output`]: text and JSON rendering (masked ids only), the status table;
 //! - [`progress`]: the live per-step progress line on a terminal;
 //! - [`audit`]: `keyrotor audit`;
+//! - [`migrate_oidc`]: `keyrotor migrate-oidc`, from the key to OIDC and back;
 //! - [`backend`]: the real adapters;
-//! - [`sandbox`]: `keyrotor sandbox`, the whole job against local stand-ins.
+//! - [`sandbox`]: `keyrotor sandbox`, the whole job against local stand-ins (`sandbox_oidc`:
+//!   `--oidc`, the move to OIDC).
 
 #![warn(missing_docs)]
 
@@ -37,9 +39,11 @@ use secrecy::SecretString;
 
 pub mod audit;
 pub mod backend;
+pub mod migrate_oidc;
 pub mod output;
 pub mod progress;
 pub mod sandbox;
+mod sandbox_oidc;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -122,6 +126,9 @@ pub enum Command {
     /// last use (where IAM allows), flagging keys older than 90 days and connections that could
     /// move to OIDC.
     Audit(audit::AuditArgs),
+    /// Move a target's connections from the IAM user's key to OIDC (plan by default; --apply,
+    /// --rollback, --finish), in place and reversibly.
+    MigrateOidc(migrate_oidc::MigrateArgs),
     /// Watch a whole rotation on this machine, against local stand-ins for AWS (moto), Azure
     /// DevOps and Slack.
     Sandbox(sandbox::SandboxArgs),
@@ -149,6 +156,13 @@ pub trait Backend: Send + Sync {
     fn ado(&self, pat: SecretString) -> PortResult<Arc<dyn ServiceConnections>>;
     /// The Slack notifier for a webhook URL.
     fn notifier(&self, webhook: SecretString) -> PortResult<Arc<dyn Notifier>>;
+    /// The adapters `migrate-oidc` adds: IAM providers and roles, the migration record, and
+    /// Azure DevOps' OIDC side (authenticated with the PAT).
+    async fn oidc(
+        &self,
+        region: Option<String>,
+        pat: SecretString,
+    ) -> PortResult<migrate_oidc::OidcPorts>;
     /// The wall clock.
     fn clock(&self) -> Arc<dyn Clock> {
         Arc::new(SystemClock)
@@ -210,6 +224,7 @@ pub async fn run(args: Vec<OsString>, backend: &dyn Backend, io: &mut Io<'_>) ->
         Command::Plan { sel, force } => rotate(&sel, force, true, false, backend, io).await,
         Command::Status { sel } => status(&sel, backend, io).await,
         Command::Audit(args) => audit::run(&args, backend, io).await,
+        Command::MigrateOidc(args) => Box::pin(migrate_oidc::run(&args, backend, io)).await,
         Command::Sandbox(args) => sandbox::run(&args, io).await,
     }
 }

@@ -32,6 +32,10 @@ pub struct SandboxArgs {
     /// `keyrotor status|plan|rotate` at them.
     #[arg(long)]
     pub keep: bool,
+    /// Instead of a rotation, show the move from the key to OIDC (`keyrotor migrate-oidc`: the
+    /// plan, --apply, --rollback, --apply and --finish).
+    #[arg(long, conflicts_with = "keep")]
+    pub oidc: bool,
 }
 
 struct Stage<'a, 'b> {
@@ -58,7 +62,13 @@ pub async fn run(args: &SandboxArgs, io: &mut Io<'_>) -> i32 {
         uuid::Uuid::new_v4().simple()
     ));
     let result = tokio::select! {
-        r = body(args, &dir, io) => r,
+        r = async {
+            if args.oidc {
+                crate::sandbox_oidc::body(&dir, io).await
+            } else {
+                body(args, &dir, io).await
+            }
+        } => r,
         _ = tokio::signal::ctrl_c() => {
             let _ = writeln!(io.err, "\ninterrupted: stopping moto, the Azure DevOps emulator and the Slack sink");
             Ok(130)

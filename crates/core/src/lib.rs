@@ -17,6 +17,8 @@
 //! - [`report`]: what a run did; exit codes.
 //! - [`invariants`]: the seven invariants, checked by tests over a view of the world.
 //! - [`secrets`]: resolves `ssm:`, `secretsmanager:` and `env:` references.
+//! - [`oidc`], [`oidc_plan`], [`oidc_ports`]: `keyrotor migrate-oidc` (trust policies, the plan,
+//!   the migration record, and the ports it needs besides the rotation's).
 
 #![warn(missing_docs)]
 
@@ -25,6 +27,9 @@ pub mod domain;
 pub mod engine;
 pub mod invariants;
 pub mod machine;
+pub mod oidc;
+pub mod oidc_plan;
+pub mod oidc_ports;
 pub mod plan;
 pub mod ports;
 pub mod protocol;

@@ -15,7 +15,8 @@
 //! - `faults`: the network fault matrix (`faults: N cases, N passed`);
 //! - `kill`: SIGKILL inside every step (`kills: N runs killed, N converged`);
 //! - `interleave`: a Step Functions execution (the Lambda's handlers) and CLI processes on one
-//!   target, interleaved at every step, a CLI run killed inside every step, a refused PUT.
+//!   target, interleaved at every step, a CLI run killed inside every step, a refused PUT;
+//! - `oidc`: `migrate-oidc` (plan, apply, rollback, finish, refusals, a crash at every step).
 //!
 //! ```sh
 //! cargo test -p keyrotor --test cli -- --nocapture             # everything, with the count lines
@@ -34,6 +35,7 @@ mod e2e;
 mod faults;
 mod interleave;
 mod kill;
+mod oidc;
 mod readonly;
 mod rotate;
 

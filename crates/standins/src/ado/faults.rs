@@ -27,6 +27,8 @@ pub enum Op {
     PermissionsGet,
     /// `PATCH {org}/{project}/_apis/pipelines/pipelinepermissions/endpoint/{id}`.
     PermissionsPatch,
+    /// `GET {org}/_apis/connectionData` (the organization's id, for OIDC).
+    ConnectionData,
     /// Any of the above (only as a fault's target).
     Any,
 }

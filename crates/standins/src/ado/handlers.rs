@@ -74,6 +74,7 @@ pub(crate) fn handle(
     };
     let result = match (route.op, project) {
         (Op::Projects, _) => Ok(projects(org, base, params)),
+        (Op::ConnectionData, _) => Ok(connection_data(org, identity)),
         (Op::List, Some(p)) => Ok(list(org, &p, params)),
         (Op::Get, Some(p)) => Ok(get(org, &p, id)),
         (Op::Put, _) => body().and_then(|b| update(org, id, b)),
@@ -160,6 +161,34 @@ fn projects(org: &OrgState, base: &str, params: &Params) -> Response {
             .insert("x-ms-continuationtoken", (skip + top).into());
     }
     resp
+}
+
+/// `GET {org}/_apis/connectionData`: who is asking, and the organization's id as `instanceId`
+/// (the GUID in its OIDC issuer, `https://vstoken.dev.azure.com/{instanceId}`).
+fn connection_data(org: &OrgState, identity: &str) -> Response {
+    let user = json!({
+        "id": new_id(),
+        "descriptor": format!("Microsoft.IdentityModel.Claims.ClaimsIdentity;{identity}"),
+        "providerDisplayName": identity,
+        "isActive": true,
+        "properties": {"Account": {"$type": "System.String", "$value": identity}},
+    });
+    json(
+        StatusCode::OK,
+        &json!({
+            "authenticatedUser": user,
+            "authorizedUser": user,
+            "instanceId": org.id,
+            "deploymentId": org.id,
+            "deploymentType": "hosted",
+            "locationServiceData": {
+                "serviceOwner": "00025394-6065-48ca-87d9-7f5672854ef7",
+                "defaultAccessMappingMoniker": "PublicAccessMapping",
+                "lastChangeId": 1,
+                "lastChangeId64": 1
+            }
+        }),
+    )
 }
 
 /// `GET {org}/{project}/_apis/serviceendpoint/endpoints` with its filters.

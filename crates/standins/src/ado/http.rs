@@ -289,6 +289,13 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                     return Err(wrong_method());
                 };
             }
+            3 if lit(2, "connectiondata") => {
+                route.op = if m == Method::GET {
+                    Op::ConnectionData
+                } else {
+                    return Err(wrong_method());
+                };
+            }
             4 if lit(2, "serviceendpoint") && lit(3, "endpoints") => {
                 route.op = if m == Method::POST {
                     Op::Post
@@ -559,7 +566,11 @@ fn api_version(op: Op, params: &Params, headers: &HeaderMap) -> Result<String, A
             "VssVersionOutOfRangeException",
         ));
     }
-    if matches!(op, Op::PermissionsGet | Op::PermissionsPatch) && preview.is_none() {
+    if matches!(
+        op,
+        Op::PermissionsGet | Op::PermissionsPatch | Op::ConnectionData
+    ) && preview.is_none()
+    {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             &format!(

@@ -3,6 +3,8 @@
 //!
 //! - an unknown endpoint id answers HTTP 200 with the body `null`;
 //! - lists answer `{"count": N, "value": [...]}`;
+//! - `GET {org}/_apis/connectionData` (a `-preview` api-version) answers the organization's id
+//!   as `instanceId` (seeded, or derived from its name), the GUID of its OIDC issuer;
 //! - `password` and `sessionToken` come back `null`; every other field is stored and returned
 //!   exactly as given, unknown ones too (see "Confidential fields on update" for a PUT);
 //! - POST assigns the id (one in the body is ignored); PUT keeps it; DELETE needs

@@ -72,6 +72,9 @@ impl Seed {
 pub struct OrgSeed {
     /// Its name: the first path segment of its URL.
     pub name: String,
+    /// Its id (a GUID, `instanceId` of `connectionData`); derived from the name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The PATs it accepts.
     #[serde(default)]
     pub pats: Vec<PatSeed>,
@@ -96,6 +99,12 @@ impl OrgSeed {
             name: name.to_owned(),
             ..Self::default()
         }
+    }
+
+    /// Gives it this id (a GUID) instead of the one derived from its name.
+    pub fn with_id(mut self, id: &str) -> Self {
+        self.id = Some(id.to_owned());
+        self
     }
 
     /// Accepts a PAT with this scope.

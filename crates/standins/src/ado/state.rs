@@ -28,6 +28,9 @@ pub struct EmulatorState {
 pub struct OrgState {
     /// Its name as seeded.
     pub name: String,
+    /// Its id (a GUID: `instanceId` of `connectionData`, the id in its OIDC issuer).
+    #[serde(default)]
+    pub id: String,
     /// Its projects.
     pub projects: Vec<Project>,
     /// Its service connections, exactly as stored (passwords included).
@@ -79,6 +82,7 @@ impl EmulatorState {
             );
             let mut org = OrgState {
                 name: org_seed.name.clone(),
+                id: org_seed.id.clone().unwrap_or_else(|| org_id_of(&key)),
                 ..OrgState::default()
             };
             for p in &org_seed.projects {
@@ -237,6 +241,23 @@ pub(crate) fn redacted(ep: &Value) -> Value {
         }
     }
     out
+}
+
+/// A fixed GUID for an organization seeded without an id (the same name, the same id).
+fn org_id_of(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let g = h.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        h >> 32,
+        (h >> 16) & 0xffff,
+        h & 0xfff,
+        g & 0xfff,
+        g >> 16
+    )
 }
 
 /// A fresh GUID, as the server assigns.

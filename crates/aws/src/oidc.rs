@@ -1,0 +1,369 @@
+//! The IAM and SSM side of `keyrotor migrate-oidc` ([`OidcIam`], [`MigrationStore`]): the
+//! organization's OIDC provider, the roles the connections assume, the user's effective
+//! permissions, and the migration record in an SSM parameter.
+//!
+//! IAM answers policy documents URL-encoded; they are decoded here
+//! ([`parse_policy_document`]). Lists are followed to their end (`Marker`).
+
+use async_trait::async_trait;
+use aws_sdk_ssm::types::ParameterType;
+use keyrotor_core::domain::{IamUserName, TargetName};
+use keyrotor_core::oidc::{
+    InlinePolicy, MigrationRecord, Permissions, Source, parse_policy_document,
+};
+use keyrotor_core::oidc_ports::{MigrationStore, OidcIam, OidcProvider, Role};
+use keyrotor_core::ports::{PortError, PortErrorKind, PortResult};
+use serde_json::Value;
+
+use crate::{Aws, map_err, optional, to_system};
+
+/// Where the migration record of a target is kept: a String parameter (no secret in it).
+pub const RECORD_PREFIX: &str = "/keyrotor/migrate-oidc/";
+
+fn document(what: &str, raw: &str) -> PortResult<Value> {
+    parse_policy_document(raw).ok_or_else(|| {
+        PortError::new(
+            PortErrorKind::Failed,
+            format!("IAM answered {what} with a policy document that is not JSON"),
+        )
+    })
+}
+
+impl Aws {
+    async fn managed_of_user(&self, user: &str) -> PortResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .iam
+                .list_attached_user_policies()
+                .user_name(user)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| map_err("IAM ListAttachedUserPolicies", e))?;
+            out.extend(
+                page.attached_policies()
+                    .iter()
+                    .filter_map(|p| p.policy_arn().map(str::to_owned)),
+            );
+            match page.marker().filter(|_| page.is_truncated()) {
+                Some(m) => marker = Some(m.to_owned()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn managed_of_group(&self, group: &str) -> PortResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .iam
+                .list_attached_group_policies()
+                .group_name(group)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| map_err("IAM ListAttachedGroupPolicies", e))?;
+            out.extend(
+                page.attached_policies()
+                    .iter()
+                    .filter_map(|p| p.policy_arn().map(str::to_owned)),
+            );
+            match page.marker().filter(|_| page.is_truncated()) {
+                Some(m) => marker = Some(m.to_owned()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn inline_of_user(&self, user: &str) -> PortResult<Vec<InlinePolicy>> {
+        let names = self
+            .iam
+            .list_user_policies()
+            .user_name(user)
+            .send()
+            .await
+            .map_err(|e| map_err("IAM ListUserPolicies", e))?;
+        let mut out = Vec::new();
+        for name in names.policy_names() {
+            let got = self
+                .iam
+                .get_user_policy()
+                .user_name(user)
+                .policy_name(name)
+                .send()
+                .await
+                .map_err(|e| map_err("IAM GetUserPolicy", e))?;
+            out.push(InlinePolicy {
+                name: name.clone(),
+                document: document("GetUserPolicy", got.policy_document())?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn inline_of_group(&self, group: &str) -> PortResult<Vec<InlinePolicy>> {
+        let names = self
+            .iam
+            .list_group_policies()
+            .group_name(group)
+            .send()
+            .await
+            .map_err(|e| map_err("IAM ListGroupPolicies", e))?;
+        let mut out = Vec::new();
+        for name in names.policy_names() {
+            let got = self
+                .iam
+                .get_group_policy()
+                .group_name(group)
+                .policy_name(name)
+                .send()
+                .await
+                .map_err(|e| map_err("IAM GetGroupPolicy", e))?;
+            out.push(InlinePolicy {
+                name: name.clone(),
+                document: document("GetGroupPolicy", got.policy_document())?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl OidcIam for Aws {
+    async fn user_arn(&self, user: &IamUserName) -> PortResult<String> {
+        let out = self
+            .iam
+            .get_user()
+            .user_name(user.as_str())
+            .send()
+            .await
+            .map_err(|e| map_err("IAM GetUser", e))?;
+        out.user()
+            .map(|u| u.arn().to_owned())
+            .ok_or_else(|| PortError::new(PortErrorKind::Failed, "IAM GetUser answered no user"))
+    }
+
+    async fn find_provider(&self, issuer: &str) -> PortResult<Option<OidcProvider>> {
+        let listed = self
+            .iam
+            .list_open_id_connect_providers()
+            .send()
+            .await
+            .map_err(|e| map_err("IAM ListOpenIDConnectProviders", e))?;
+        let wanted = format!(":oidc-provider/{issuer}");
+        for entry in listed.open_id_connect_provider_list() {
+            let Some(arn) = entry.arn() else { continue };
+            if !arn
+                .to_ascii_lowercase()
+                .ends_with(&wanted.to_ascii_lowercase())
+            {
+                continue;
+            }
+            let got = self
+                .iam
+                .get_open_id_connect_provider()
+                .open_id_connect_provider_arn(arn)
+                .send()
+                .await
+                .map_err(|e| map_err("IAM GetOpenIDConnectProvider", e))?;
+            return Ok(Some(OidcProvider {
+                arn: arn.to_owned(),
+                audiences: got.client_id_list().to_vec(),
+            }));
+        }
+        Ok(None)
+    }
+
+    async fn create_provider(&self, issuer: &str, audience: &str) -> PortResult<String> {
+        // No thumbprint: IAM secures providers of well-known issuers with its own trusted CAs
+        // and fills in the thumbprint itself when none is given.
+        let out = self
+            .iam
+            .create_open_id_connect_provider()
+            .url(format!("https://{issuer}"))
+            .client_id_list(audience)
+            .send()
+            .await
+            .map_err(|e| map_err("IAM CreateOpenIDConnectProvider", e))?;
+        out.open_id_connect_provider_arn()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                PortError::new(
+                    PortErrorKind::Failed,
+                    "IAM CreateOpenIDConnectProvider answered no ARN",
+                )
+            })
+    }
+
+    async fn add_audience(&self, provider_arn: &str, audience: &str) -> PortResult<()> {
+        self.iam
+            .add_client_id_to_open_id_connect_provider()
+            .open_id_connect_provider_arn(provider_arn)
+            .client_id(audience)
+            .send()
+            .await
+            .map_err(|e| map_err("IAM AddClientIDToOpenIDConnectProvider", e))?;
+        Ok(())
+    }
+
+    async fn role(&self, name: &str) -> PortResult<Option<Role>> {
+        let got = optional(
+            self.iam
+                .get_role()
+                .role_name(name)
+                .send()
+                .await
+                .map_err(|e| map_err("IAM GetRole", e)),
+        )?;
+        let Some(role) = got.and_then(|g| g.role().cloned()) else {
+            return Ok(None);
+        };
+        Ok(Some(Role {
+            arn: role.arn().to_owned(),
+            name: role.role_name().to_owned(),
+            trust: document(
+                "GetRole",
+                role.assume_role_policy_document().unwrap_or("{}"),
+            )?,
+            last_used: to_system(role.role_last_used().and_then(|u| u.last_used_date())),
+        }))
+    }
+
+    async fn create_role(&self, name: &str, trust: &Value, description: &str) -> PortResult<Role> {
+        let out = self
+            .iam
+            .create_role()
+            .role_name(name)
+            .assume_role_policy_document(trust.to_string())
+            .description(description)
+            .send()
+            .await
+            .map_err(|e| map_err("IAM CreateRole", e))?;
+        let role = out.role().ok_or_else(|| {
+            PortError::new(PortErrorKind::Failed, "IAM CreateRole answered no role")
+        })?;
+        Ok(Role {
+            arn: role.arn().to_owned(),
+            name: role.role_name().to_owned(),
+            trust: trust.clone(),
+            last_used: None,
+        })
+    }
+
+    async fn set_trust(&self, name: &str, trust: &Value) -> PortResult<()> {
+        self.iam
+            .update_assume_role_policy()
+            .role_name(name)
+            .policy_document(trust.to_string())
+            .send()
+            .await
+            .map_err(|e| map_err("IAM UpdateAssumeRolePolicy", e))?;
+        Ok(())
+    }
+
+    async fn user_permissions(&self, user: &IamUserName) -> PortResult<Permissions> {
+        let user = user.as_str();
+        let mut p = Permissions::default();
+        for arn in self.managed_of_user(user).await? {
+            p.managed.push((arn, Source::User));
+        }
+        for doc in self.inline_of_user(user).await? {
+            p.inline.push((doc, Source::User));
+        }
+        let groups = self
+            .iam
+            .list_groups_for_user()
+            .user_name(user)
+            .send()
+            .await
+            .map_err(|e| map_err("IAM ListGroupsForUser", e))?;
+        for g in groups.groups() {
+            let name = g.group_name();
+            for arn in self.managed_of_group(name).await? {
+                p.managed.push((arn, Source::Group(name.to_owned())));
+            }
+            for doc in self.inline_of_group(name).await? {
+                p.inline.push((doc, Source::Group(name.to_owned())));
+            }
+        }
+        Ok(p)
+    }
+
+    async fn attach_policy(&self, role: &str, policy_arn: &str) -> PortResult<()> {
+        self.iam
+            .attach_role_policy()
+            .role_name(role)
+            .policy_arn(policy_arn)
+            .send()
+            .await
+            .map_err(|e| map_err("IAM AttachRolePolicy", e))?;
+        Ok(())
+    }
+
+    async fn put_policy(&self, role: &str, name: &str, document: &Value) -> PortResult<()> {
+        self.iam
+            .put_role_policy()
+            .role_name(role)
+            .policy_name(name)
+            .policy_document(document.to_string())
+            .send()
+            .await
+            .map_err(|e| map_err("IAM PutRolePolicy", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MigrationStore for Aws {
+    async fn load(&self, target: &TargetName) -> PortResult<Option<MigrationRecord>> {
+        let name = format!("{RECORD_PREFIX}{target}");
+        let got = optional(
+            self.ssm
+                .get_parameter()
+                .name(&name)
+                .send()
+                .await
+                .map_err(|e| map_err("SSM GetParameter", e)),
+        )?;
+        let Some(text) = got.and_then(|g| g.parameter().and_then(|p| p.value().map(str::to_owned)))
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text).map(Some).map_err(|_| {
+            PortError::new(
+                PortErrorKind::Failed,
+                format!("SSM parameter {name} does not hold a keyrotor migration record"),
+            )
+        })
+    }
+
+    async fn save(&self, target: &TargetName, record: &MigrationRecord) -> PortResult<()> {
+        let name = format!("{RECORD_PREFIX}{target}");
+        let text = serde_json::to_string(record).map_err(|_| {
+            PortError::new(
+                PortErrorKind::Failed,
+                "could not encode the migration record",
+            )
+        })?;
+        self.ssm
+            .put_parameter()
+            .name(&name)
+            .value(text)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .description(
+                "keyrotor migrate-oidc: where this target's move to OIDC stands (no secret)",
+            )
+            .send()
+            .await
+            .map_err(|e| map_err("SSM PutParameter", e))?;
+        Ok(())
+    }
+
+    fn location(&self, target: &TargetName) -> String {
+        format!("SSM parameter {RECORD_PREFIX}{target}")
+    }
+}

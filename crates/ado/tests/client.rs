@@ -1043,3 +1043,19 @@ async fn no_secret_reaches_debug_output_or_any_error() {
         ]
     );
 }
+
+#[tokio::test]
+async fn connection_data_names_whom_the_pat_authenticates_as_and_a_wrong_pat_is_unauthorized() {
+    let env = Env::start().await;
+    let who = env.client.authenticated_as(&env.org).await.unwrap();
+    assert!(who.is_some_and(|w| !w.is_empty()));
+    let read = env.client_with(READ_PAT, fast());
+    assert!(
+        read.authenticated_as(&env.org).await.unwrap().is_some(),
+        "no scope is needed to say who one is"
+    );
+    let wrong = env.client_with("wrongpat0123456789", fast());
+    let e = wrong.authenticated_as(&env.org).await.unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e:?}");
+    assert_eq!(env.methods(), vec!["GET"; 3], "reads only");
+}

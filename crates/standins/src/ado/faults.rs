@@ -21,6 +21,8 @@ pub enum Op {
     Patch,
     /// `GET {org}/_apis/projects`.
     Projects,
+    /// `GET {org}/_apis/connectionData`: who the PAT authenticates as.
+    ConnectionData,
     /// `GET {org}/{project}/_apis/serviceendpoint/{id}/executionhistory`.
     History,
     /// `GET {org}/{project}/_apis/pipelines/pipelinepermissions/endpoint/{id}`.

@@ -74,6 +74,7 @@ pub(crate) fn handle(
     };
     let result = match (route.op, project) {
         (Op::Projects, _) => Ok(projects(org, base, params)),
+        (Op::ConnectionData, _) => Ok(connection_data(org, identity)),
         (Op::List, Some(p)) => Ok(list(org, &p, params)),
         (Op::Get, Some(p)) => Ok(get(org, &p, id)),
         (Op::Put, _) => body().and_then(|b| update(org, id, b)),
@@ -117,6 +118,51 @@ fn list_answer(value: Vec<Value>) -> Response {
     json(
         StatusCode::OK,
         &json!({"count": value.len(), "value": value}),
+    )
+}
+
+/// A GUID-shaped id that is always the same for the same text (organization ids, user ids).
+fn stable_guid(text: &str) -> String {
+    // FNV-1a, twice with different offsets: 128 bits, enough to look and behave like a GUID.
+    let fnv = |offset: u64| {
+        text.bytes().fold(offset, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let hex = format!(
+        "{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x6c62_272e_07bb_0142)
+    );
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// `GET {org}/_apis/connectionData`: who the PAT authenticates as, and the organization's id
+/// (`instanceId`, the OIDC issuer's last segment). Needs no scope.
+fn connection_data(org: &OrgState, identity: &str) -> Response {
+    let user = json!({
+        "id": stable_guid(identity),
+        "descriptor": format!("Microsoft.IdentityModel.Claims.ClaimsIdentity;{identity}"),
+        "providerDisplayName": identity,
+        "isActive": true,
+        "properties": {"Account": {"$type": "System.String", "$value": identity}}
+    });
+    json(
+        StatusCode::OK,
+        &json!({
+            "authenticatedUser": user,
+            "authorizedUser": user,
+            "instanceId": stable_guid(&org.name.to_lowercase()),
+            "deploymentId": stable_guid("keyrotor-emulator"),
+            "deploymentType": "hosted"
+        }),
     )
 }
 

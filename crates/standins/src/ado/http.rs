@@ -289,6 +289,13 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                     return Err(wrong_method());
                 };
             }
+            3 if lit(2, "connectionData") => {
+                route.op = if m == Method::GET {
+                    Op::ConnectionData
+                } else {
+                    return Err(wrong_method());
+                };
+            }
             4 if lit(2, "serviceendpoint") && lit(3, "endpoints") => {
                 route.op = if m == Method::POST {
                     Op::Post

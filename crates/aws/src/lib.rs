@@ -21,6 +21,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
+use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::error::SdkError;
 use aws_sdk_iam::primitives::DateTime;
@@ -164,13 +165,21 @@ fn action_of(what: &str) -> Option<String> {
 }
 
 impl Aws {
+    /// The region, unless none is set (an empty `AWS_REGION` counts as none).
+    fn region_set(&self) -> Option<&str> {
+        self.config
+            .region()
+            .map(|r| r.as_ref())
+            .filter(|r| !r.trim().is_empty())
+    }
+
     /// Where `what`'s requests go: the configured endpoint (`AWS_ENDPOINT_URL`) when there is
     /// one, else the service's public endpoint in the region.
     fn host_of(&self, what: &str) -> String {
         if let Some(url) = self.config.endpoint_url() {
             return format!("{url} (AWS_ENDPOINT_URL)");
         }
-        let region = self.config.region().map_or("(no region)", |r| r.as_ref());
+        let region = self.region_set().unwrap_or("(no region)");
         match action_of(what).as_deref().and_then(|a| a.split(':').next()) {
             Some("iam") => "iam.amazonaws.com".to_owned(),
             Some(service) => format!("{service}.{region}.amazonaws.com"),
@@ -192,7 +201,7 @@ impl Aws {
             SdkError::DispatchFailure(d) if d.is_timeout() => Unsent::TimedOut,
             SdkError::DispatchFailure(d) if d.is_io() => Unsent::Connect,
             SdkError::TimeoutError(_) => Unsent::TimedOut,
-            _ if self.config.region().is_none() => Unsent::NoRegion,
+            _ if self.region_set().is_none() => Unsent::NoRegion,
             _ => Unsent::Other,
         }
     }
@@ -201,12 +210,23 @@ impl Aws {
     /// otherwise by what kept the request from being sent or answered, naming the fix (no
     /// region, no credentials and where the SDK looked, the host that could not be reached).
     /// `what` says what was being done (`IAM CreateAccessKey`).
-    fn map_err<E, R>(&self, what: &str, e: SdkError<E, R>) -> PortError
+    fn map_err<E>(&self, what: &str, e: SdkError<E, HttpResponse>) -> PortError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         let (kind, detail) = match &e {
+            // An answer without an error code the SDK can read (some proxies and VPC endpoint
+            // policies, and moto's authorization, answer 403 in a shape the protocol does not
+            // use): the status still says what it is.
+            SdkError::ServiceError(se) if se.err().code().is_none() && se.raw().status().as_u16() == 403 => {
+                let fix = action_of(what)
+                    .map(|a| format!(": the AWS credentials in use need {a}; deploy/README.md lists every permission"))
+                    .unwrap_or_default();
+                (
+                    PortErrorKind::Forbidden,
+                    format!("access denied (HTTP 403){fix}"),
+                )
+            }
             SdkError::ServiceError(se) => {
                 let err = se.err();
                 let code = err.code().unwrap_or("Unknown");
@@ -242,6 +262,10 @@ impl Aws {
                 };
                 let msg = err.message().unwrap_or("no message");
                 let detail = match (kind, action_of(what)) {
+                    _ if err.code().is_none() => format!(
+                        "HTTP {} without an error code the SDK could read",
+                        se.raw().status().as_u16()
+                    ),
                     (PortErrorKind::Forbidden, Some(action)) => format!(
                         "{code}: {msg} (the AWS credentials in use need {action}; deploy/README.md lists every permission)"
                     ),
@@ -668,7 +692,7 @@ impl CallerIdentity for Aws {
 #[async_trait]
 impl Account for Aws {
     fn region(&self) -> Option<String> {
-        self.config.region().map(|r| r.as_ref().to_owned())
+        self.region_set().map(str::to_owned)
     }
 
     async fn caller(&self) -> PortResult<Caller> {

@@ -181,9 +181,12 @@ async fn check(sel: &Selection, backend: &dyn Backend, r: &mut Report) {
         None,
         "config",
         format!(
-            "{} is valid: {} target(s) to check{}",
+            "{} is valid: {} to check{}",
             sel.config.display(),
-            targets.len(),
+            match targets.len() {
+                1 => "1 target".to_owned(),
+                n => format!("{n} targets"),
+            },
             if config.slack_webhook.is_some() {
                 ", Slack on"
             } else {
@@ -520,11 +523,10 @@ async fn check_target(
             check_permissions(config, t, aws, c, r).await;
             let keys = match aws.iam.list_keys(user).await {
                 Ok(keys) => {
-                    let n = keys.len();
-                    let listed = if n == 0 {
-                        "no key yet".to_owned()
-                    } else {
-                        format!("{n} key(s): {}", key_list(&keys))
+                    let listed = match keys.len() {
+                        0 => "no key yet".to_owned(),
+                        1 => format!("1 key: {}", key_list(&keys)),
+                        n => format!("{n} keys: {}", key_list(&keys)),
                     };
                     r.ok(
                         Some(t),

@@ -145,7 +145,7 @@ async fn check_passes_on_a_sound_setup_and_sends_only_reads() {
         "✓ ado.pat: ssm:/azuredevops/service/connection/pat resolves",
         "✓ Azure DevOps PAT: authenticates to",
         "✓ Slack webhook: answers as a live incoming webhook (nothing was posted)",
-        &format!("✓ platform-prod: IAM user: '{USER}' exists with 1 key(s): {key} (Active"),
+        &format!("✓ platform-prod: IAM user: '{USER}' exists with 1 key: {key} (Active"),
         &format!(
             "✓ platform-prod: secret: '/azure/devops/agent/iam/accesskey' holds keyrotor's JSON for {key}"
         ),

@@ -213,6 +213,9 @@ async fn check(sel: &Selection, backend: &dyn Backend, r: &mut Report) {
         }
         None => None,
     };
+    // Organizations that refuse the PAT: their connections are not looked at (each would only
+    // repeat the refusal).
+    let mut refused: Vec<OrgUrl> = Vec::new();
     if let Some(ado) = &ado {
         let mut orgs: Vec<&OrgUrl> = Vec::new();
         for t in &targets {
@@ -221,7 +224,9 @@ async fn check(sel: &Selection, backend: &dyn Backend, r: &mut Report) {
             }
         }
         for org in orgs {
-            check_pat(ado.as_ref(), org, r).await;
+            if !check_pat(ado.as_ref(), org, r).await {
+                refused.push(org.clone());
+            }
         }
     }
     if let Some(url) = webhook {
@@ -229,7 +234,10 @@ async fn check(sel: &Selection, backend: &dyn Backend, r: &mut Report) {
     }
 
     for t in &targets {
-        check_target(&config, t, &aws, caller.as_ref(), ado.as_deref(), r).await;
+        let ado = ado
+            .as_deref()
+            .filter(|_| !refused.contains(&t.organization));
+        check_target(&config, t, &aws, caller.as_ref(), ado, r).await;
     }
 }
 
@@ -310,8 +318,11 @@ async fn resolve(
     }
 }
 
-async fn check_pat(ado: &dyn ServiceConnections, org: &OrgUrl, r: &mut Report) {
-    match ado.authenticated_as(org).await {
+/// Whether the organization accepts the PAT (or cannot tell); `false` when it refuses it.
+async fn check_pat(ado: &dyn ServiceConnections, org: &OrgUrl, r: &mut Report) -> bool {
+    let answer = ado.authenticated_as(org).await;
+    let accepted = !matches!(&answer, Err(e) if e.kind == PortErrorKind::Unauthorized);
+    match answer {
         Ok(Some(who)) => r.ok(
             None,
             "Azure DevOps PAT",
@@ -333,6 +344,7 @@ async fn check_pat(ado: &dyn ServiceConnections, org: &OrgUrl, r: &mut Report) {
         ),
         Err(e) => r.failed(None, "Azure DevOps PAT", code_of(&e), e.message),
     }
+    accepted
 }
 
 async fn check_webhook(backend: &dyn Backend, url: secrecy::SecretString, r: &mut Report) {
@@ -566,8 +578,9 @@ async fn check_target(
             Some(t),
             "connections",
             format!(
-                "{} service connection(s) not checked: there is no usable PAT (see above)",
-                t.endpoints.len()
+                "{} service connection(s) not checked: there is no PAT that {} accepts (see above)",
+                t.endpoints.len(),
+                t.organization
             ),
         ),
     }

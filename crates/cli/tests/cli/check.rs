@@ -472,6 +472,28 @@ async fn an_unknown_connection_is_named() {
 }
 
 #[tokio::test]
+async fn a_refused_pat_is_named_once() {
+    let env = spawn_env().await;
+    env.set_pat_parameter("wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg")
+        .await;
+    let before = env.snapshot().await;
+    let c = check(&env, &[]).await;
+    let (what, msg) = c.the_failure(2);
+    assert_eq!(what, "Azure DevOps PAT", "{}", c.show());
+    assert!(
+        msg.ends_with("create a PAT with the scope Service Connections (Read, query & manage) and store it where ado.pat points"),
+        "{msg}"
+    );
+    assert!(
+        c.text.stdout.contains("– platform-prod: connections: 2 service connection(s) not checked: there is no PAT that"),
+        "{}",
+        c.show()
+    );
+    assert_read_only(&env, &before).await;
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn an_oidc_connection_is_refused_as_unsafe() {
     let mut env = spawn_env().await;
     let mut org = env.org_seed(Scope::Manage);

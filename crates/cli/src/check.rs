@@ -773,6 +773,61 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_is_simulated_on_the_arns_iam_authorizes() {
+        let text = r#"
+[ado]
+organization = "https://dev.azure.com/contoso"
+pat = "ssm:/azuredevops/pat"
+[slack]
+webhook = "env:SLACK_WEBHOOK"
+[[target]]
+name = "t"
+iam_user = "deployer"
+secret = "/azure/key"
+endpoints = [ { project = "P", name = "aws" } ]
+"#;
+        let config = Config::parse(std::path::Path::new("k.toml"), text).unwrap();
+        let caller = Caller {
+            account: "123456789012".into(),
+            arn: "arn:aws-cn:iam::123456789012:user/ops".into(),
+        };
+        let checks = needed(&config, &config.targets[0], &caller, "cn-north-1");
+        let on = |action: &str| {
+            checks
+                .iter()
+                .find(|(a, _)| a == action)
+                .map(|(_, r)| r.as_str())
+                .unwrap_or_else(|| panic!("{action} is simulated: {checks:?}"))
+        };
+        assert_eq!(
+            on("iam:CreateAccessKey"),
+            "arn:aws-cn:iam::123456789012:user/deployer"
+        );
+        assert_eq!(
+            on("secretsmanager:PutSecretValue"),
+            "arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:/azure/key-AbCdEf"
+        );
+        assert_eq!(
+            on("ssm:GetParameter"),
+            "arn:aws-cn:ssm:cn-north-1:123456789012:parameter/azuredevops/pat"
+        );
+        assert_eq!(
+            checks
+                .iter()
+                .filter(|(a, _)| a == "ssm:GetParameter")
+                .count(),
+            1,
+            "the webhook is in the environment: no parameter to read"
+        );
+        assert!(
+            checks
+                .iter()
+                .all(|(a, _)| !a.contains("Delete") || a == "iam:DeleteAccessKey"),
+            "{checks:?}"
+        );
+    }
+
+    #[test]
     fn the_most_serious_failure_sets_the_exit_code() {
         let mut r = Report::default();
         assert_eq!(r.exit_code(), exit::OK);

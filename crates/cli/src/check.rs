@@ -819,12 +819,6 @@ endpoints = [ { project = "P", name = "aws" } ]
             1,
             "the webhook is in the environment: no parameter to read"
         );
-        assert!(
-            checks
-                .iter()
-                .all(|(a, _)| !a.contains("Delete") || a == "iam:DeleteAccessKey"),
-            "{checks:?}"
-        );
     }
 
     #[test]

@@ -250,6 +250,29 @@ impl ServiceConnections for AdoClient {
         self.list_aws_endpoints(org).await
     }
 
+    /// `GET {org}/_apis/connectionData`: the user the PAT authenticates as (no scope needed).
+    /// A refused PAT is `Unauthorized` (the transport asks for a 401 instead of a sign-in page).
+    async fn authenticated_as(&self, org: &OrgUrl) -> PortResult<Option<String>> {
+        let mut url = api_url(org, &["_apis", "connectionData"], &[])?;
+        // A preview resource on the real service: `-preview` is accepted wherever it is not
+        // required.
+        url.set_query(Some(&format!("api-version={API_VERSION}-preview")));
+        let body = self.get_json(&url).await?.body;
+        let user = &body["authenticatedUser"];
+        let name = ["providerDisplayName", "customDisplayName"]
+            .iter()
+            .find_map(|k| user[*k].as_str().filter(|s| !s.trim().is_empty()));
+        match name {
+            Some(n) => Ok(Some(n.to_owned())),
+            None => Err(PortError::new(
+                PortErrorKind::Unauthorized,
+                format!(
+                    "{org} answered connectionData without an authenticated user: the PAT was not accepted"
+                ),
+            )),
+        }
+    }
+
     async fn set_credentials(
         &self,
         handle: &EndpointHandle,

@@ -450,14 +450,25 @@ fn continuation(headers: &HeaderMap) -> Option<String> {
 /// A transport failure in our own words: reqwest's display carries the URL, so only the kind
 /// and the innermost cause (such as "Connection refused") are used.
 fn describe(e: &reqwest::Error) -> String {
+    // The host (and port) it tried, never the URL: that names what to fix, and carries nothing
+    // secret.
+    let host = e
+        .url()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            })
+        })
+        .unwrap_or_else(|| "Azure DevOps".to_owned());
     let kind = if e.is_timeout() {
-        "the request timed out"
+        format!("the request to {host} timed out")
     } else if e.is_connect() {
-        "could not connect"
+        format!("could not connect to {host}")
     } else if e.is_body() || e.is_decode() {
-        "the answer was cut off"
+        "the answer was cut off".to_owned()
     } else {
-        "the request failed"
+        "the request failed".to_owned()
     };
     let mut cause = None;
     let mut source = e.source();
@@ -467,7 +478,7 @@ fn describe(e: &reqwest::Error) -> String {
     }
     match cause {
         Some(c) if !c.contains("://") => format!("{kind} ({c})"),
-        _ => kind.to_owned(),
+        _ => kind,
     }
 }
 

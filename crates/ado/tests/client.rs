@@ -782,21 +782,24 @@ async fn a_timeout_is_retried_and_a_hang_ends_as_retryable() {
 #[tokio::test]
 async fn a_connection_refused_is_retryable() {
     let env = Env::start().await;
-    let org = keyrotor_core::domain::OrgUrl::parse(&format!("{}/contoso", {
-        // A port that was free a moment ago and has nothing listening now.
+    // A port that was free a moment ago and has nothing listening now.
+    let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        format!("http://127.0.0.1:{port}")
-    }))
-    .unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let org =
+        keyrotor_core::domain::OrgUrl::parse(&format!("http://127.0.0.1:{port}/contoso")).unwrap();
     let e = env
         .client
         .find(&org, &by_id("Platform", PROD))
         .await
         .unwrap_err();
     assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(e.message.contains("could not connect"), "{e}");
+    assert!(
+        e.message
+            .contains(&format!("could not connect to 127.0.0.1:{port}")),
+        "names the host it tried: {e}"
+    );
     assert!(!e.message.contains("http://"), "no URL from reqwest: {e}");
 }
 
@@ -1042,4 +1045,20 @@ async fn no_secret_reaches_debug_output_or_any_error() {
             Unauthorized
         ]
     );
+}
+
+#[tokio::test]
+async fn connection_data_names_whom_the_pat_authenticates_as_and_a_wrong_pat_is_unauthorized() {
+    let env = Env::start().await;
+    let who = env.client.authenticated_as(&env.org).await.unwrap();
+    assert!(who.is_some_and(|w| !w.is_empty()));
+    let read = env.client_with(READ_PAT, fast());
+    assert!(
+        read.authenticated_as(&env.org).await.unwrap().is_some(),
+        "no scope is needed to say who one is"
+    );
+    let wrong = env.client_with("wrongpat0123456789", fast());
+    let e = wrong.authenticated_as(&env.org).await.unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e:?}");
+    assert_eq!(env.methods(), vec!["GET"; 3], "reads only");
 }

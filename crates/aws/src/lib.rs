@@ -27,6 +27,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_sdk_iam::config::AsyncSleep;
+use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::ProvideErrorMetadata;
 use aws_sdk_iam::error::SdkError;
 use aws_sdk_iam::primitives::DateTime;
@@ -35,8 +36,8 @@ use keyrotor_core::domain::{
     AccessKeyId, Arn, IamUserName, KeyStatus, SecretName, SecretVersionId,
 };
 use keyrotor_core::ports::{
-    CallerIdentity, KeyInfo, KeyOwner, KeyStore, NewKey, Parameters, PortError, PortErrorKind,
-    PortResult, SecretStore, SecretVersion, Stage,
+    Account, Caller, CallerIdentity, KeyInfo, KeyOwner, KeyStore, NewKey, Parameters, PortError,
+    PortErrorKind, PortResult, SecretStore, SecretVersion, Simulated, Stage,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -107,7 +108,7 @@ impl Aws {
             .set_version_id(version.map(str::to_owned))
             .send()
             .await
-            .map_err(|e| map_err("Secrets Manager GetSecretValue", e));
+            .map_err(|e| self.map_err("Secrets Manager GetSecretValue", e));
         let Some(out) = optional(r)? else {
             return Ok(None);
         };
@@ -122,68 +123,241 @@ impl Aws {
     }
 }
 
-/// Maps an SDK error to a port error by its AWS error code. `what` says what was being done.
-fn map_err<E, R>(what: &str, e: SdkError<E, R>) -> PortError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let (kind, detail) = match &e {
-        SdkError::ServiceError(se) => {
-            let err = se.err();
-            let code = err.code().unwrap_or("Unknown");
-            let kind = match code {
-                "NoSuchEntity" | "ResourceNotFoundException" | "ParameterNotFound" => {
-                    PortErrorKind::NotFound
-                }
-                "LimitExceeded" | "LimitExceededException" => PortErrorKind::LimitExceeded,
-                "Throttling"
-                | "ThrottlingException"
-                | "RequestLimitExceeded"
-                | "TooManyRequestsException"
-                | "ServiceUnavailable"
-                | "InternalFailure"
-                | "InternalServiceError"
-                | "InternalServiceErrorException"
-                | "ServiceFailure" => PortErrorKind::Retryable,
-                "InvalidClientTokenId"
-                | "SignatureDoesNotMatch"
-                | "UnrecognizedClientException"
-                | "ExpiredToken"
-                | "ExpiredTokenException"
-                | "InvalidAccessKeyId" => PortErrorKind::Unauthorized,
-                "AccessDenied" | "AccessDeniedException" => PortErrorKind::Forbidden,
-                "InvalidParameterException"
-                | "InvalidRequestException"
-                | "InvalidInput"
-                | "ValidationException"
-                | "ValidationError"
-                | "ResourceExistsException"
-                | "MalformedPolicyDocument" => PortErrorKind::Invalid,
-                _ => PortErrorKind::Failed,
-            };
-            let msg = err.message().unwrap_or("no message");
-            (kind, format!("{code}: {msg}"))
+/// The first sentence of the error when no region is set anywhere, with its fix. The CLI, the
+/// Lambda and Slack all show it (it ends every AWS error of a client without a region).
+pub const NO_REGION: &str = "no AWS region is set: set aws.region in the config, AWS_REGION in the environment, or region in the AWS profile (AWS_PROFILE)";
+
+/// Why a request could not be sent, as far as keyrotor can tell without reading error text.
+#[derive(Debug)]
+enum Unsent {
+    /// The credential chain found nothing.
+    NoCredentials,
+    /// A credential provider is misconfigured (a profile that does not exist, a bad setting).
+    BadCredentialConfig,
+    /// A credential provider did not answer in time (instance metadata, a container endpoint).
+    CredentialsTimedOut,
+    /// A credential provider failed.
+    CredentialsFailed,
+    /// No region: requests cannot be signed or routed.
+    NoRegion,
+    /// Connecting failed (refused, unreachable, DNS).
+    Connect,
+    /// No answer within the timeout.
+    TimedOut,
+    /// Anything else.
+    Other,
+}
+
+/// Walks an error's sources for a credential failure.
+fn credentials_cause(e: &(dyn std::error::Error + 'static)) -> Option<Unsent> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<CredentialsError>() {
+            return Some(match c {
+                CredentialsError::CredentialsNotLoaded(_) => Unsent::NoCredentials,
+                CredentialsError::InvalidConfiguration(_) => Unsent::BadCredentialConfig,
+                CredentialsError::ProviderTimedOut(_) => Unsent::CredentialsTimedOut,
+                _ => Unsent::CredentialsFailed,
+            });
         }
-        SdkError::TimeoutError(_) => (PortErrorKind::Retryable, "timed out".to_owned()),
-        SdkError::DispatchFailure(d) => {
-            let why = if d.is_timeout() {
-                "timed out"
-            } else if d.is_io() {
-                "connection failed"
-            } else {
-                "request could not be sent"
-            };
-            (PortErrorKind::Retryable, why.to_owned())
+        cur = err.source();
+    }
+    None
+}
+
+/// Where the default credential chain looked, in its order, as this process is configured.
+fn credential_sources() -> String {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let home = var("HOME").unwrap_or_else(|| "~".into());
+    let credentials =
+        var("AWS_SHARED_CREDENTIALS_FILE").unwrap_or_else(|| format!("{home}/.aws/credentials"));
+    let config = var("AWS_CONFIG_FILE").unwrap_or_else(|| format!("{home}/.aws/config"));
+    let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    let mut places = vec![
+        "the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".to_owned(),
+        format!("profile '{profile}' in {credentials} and {config}"),
+        "a web identity token (AWS_WEB_IDENTITY_TOKEN_FILE)".to_owned(),
+        "the ECS container endpoint".to_owned(),
+    ];
+    let imds_off = var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !imds_off {
+        places.push("EC2 instance metadata".to_owned());
+    }
+    let last = places.pop().unwrap_or_default();
+    format!("{} and {last}", places.join(", "))
+}
+
+/// The AWS action a call of ours stands for: `IAM CreateAccessKey` is `iam:CreateAccessKey`.
+fn action_of(what: &str) -> Option<String> {
+    let (prefix, service) = [
+        ("IAM ", "iam"),
+        ("Secrets Manager ", "secretsmanager"),
+        ("SSM ", "ssm"),
+        ("STS ", "sts"),
+    ]
+    .into_iter()
+    .find(|(p, _)| what.starts_with(p))?;
+    let op = what[prefix.len()..].split_whitespace().next()?;
+    Some(format!("{service}:{op}"))
+}
+
+impl Aws {
+    /// The region, unless none is set (an empty `AWS_REGION` counts as none).
+    fn region_set(&self) -> Option<&str> {
+        self.config
+            .region()
+            .map(|r| r.as_ref())
+            .filter(|r| !r.trim().is_empty())
+    }
+
+    /// Where `what`'s requests go: the configured endpoint (`AWS_ENDPOINT_URL`) when there is
+    /// one, else the service's public endpoint in the region.
+    fn host_of(&self, what: &str) -> String {
+        if let Some(url) = self.config.endpoint_url() {
+            return format!("{url} (AWS_ENDPOINT_URL)");
         }
-        SdkError::ResponseError(_) => (PortErrorKind::Retryable, "unreadable response".to_owned()),
-        SdkError::ConstructionFailure(_) => (
-            PortErrorKind::Failed,
-            "request could not be built".to_owned(),
-        ),
-        _ => (PortErrorKind::Failed, "unknown SDK error".to_owned()),
-    };
-    PortError::new(kind, format!("{what}: {detail}"))
+        let region = self.region_set().unwrap_or("(no region)");
+        match action_of(what).as_deref().and_then(|a| a.split(':').next()) {
+            Some("iam") => "iam.amazonaws.com".to_owned(),
+            Some(service) => format!("{service}.{region}.amazonaws.com"),
+            None => format!("AWS in {region}"),
+        }
+    }
+
+    /// Why a request was not sent or not answered: the error's sources (a credential failure),
+    /// its kind (connect, timeout), and the config (no region).
+    fn unsent<E, R>(&self, e: &SdkError<E, R>) -> Unsent
+    where
+        E: std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        if let Some(c) = std::error::Error::source(e).and_then(credentials_cause) {
+            return c;
+        }
+        match e {
+            SdkError::DispatchFailure(d) if d.is_timeout() => Unsent::TimedOut,
+            SdkError::DispatchFailure(d) if d.is_io() => Unsent::Connect,
+            SdkError::TimeoutError(_) => Unsent::TimedOut,
+            _ if self.region_set().is_none() => Unsent::NoRegion,
+            _ => Unsent::Other,
+        }
+    }
+
+    /// Maps an SDK error to a port error: by its AWS error code when the service answered;
+    /// otherwise by what kept the request from being sent or answered, naming the fix (no
+    /// region, no credentials and where the SDK looked, the host that could not be reached).
+    /// `what` says what was being done (`IAM CreateAccessKey`).
+    fn map_err<E>(&self, what: &str, e: SdkError<E, HttpResponse>) -> PortError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let (kind, detail) = match &e {
+            // An answer without an error code the SDK can read (some proxies and VPC endpoint
+            // policies, and moto's authorization, answer 403 in a shape the protocol does not
+            // use): the status still says what it is.
+            SdkError::ServiceError(se) if se.err().code().is_none() && se.raw().status().as_u16() == 403 => {
+                let fix = action_of(what)
+                    .map(|a| format!(": the AWS credentials in use need {a}; deploy/README.md lists every permission"))
+                    .unwrap_or_default();
+                (
+                    PortErrorKind::Forbidden,
+                    format!("access denied (HTTP 403){fix}"),
+                )
+            }
+            SdkError::ServiceError(se) => {
+                let err = se.err();
+                let code = err.code().unwrap_or("Unknown");
+                let kind = match code {
+                    "NoSuchEntity" | "ResourceNotFoundException" | "ParameterNotFound" => {
+                        PortErrorKind::NotFound
+                    }
+                    "LimitExceeded" | "LimitExceededException" => PortErrorKind::LimitExceeded,
+                    "Throttling"
+                    | "ThrottlingException"
+                    | "RequestLimitExceeded"
+                    | "TooManyRequestsException"
+                    | "ServiceUnavailable"
+                    | "InternalFailure"
+                    | "InternalServiceError"
+                    | "InternalServiceErrorException"
+                    | "ServiceFailure" => PortErrorKind::Retryable,
+                    "InvalidClientTokenId"
+                    | "SignatureDoesNotMatch"
+                    | "UnrecognizedClientException"
+                    | "ExpiredToken"
+                    | "ExpiredTokenException"
+                    | "InvalidAccessKeyId" => PortErrorKind::Unauthorized,
+                    "AccessDenied" | "AccessDeniedException" => PortErrorKind::Forbidden,
+                    "InvalidParameterException"
+                    | "InvalidRequestException"
+                    | "InvalidInput"
+                    | "ValidationException"
+                    | "ValidationError"
+                    | "ResourceExistsException"
+                    | "MalformedPolicyDocument" => PortErrorKind::Invalid,
+                    _ => PortErrorKind::Failed,
+                };
+                let msg = err.message().unwrap_or("no message");
+                let detail = match (kind, action_of(what)) {
+                    _ if err.code().is_none() => format!(
+                        "HTTP {} without an error code the SDK could read",
+                        se.raw().status().as_u16()
+                    ),
+                    (PortErrorKind::Forbidden, Some(action)) => format!(
+                        "{code}: {msg} (the AWS credentials in use need {action}; deploy/README.md lists every permission)"
+                    ),
+                    _ => format!("{code}: {msg}"),
+                };
+                (kind, detail)
+            }
+            SdkError::ResponseError(_) => (
+                PortErrorKind::Retryable,
+                format!("unreadable response from {}", self.host_of(what)),
+            ),
+            SdkError::DispatchFailure(_)
+            | SdkError::ConstructionFailure(_)
+            | SdkError::TimeoutError(_) => match self.unsent(&e) {
+                Unsent::NoCredentials => (
+                    PortErrorKind::Unauthorized,
+                    format!(
+                        "no AWS credentials were found: the SDK looked in {}",
+                        credential_sources()
+                    ),
+                ),
+                Unsent::BadCredentialConfig => (
+                    PortErrorKind::Unauthorized,
+                    "the AWS credentials could not be loaded: the profile (AWS_PROFILE) or a credential setting is invalid".to_owned(),
+                ),
+                Unsent::CredentialsTimedOut => (
+                    PortErrorKind::Retryable,
+                    "the AWS credential provider (instance metadata or the container endpoint) did not answer in time".to_owned(),
+                ),
+                Unsent::CredentialsFailed => (
+                    PortErrorKind::Unauthorized,
+                    "the AWS credential provider failed to give credentials".to_owned(),
+                ),
+                Unsent::NoRegion => (PortErrorKind::Invalid, NO_REGION.to_owned()),
+                Unsent::Connect => (
+                    PortErrorKind::Retryable,
+                    format!(
+                        "could not connect to {}: check the address, the network and any proxy",
+                        self.host_of(what)
+                    ),
+                ),
+                Unsent::TimedOut => (
+                    PortErrorKind::Retryable,
+                    format!("{} did not answer in time", self.host_of(what)),
+                ),
+                Unsent::Other => (
+                    PortErrorKind::Failed,
+                    format!("the request to {} could not be sent", self.host_of(what)),
+                ),
+            },
+            _ => (PortErrorKind::Failed, "unknown SDK error".to_owned()),
+        };
+        PortError::new(kind, format!("{what}: {detail}"))
+    }
 }
 
 /// A `NotFound` answer becomes `None`.
@@ -226,7 +400,7 @@ impl KeyStore for Aws {
             .user_name(user.as_str())
             .send()
             .await
-            .map_err(|e| map_err("IAM ListAccessKeys", e))?;
+            .map_err(|e| self.map_err("IAM ListAccessKeys", e))?;
         let mut keys = Vec::new();
         for m in out.access_key_metadata() {
             let Some(id) = m.access_key_id() else {
@@ -254,7 +428,7 @@ impl KeyStore for Aws {
                 .access_key_id(k.id.as_str())
                 .send()
                 .await
-                .map_err(|e| map_err("IAM GetAccessKeyLastUsed", e))?;
+                .map_err(|e| self.map_err("IAM GetAccessKeyLastUsed", e))?;
             k.last_used = to_system(last.access_key_last_used().and_then(|u| u.last_used_date()));
         }
         Ok(keys)
@@ -291,7 +465,7 @@ impl KeyStore for Aws {
                 ),
                 _ => true,
             };
-            let err = map_err("IAM CreateAccessKey", e);
+            let err = self.map_err("IAM CreateAccessKey", e);
             if err.kind == PortErrorKind::LimitExceeded && lost {
                 return Err(PortError::new(
                     PortErrorKind::LostAnswer,
@@ -342,7 +516,7 @@ impl KeyStore for Aws {
             .status(status)
             .send()
             .await
-            .map_err(|e| map_err("IAM UpdateAccessKey", e))?;
+            .map_err(|e| self.map_err("IAM UpdateAccessKey", e))?;
         Ok(())
     }
 
@@ -353,7 +527,7 @@ impl KeyStore for Aws {
             .access_key_id(key.as_str())
             .send()
             .await
-            .map_err(|e| map_err("IAM DeleteAccessKey", e))?;
+            .map_err(|e| self.map_err("IAM DeleteAccessKey", e))?;
         Ok(())
     }
 
@@ -364,7 +538,7 @@ impl KeyStore for Aws {
                 .access_key_id(key.as_str())
                 .send()
                 .await
-                .map_err(|e| map_err("IAM GetAccessKeyLastUsed", e)),
+                .map_err(|e| self.map_err("IAM GetAccessKeyLastUsed", e)),
         )?;
         Ok(last.and_then(|l| to_system(l.access_key_last_used().and_then(|u| u.last_used_date()))))
     }
@@ -376,7 +550,7 @@ impl KeyStore for Aws {
                 .access_key_id(key.as_str())
                 .send()
                 .await
-                .map_err(|e| map_err("IAM GetAccessKeyLastUsed", e)),
+                .map_err(|e| self.map_err("IAM GetAccessKeyLastUsed", e)),
         )?
         else {
             return Ok(None);
@@ -423,7 +597,7 @@ impl SecretStore for Aws {
             .secret_id(name.as_str())
             .send()
             .await
-            .map_err(|e| map_err("Secrets Manager DescribeSecret", e));
+            .map_err(|e| self.map_err("Secrets Manager DescribeSecret", e));
         let Some(out) = optional(described)? else {
             return Ok(None);
         };
@@ -486,7 +660,7 @@ impl SecretStore for Aws {
         match r {
             Ok(_) => Ok(()),
             Err(e) => {
-                let e = map_err("Secrets Manager CreateSecret", e);
+                let e = self.map_err("Secrets Manager CreateSecret", e);
                 if e.message.contains("ResourceExistsException") {
                     Ok(())
                 } else {
@@ -512,7 +686,7 @@ impl SecretStore for Aws {
             .version_stages(stage.label())
             .send()
             .await
-            .map_err(|e| map_err("Secrets Manager PutSecretValue", e))?;
+            .map_err(|e| self.map_err("Secrets Manager PutSecretValue", e))?;
         match out.version_id() {
             Some(v) => version_id(v),
             None => Ok(token.clone()),
@@ -534,7 +708,7 @@ impl SecretStore for Aws {
             .set_remove_from_version_id(from.map(|v| v.as_str().to_owned()))
             .send()
             .await
-            .map_err(|e| map_err("Secrets Manager UpdateSecretVersionStage", e))?;
+            .map_err(|e| self.map_err("Secrets Manager UpdateSecretVersionStage", e))?;
         Ok(())
     }
 }
@@ -549,7 +723,7 @@ impl Parameters for Aws {
             .with_decryption(true)
             .send()
             .await
-            .map_err(|e| map_err("SSM GetParameter", e))?;
+            .map_err(|e| self.map_err("SSM GetParameter", e))?;
         out.parameter()
             .and_then(|p| p.value())
             .map(|v| SecretString::from(v.to_owned()))
@@ -582,7 +756,7 @@ impl CallerIdentity for Aws {
             .get_caller_identity()
             .send()
             .await
-            .map_err(|e| map_err("STS GetCallerIdentity with the new key", e))?;
+            .map_err(|e| self.map_err("STS GetCallerIdentity with the new key", e))?;
         let arn = out
             .arn()
             .ok_or_else(|| PortError::new(PortErrorKind::Failed, "STS answered without an ARN"))?;
@@ -592,5 +766,75 @@ impl CallerIdentity for Aws {
                 format!("STS answered an unexpected ARN: {e}"),
             )
         })
+    }
+}
+
+#[async_trait]
+impl Account for Aws {
+    fn region(&self) -> Option<String> {
+        self.region_set().map(str::to_owned)
+    }
+
+    async fn caller(&self) -> PortResult<Caller> {
+        let sts = aws_sdk_sts::Client::new(&self.config);
+        let out = sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| self.map_err("STS GetCallerIdentity", e))?;
+        match (out.account(), out.arn()) {
+            (Some(account), Some(arn)) => Ok(Caller {
+                account: account.to_owned(),
+                arn: arn.to_owned(),
+            }),
+            _ => Err(PortError::new(
+                PortErrorKind::Failed,
+                "STS GetCallerIdentity answered without an account or ARN",
+            )),
+        }
+    }
+
+    async fn simulate(
+        &self,
+        principal: &str,
+        checks: &[(String, String)],
+    ) -> PortResult<Vec<Simulated>> {
+        // One simulation per resource: IAM evaluates every action against every resource given.
+        let mut by_resource: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (action, resource) in checks {
+            match by_resource.iter_mut().find(|(r, _)| r == resource) {
+                Some((_, actions)) => actions.push(action),
+                None => by_resource.push((resource, vec![action])),
+            }
+        }
+        let mut decisions = Vec::new();
+        for (resource, actions) in by_resource {
+            let mut marker: Option<String> = None;
+            loop {
+                let out = self
+                    .iam
+                    .simulate_principal_policy()
+                    .policy_source_arn(principal)
+                    .set_action_names(Some(actions.iter().map(|a| (*a).to_owned()).collect()))
+                    .resource_arns(resource)
+                    .set_marker(marker.take())
+                    .send()
+                    .await
+                    .map_err(|e| self.map_err("IAM SimulatePrincipalPolicy", e))?;
+                for r in out.evaluation_results() {
+                    decisions.push(Simulated {
+                        action: r.eval_action_name().to_owned(),
+                        resource: r.eval_resource_name().unwrap_or(resource).to_owned(),
+                        allowed: *r.eval_decision()
+                            == aws_sdk_iam::types::PolicyEvaluationDecisionType::Allowed,
+                    });
+                }
+                match out.marker() {
+                    Some(m) if out.is_truncated() => marker = Some(m.to_owned()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(decisions)
     }
 }

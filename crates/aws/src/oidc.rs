@@ -15,7 +15,7 @@ use keyrotor_core::oidc_ports::{MigrationStore, OidcIam, OidcProvider, Role};
 use keyrotor_core::ports::{PortError, PortErrorKind, PortResult};
 use serde_json::Value;
 
-use crate::{Aws, map_err, optional, to_system};
+use crate::{Aws, optional, to_system};
 
 /// Where the migration record of a target is kept: a String parameter (no secret in it).
 pub const RECORD_PREFIX: &str = "/keyrotor/migrate-oidc/";
@@ -41,7 +41,7 @@ impl Aws {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| map_err("IAM ListAttachedUserPolicies", e))?;
+                .map_err(|e| self.map_err("IAM ListAttachedUserPolicies", e))?;
             out.extend(
                 page.attached_policies()
                     .iter()
@@ -65,7 +65,7 @@ impl Aws {
                 .set_marker(marker)
                 .send()
                 .await
-                .map_err(|e| map_err("IAM ListAttachedGroupPolicies", e))?;
+                .map_err(|e| self.map_err("IAM ListAttachedGroupPolicies", e))?;
             out.extend(
                 page.attached_policies()
                     .iter()
@@ -85,7 +85,7 @@ impl Aws {
             .user_name(user)
             .send()
             .await
-            .map_err(|e| map_err("IAM ListUserPolicies", e))?;
+            .map_err(|e| self.map_err("IAM ListUserPolicies", e))?;
         let mut out = Vec::new();
         for name in names.policy_names() {
             let got = self
@@ -95,7 +95,7 @@ impl Aws {
                 .policy_name(name)
                 .send()
                 .await
-                .map_err(|e| map_err("IAM GetUserPolicy", e))?;
+                .map_err(|e| self.map_err("IAM GetUserPolicy", e))?;
             out.push(InlinePolicy {
                 name: name.clone(),
                 document: document("GetUserPolicy", got.policy_document())?,
@@ -111,7 +111,7 @@ impl Aws {
             .group_name(group)
             .send()
             .await
-            .map_err(|e| map_err("IAM ListGroupPolicies", e))?;
+            .map_err(|e| self.map_err("IAM ListGroupPolicies", e))?;
         let mut out = Vec::new();
         for name in names.policy_names() {
             let got = self
@@ -121,7 +121,7 @@ impl Aws {
                 .policy_name(name)
                 .send()
                 .await
-                .map_err(|e| map_err("IAM GetGroupPolicy", e))?;
+                .map_err(|e| self.map_err("IAM GetGroupPolicy", e))?;
             out.push(InlinePolicy {
                 name: name.clone(),
                 document: document("GetGroupPolicy", got.policy_document())?,
@@ -140,7 +140,7 @@ impl OidcIam for Aws {
             .user_name(user.as_str())
             .send()
             .await
-            .map_err(|e| map_err("IAM GetUser", e))?;
+            .map_err(|e| self.map_err("IAM GetUser", e))?;
         out.user()
             .map(|u| u.arn().to_owned())
             .ok_or_else(|| PortError::new(PortErrorKind::Failed, "IAM GetUser answered no user"))
@@ -152,7 +152,7 @@ impl OidcIam for Aws {
             .list_open_id_connect_providers()
             .send()
             .await
-            .map_err(|e| map_err("IAM ListOpenIDConnectProviders", e))?;
+            .map_err(|e| self.map_err("IAM ListOpenIDConnectProviders", e))?;
         let wanted = format!(":oidc-provider/{issuer}");
         for entry in listed.open_id_connect_provider_list() {
             let Some(arn) = entry.arn() else { continue };
@@ -168,7 +168,7 @@ impl OidcIam for Aws {
                 .open_id_connect_provider_arn(arn)
                 .send()
                 .await
-                .map_err(|e| map_err("IAM GetOpenIDConnectProvider", e))?;
+                .map_err(|e| self.map_err("IAM GetOpenIDConnectProvider", e))?;
             return Ok(Some(OidcProvider {
                 arn: arn.to_owned(),
                 audiences: got.client_id_list().to_vec(),
@@ -187,7 +187,7 @@ impl OidcIam for Aws {
             .client_id_list(audience)
             .send()
             .await
-            .map_err(|e| map_err("IAM CreateOpenIDConnectProvider", e))?;
+            .map_err(|e| self.map_err("IAM CreateOpenIDConnectProvider", e))?;
         out.open_id_connect_provider_arn()
             .map(str::to_owned)
             .ok_or_else(|| {
@@ -205,7 +205,7 @@ impl OidcIam for Aws {
             .client_id(audience)
             .send()
             .await
-            .map_err(|e| map_err("IAM AddClientIDToOpenIDConnectProvider", e))?;
+            .map_err(|e| self.map_err("IAM AddClientIDToOpenIDConnectProvider", e))?;
         Ok(())
     }
 
@@ -216,7 +216,7 @@ impl OidcIam for Aws {
                 .role_name(name)
                 .send()
                 .await
-                .map_err(|e| map_err("IAM GetRole", e)),
+                .map_err(|e| self.map_err("IAM GetRole", e)),
         )?;
         let Some(role) = got.and_then(|g| g.role().cloned()) else {
             return Ok(None);
@@ -241,7 +241,7 @@ impl OidcIam for Aws {
             .description(description)
             .send()
             .await
-            .map_err(|e| map_err("IAM CreateRole", e))?;
+            .map_err(|e| self.map_err("IAM CreateRole", e))?;
         let role = out.role().ok_or_else(|| {
             PortError::new(PortErrorKind::Failed, "IAM CreateRole answered no role")
         })?;
@@ -260,7 +260,7 @@ impl OidcIam for Aws {
             .policy_document(trust.to_string())
             .send()
             .await
-            .map_err(|e| map_err("IAM UpdateAssumeRolePolicy", e))?;
+            .map_err(|e| self.map_err("IAM UpdateAssumeRolePolicy", e))?;
         Ok(())
     }
 
@@ -279,7 +279,7 @@ impl OidcIam for Aws {
             .user_name(user)
             .send()
             .await
-            .map_err(|e| map_err("IAM ListGroupsForUser", e))?;
+            .map_err(|e| self.map_err("IAM ListGroupsForUser", e))?;
         for g in groups.groups() {
             let name = g.group_name();
             for arn in self.managed_of_group(name).await? {
@@ -299,7 +299,7 @@ impl OidcIam for Aws {
             .policy_arn(policy_arn)
             .send()
             .await
-            .map_err(|e| map_err("IAM AttachRolePolicy", e))?;
+            .map_err(|e| self.map_err("IAM AttachRolePolicy", e))?;
         Ok(())
     }
 
@@ -311,7 +311,7 @@ impl OidcIam for Aws {
             .policy_document(document.to_string())
             .send()
             .await
-            .map_err(|e| map_err("IAM PutRolePolicy", e))?;
+            .map_err(|e| self.map_err("IAM PutRolePolicy", e))?;
         Ok(())
     }
 }
@@ -326,7 +326,7 @@ impl MigrationStore for Aws {
                 .name(&name)
                 .send()
                 .await
-                .map_err(|e| map_err("SSM GetParameter", e)),
+                .map_err(|e| self.map_err("SSM GetParameter", e)),
         )?;
         let Some(text) = got.and_then(|g| g.parameter().and_then(|p| p.value().map(str::to_owned)))
         else {
@@ -359,7 +359,7 @@ impl MigrationStore for Aws {
             )
             .send()
             .await
-            .map_err(|e| map_err("SSM PutParameter", e))?;
+            .map_err(|e| self.map_err("SSM PutParameter", e))?;
         Ok(())
     }
 

@@ -40,7 +40,8 @@ impl Backend for RealBackend {
             iam: aws.clone(),
             secrets: aws.clone(),
             sts: aws.clone(),
-            params: aws,
+            params: aws.clone(),
+            account: aws,
         }
     }
 

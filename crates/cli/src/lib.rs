@@ -11,6 +11,8 @@
 //! - [`progress`]: the live per-step progress line on a terminal;
 //! - [`audit`]: `keyrotor audit`;
 //! - [`migrate_oidc`]: `keyrotor migrate-oidc`, from the key to OIDC and back;
+//! - [`check`]: `keyrotor check`, the read-only preflight;
+//! - [`docs`]: `keyrotor completions` and `keyrotor man`, from the same clap definitions;
 //! - [`backend`]: the real adapters;
 //! - [`sandbox`]: `keyrotor sandbox`, the whole job against local stand-ins (`sandbox_oidc`:
 //!   `--oidc`, the move to OIDC).
@@ -29,7 +31,7 @@ use keyrotor_core::domain::RunId;
 use keyrotor_core::engine::{self, Observer, RunOptions};
 use keyrotor_core::plan::Snapshot;
 use keyrotor_core::ports::{
-    CallerIdentity, Clock, KeyStore, Notifier, Parameters, PortResult, SecretStore,
+    Account, CallerIdentity, Clock, KeyStore, Notifier, Parameters, PortResult, SecretStore,
     ServiceConnections, SystemClock,
 };
 use keyrotor_core::protocol::{self, Ports, StepError, StepErrorKind};
@@ -39,6 +41,8 @@ use secrecy::SecretString;
 
 pub mod audit;
 pub mod backend;
+pub mod check;
+pub mod docs;
 pub mod migrate_oidc;
 pub mod output;
 pub mod progress;
@@ -46,12 +50,12 @@ pub mod sandbox;
 mod sandbox_oidc;
 
 const EXIT_CODES: &str = "\
-Exit codes:
+Exit codes (check: the code the failed checks stand for, 0 when a rotation can run):
   0  every target rotated, had nothing due, or stood aside for a concurrent run
-  1  a rotation failed (it was compensated or left safe: see the report)
-  2  bad usage or configuration (a name that does not exist, a missing parameter); nothing changed
+  1  a rotation failed (it was compensated or left safe: see the report); check: a service could not be reached
+  2  bad usage or configuration (a name that does not exist, a missing parameter or permission); nothing changed
   3  refused as unsafe (e.g. an OIDC connection, two active keys in use); nothing changed
-  4  every rotation is fine, but the Slack notification could not be sent";
+  4  every rotation is fine, but the Slack notification could not be sent; check: the webhook is not valid";
 
 /// keyrotor rotates the AWS access key behind Azure DevOps AWS service connections, in place.
 #[derive(Parser, Debug)]
@@ -120,8 +124,30 @@ pub enum Command {
         #[command(flatten)]
         sel: Selection,
     },
+    /// Check, changing nothing, that a rotation can run: the config, the secret references, AWS
+    /// region, credentials and permissions, each IAM user and secret, the PAT, each connection,
+    /// the Slack webhook (probed without posting). One line per check, each failure with its fix.
+    #[command(after_help = EXIT_CODES)]
+    Check {
+        /// Config and targets.
+        #[command(flatten)]
+        sel: Selection,
+    },
     /// Print a commented example config.
     Init,
+    /// Print the shell completion script for SHELL (e.g. `keyrotor completions bash >
+    /// ~/.local/share/bash-completion/completions/keyrotor`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into DIR with --out.
+    Man {
+        /// Write keyrotor.1 and keyrotor-COMMAND.1 into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// List every AWS service connection of an organization: key (masked), OIDC, key age and
     /// last use (where IAM allows), flagging keys older than 90 days and connections that could
     /// move to OIDC.
@@ -145,6 +171,8 @@ pub struct AwsPorts {
     pub sts: Arc<dyn CallerIdentity>,
     /// SSM.
     pub params: Arc<dyn Parameters>,
+    /// The region and credentials in force, read only (`keyrotor check`).
+    pub account: Arc<dyn Account>,
 }
 
 /// Builds the adapters. The binary uses [`RealBackend`]; tests swap parts for fakes.
@@ -223,6 +251,9 @@ pub async fn run(args: Vec<OsString>, backend: &dyn Backend, io: &mut Io<'_>) ->
         } => rotate(&sel, force, false, wait_for_drain, backend, io).await,
         Command::Plan { sel, force } => rotate(&sel, force, true, false, backend, io).await,
         Command::Status { sel } => status(&sel, backend, io).await,
+        Command::Check { sel } => check::run(&sel, backend, io).await,
+        Command::Completions { shell } => docs::completions(shell, io),
+        Command::Man { out } => docs::man(out.as_deref(), io),
         Command::Audit(args) => audit::run(&args, backend, io).await,
         Command::MigrateOidc(args) => Box::pin(migrate_oidc::run(&args, backend, io)).await,
         Command::Sandbox(args) => sandbox::run(&args, io).await,
@@ -247,6 +278,10 @@ async fn prepare(
     let config = Config::load(&sel.config).map_err(|e| e.to_string())?;
     let targets = config.select(&sel.targets)?;
     let aws = backend.aws(config.aws_region.clone()).await;
+    // Every AWS call would fail without a region: say so first, with the fix.
+    if aws.account.region().is_none() {
+        return Err(keyrotor_aws::NO_REGION.to_owned());
+    }
     let pat = secrets::resolve(&config.pat, aws.params.as_ref(), aws.secrets.as_ref())
         .await
         .map_err(|e| format!("ado.pat: the PAT could not be read: {}", e.message))?;
@@ -283,6 +318,34 @@ async fn prepare(
         ports,
         notifier,
     })
+}
+
+/// The log filter: `RUST_LOG` when it says more than a level, else keyrotor's crates at that
+/// level (`warn` when unset) and every other crate at `error`. So the AWS SDK's probes and
+/// retries (instance metadata, credential providers) stay out of a plain run and of
+/// `RUST_LOG=info`, and appear from `RUST_LOG=debug` on, or with directives of one's own.
+pub fn log_filter(rust_log: Option<&str>) -> String {
+    const OURS: [&str; 6] = [
+        "keyrotor",
+        "keyrotor_core",
+        "keyrotor_aws",
+        "keyrotor_ado",
+        "keyrotor_notify",
+        "keyrotor_standins",
+    ];
+    let given = rust_log.map(str::trim).filter(|v| !v.is_empty());
+    let level = match given {
+        None => "warn".to_owned(),
+        Some(v) if ["error", "warn", "info"].contains(&v.to_ascii_lowercase().as_str()) => {
+            v.to_ascii_lowercase()
+        }
+        Some(v) => return v.to_owned(),
+    };
+    let mut filter = "error".to_owned();
+    for c in OURS {
+        filter.push_str(&format!(",{c}={level}"));
+    }
+    filter
 }
 
 fn fail_usage(io: &mut Io<'_>, msg: &str) -> i32 {
@@ -362,4 +425,19 @@ async fn status(sel: &Selection, backend: &dyn Backend, io: &mut Io<'_>) -> i32 
     };
     let _ = io.out.write_all(printed.as_bytes());
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn by_default_and_at_info_other_crates_log_only_errors() {
+        let quiet = "error,keyrotor=warn,keyrotor_core=warn,keyrotor_aws=warn,keyrotor_ado=warn,keyrotor_notify=warn,keyrotor_standins=warn";
+        assert_eq!(log_filter(None), quiet);
+        assert_eq!(log_filter(Some("  ")), quiet);
+        assert!(log_filter(Some("INFO")).starts_with("error,keyrotor=info,"));
+        assert_eq!(log_filter(Some("debug")), "debug");
+        assert_eq!(log_filter(Some("aws_config=trace")), "aws_config=trace");
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! Starts moto (AWS), the Azure DevOps emulator and a Slack sink on loopback ports, seeds an IAM
 //! user whose key an AWS service connection holds (shared into two projects, with pipeline
-//! authorizations), a secret, the SSM parameters and a config, then runs the normal `status` and
-//! `rotate` code paths against them and shows what changed. Everything it started stops when it
+//! authorizations), a secret, the SSM parameters and a config, then runs the normal `status`,
+//! `check` and `rotate` code paths against them and shows what changed (it stops before
+//! rotating when `check` fails). Everything it started stops when it
 //! ends, also on Ctrl-C (moto also stops by itself when this process dies).
 
 use std::path::Path;
@@ -182,6 +183,19 @@ async fn body(args: &SandboxArgs, dir: &Path, io: &mut Io<'_>) -> Result<i32> {
         st.io,
     ))
     .await;
+
+    st.title("Preflight: keyrotor check   (read-only: can a rotation run?)");
+    let _ = st.io.out.flush();
+    let checked = Box::pin(crate::run(
+        argv(&["check", "--config", &cfg]),
+        &backend,
+        st.io,
+    ))
+    .await;
+    if checked != 0 {
+        st.title("Stopped: keyrotor check found a problem (see above); nothing was rotated.");
+        return Ok(checked);
+    }
 
     st.title("Rotating: keyrotor rotate --force   (--force: the seeded key is minutes old, younger than min_key_age)");
     let _ = st.io.out.flush();

@@ -244,6 +244,54 @@ pub trait Parameters: Send + Sync {
     async fn get_secure(&self, name: &str) -> PortResult<SecretString>;
 }
 
+/// Who the AWS credentials in force belong to (`sts:GetCallerIdentity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The account id.
+    pub account: String,
+    /// The caller's ARN (a user, or an assumed role's session).
+    pub arn: String,
+}
+
+/// What `iam:SimulatePrincipalPolicy` decided for one action on one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Simulated {
+    /// The action (`iam:CreateAccessKey`).
+    pub action: String,
+    /// The resource ARN it was simulated on.
+    pub resource: String,
+    /// Whether the caller's policies allow it.
+    pub allowed: bool,
+}
+
+/// Read-only questions about the AWS credentials in force, for `keyrotor check`: where
+/// requests go, whose credentials these are, and what they may do. Nothing here changes
+/// anything.
+#[async_trait]
+pub trait Account: Send + Sync {
+    /// The region requests go to; `None` when none is set anywhere.
+    fn region(&self) -> Option<String>;
+    /// `sts:GetCallerIdentity` with the credentials in force (no permission needed).
+    async fn caller(&self) -> PortResult<Caller>;
+    /// `iam:SimulatePrincipalPolicy` for `principal` (a user or role ARN): one decision per
+    /// `(action, resource)`. An error means the simulation itself could not run (the caller may
+    /// not simulate, or the service does not offer it): the permissions are then unknown.
+    async fn simulate(
+        &self,
+        principal: &str,
+        checks: &[(String, String)],
+    ) -> PortResult<Vec<Simulated>>;
+}
+
+/// What a webhook said to a probe that posts no message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookProbe {
+    /// It answered as a live webhook does to an empty message.
+    Valid,
+    /// Its answer proves neither way; the reason, in one sentence.
+    Unverifiable(String),
+}
+
 /// STS, signed with a given key.
 #[async_trait]
 pub trait CallerIdentity: Send + Sync {
@@ -332,6 +380,13 @@ pub trait ServiceConnections: Send + Sync {
         key: &AccessKeyId,
         secret: &SecretString,
     ) -> PortResult<()>;
+    /// Who the credentials authenticate as in `org` (a read that needs no scope), for
+    /// `keyrotor check`. `Unauthorized` when the organization refuses them; `Ok(None)` when this
+    /// adapter cannot tell.
+    async fn authenticated_as(&self, org: &OrgUrl) -> PortResult<Option<String>> {
+        let _ = org;
+        Ok(None)
+    }
 }
 
 /// Where run reports go (Slack).
@@ -339,6 +394,13 @@ pub trait ServiceConnections: Send + Sync {
 pub trait Notifier: Send + Sync {
     /// Posts one message for the whole run.
     async fn notify(&self, report: &RunReport) -> PortResult<()>;
+    /// Checks that the destination exists and takes posts, without posting a message, for
+    /// `keyrotor check`. An error names what is wrong with it.
+    async fn probe(&self) -> PortResult<WebhookProbe> {
+        Ok(WebhookProbe::Unverifiable(
+            "this notifier cannot be checked without posting".into(),
+        ))
+    }
 }
 
 /// The wall clock (key ages, grace periods, intent expiry).

@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyrotor_core::ports::{Notifier, PortError, PortErrorKind, PortResult};
+use keyrotor_core::ports::{Notifier, PortError, PortErrorKind, PortResult, WebhookProbe};
 use keyrotor_core::report::RunReport;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -206,6 +206,58 @@ impl SlackNotifier {
         }
     }
 
+    /// Checks the webhook without posting a message: one POST of an empty JSON object, which
+    /// Slack never shows. A live webhook refuses it as a message (`400 no_text` or
+    /// `400 invalid_payload`); a disabled, removed or mistyped one answers `404 no_service`,
+    /// `403 invalid_token`, `410 channel_is_archived`, ….
+    ///
+    /// `Ok(Valid)` for the first, an error naming the problem and its fix for the second
+    /// (`NotFound`, `Forbidden`, …; `Retryable` when Slack could not be reached), and
+    /// `Ok(Unverifiable)` for any other answer (429, 5xx, an unexpected body).
+    pub async fn probe(&self) -> PortResult<WebhookProbe> {
+        let response = self
+            .client
+            .post(self.webhook.expose_secret())
+            .header(CONTENT_TYPE, "application/json")
+            .body("{}")
+            .send()
+            .await
+            .map_err(|e| match self.transport(&e) {
+                Attempt::Again { what, .. } | Attempt::Fatal(PortError { message: what, .. }) => {
+                    PortError::new(PortErrorKind::Retryable, what)
+                }
+            })?;
+        let status = response.status();
+        let answer = response.text().await.unwrap_or_default();
+        let code = slack_code(&answer);
+        let n = status.as_u16();
+        match (n, code) {
+            (400, Some("no_text" | "invalid_payload")) => Ok(WebhookProbe::Valid),
+            (401 | 403 | 404 | 410, Some(c)) => {
+                let kind = match n {
+                    401 => PortErrorKind::Unauthorized,
+                    403 => PortErrorKind::Forbidden,
+                    _ => PortErrorKind::NotFound,
+                };
+                let message = match meaning(c) {
+                    Some(m) => format!("Slack answered the webhook with HTTP {n} {c}: {m}"),
+                    None => format!("Slack answered the webhook with HTTP {n} {c}"),
+                };
+                Err(PortError::new(kind, message))
+            }
+            (401 | 403 | 404 | 410, None) => Err(PortError::new(
+                PortErrorKind::NotFound,
+                format!(
+                    "the webhook URL answered HTTP {n} and not as Slack does: it is not a Slack incoming webhook, or no longer one"
+                ),
+            )),
+            _ => Ok(WebhookProbe::Unverifiable(format!(
+                "the webhook answered an empty message with HTTP {n} {}, which tells neither way",
+                code.unwrap_or("and an unexpected body")
+            ))),
+        }
+    }
+
     async fn attempt(&self, body: &[u8]) -> Result<(), Attempt> {
         let response = self
             .client
@@ -287,7 +339,7 @@ fn meaning(code: &str) -> Option<&'static str> {
         "channel_is_archived" => {
             "the webhook's channel is archived; unarchive it or create a new webhook"
         }
-        "no_service" | "no_service_id" | "invalid_token" => {
+        "no_service" | "no_service_id" | "invalid_token" | "invalid_auth" => {
             "the webhook was disabled or removed; create a new one and store its URL where keyrotor reads it"
         }
         "no_team" | "team_disabled" => "the webhook's workspace is gone or disabled",
@@ -321,6 +373,10 @@ fn refusal(status: StatusCode, code: Option<&str>) -> PortError {
 impl Notifier for SlackNotifier {
     async fn notify(&self, report: &RunReport) -> PortResult<()> {
         self.post(&render(report)).await
+    }
+
+    async fn probe(&self) -> PortResult<WebhookProbe> {
+        SlackNotifier::probe(self).await
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyrotor_core::ports::{Notifier, PortError, PortErrorKind};
+use keyrotor_core::ports::{Notifier, PortError, PortErrorKind, WebhookProbe};
 use keyrotor_core::report::{NotificationStatus, Outcome, RunReport, TargetReport};
 use keyrotor_notify::{SlackNotifier, SlackOptions, render};
 use keyrotor_testkit::slack::{Reply, SlackSink};
@@ -381,4 +381,55 @@ async fn the_webhook_url_appears_in_no_error_log_line_or_debug_output() {
     for line in &lines {
         assert_clean("a log line", &url, &secret, line);
     }
+}
+
+#[tokio::test]
+async fn a_probe_of_a_live_webhook_posts_no_message() {
+    let sink = SlackSink::start().await.unwrap();
+    let n = notifier(&sink, fast());
+    assert_eq!(n.probe().await.unwrap(), WebhookProbe::Valid);
+    let posts = sink.posts();
+    assert_eq!(posts.len(), 1, "one probe");
+    assert_eq!(
+        posts[0].body, "{}",
+        "an empty object, which Slack never shows"
+    );
+    assert_eq!(
+        posts[0].status, 400,
+        "Slack refuses it as a message (no_text)"
+    );
+}
+
+#[tokio::test]
+async fn a_probe_of_a_dead_webhook_names_the_fix() {
+    let sink = SlackSink::start().await.unwrap();
+    let url = format!(
+        "{}/services/T00000000/B00000000/revokedsecret",
+        sink.base_url()
+    );
+    let n = SlackNotifier::with_options(SecretString::from(url), fast()).unwrap();
+    let e = n.probe().await.unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::NotFound);
+    assert_eq!(
+        e.message,
+        "Slack answered the webhook with HTTP 404 no_service: the webhook was disabled or removed; create a new one and store its URL where keyrotor reads it"
+    );
+    sink.script(Reply::invalid_token(), 1);
+    let e = notifier(&sink, fast()).probe().await.unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Forbidden);
+    assert!(e.message.contains("HTTP 403 invalid_token"), "{e}");
+}
+
+#[tokio::test]
+async fn a_probe_answered_in_no_known_way_is_unverifiable() {
+    let sink = SlackSink::start().await.unwrap();
+    for reply in [Reply::ok(), Reply::rollup_error(), Reply::rate_limited(1)] {
+        sink.script(reply.clone(), 1);
+        let got = notifier(&sink, fast()).probe().await.unwrap();
+        assert!(
+            matches!(&got, WebhookProbe::Unverifiable(why) if why.contains(&reply.status.to_string())),
+            "{reply:?}: {got:?}"
+        );
+    }
+    assert_eq!(sink.posts().len(), 3, "one attempt each, no retry");
 }

@@ -4,7 +4,8 @@
 //! [`SlackSink::start`] binds `127.0.0.1:0` and serves one webhook path with a random secret
 //! part (`/services/T00000000/B00000000/<32 hex>`), so tests can check that part never leaks.
 //! Unless scripted, a post is checked as Slack would: a body that is not a JSON object gets
-//! `400 invalid_payload`, one without `text` or `blocks` `400 no_text`, blocks beyond Slack's
+//! `400 invalid_payload`, one without `text` or `blocks` `400 no_text` (so an empty object `{}`
+//! tells a live webhook from a dead one without posting anything: `keyrotor check` relies on it), blocks beyond Slack's
 //! limits (50 blocks, 3,000 characters per section, 150 per header) `400 invalid_blocks`, a post
 //! to another `/services/…` path `404 no_service`; anything else `200 ok`.
 //!
@@ -132,6 +133,10 @@ impl Reply {
     /// `404 no_service`: the webhook was disabled or removed.
     pub fn no_service() -> Self {
         Self::new(404, "no_service")
+    }
+    /// `403 invalid_token`: the webhook's token is not valid (revoked, or mistyped).
+    pub fn invalid_token() -> Self {
+        Self::new(403, "invalid_token")
     }
     /// `410 channel_is_archived`.
     pub fn channel_is_archived() -> Self {

@@ -262,6 +262,19 @@ async fn the_sandbox_runs_start_to_finish_and_every_check_holds() {
         o.stdout
     );
     assert!(!o.stdout.contains('✗'), "{}", o.stdout);
+    // `keyrotor check` runs before the rotation, and passes.
+    let check = o
+        .stdout
+        .find("━━ Preflight: keyrotor check")
+        .expect("the sandbox runs keyrotor check");
+    let rotate = o.stdout.find("━━ Rotating").expect("then it rotates");
+    assert!(check < rotate, "{}", o.stdout);
+    assert!(
+        o.stdout[check..rotate].contains("0 failed")
+            && o.stdout[check..rotate].contains("a rotation can run"),
+        "{}",
+        o.stdout
+    );
     assert!(o.stdout.contains("The Slack message"), "{}", o.stdout);
     // Key ids are shown masked only: no 20-character AKIA id in the output.
     let full_ids = o

@@ -8,7 +8,10 @@
 //!
 //! - `rotate`: `keyrotor rotate` (success, rerun, refused PAT, failing update, 429 storm, a
 //!   fleet against the rate limit, OIDC, Slack outage);
-//! - `readonly`: `plan`, `status`, `--help` change nothing;
+//! - `check`: `keyrotor check` (a sound setup, and each failure with its fix: no region, no
+//!   credentials, an unreachable endpoint, a missing permission, an unknown or OIDC connection,
+//!   another user's key, a dead webhook), all of it read only; quiet logs by default;
+//! - `readonly`: `plan`, `status`, `--help`, completions and the man page change nothing;
 //! - `e2e`: the commands end to end (legacy and missing secrets, STS proof, `init`,
 //!   `sandbox`, `audit`, config errors);
 //! - `badinput`: the bad-input table (`bad input: N cases, N passed`);
@@ -31,6 +34,7 @@
 //! prints each bad-input message. Run with `--nocapture`.
 
 mod badinput;
+mod check;
 mod e2e;
 mod faults;
 mod interleave;

@@ -72,3 +72,54 @@ fn help_lists_the_exit_codes() {
         assert!(help.contains(command), "{command}:\n{help}");
     }
 }
+
+fn keyrotor(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyrotor"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("the keyrotor binary runs")
+}
+
+#[test]
+fn completions_come_from_the_same_definitions_as_the_parser() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef keyrotor"),
+        ("fish", "complete -c keyrotor"),
+    ] {
+        let out = keyrotor(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in ["rotate", "plan", "status", "check", "audit", "sandbox"] {
+            assert!(script.contains(command), "{shell} completes {command}");
+        }
+    }
+    let out = keyrotor(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad usage");
+}
+
+#[test]
+fn the_man_page_is_generated_and_written_per_command() {
+    let out = keyrotor(&["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        page.starts_with(".ie \\n(.g .ds Aq"),
+        "roff: {}",
+        &page[..80.min(page.len())]
+    );
+    assert!(page.contains(".TH keyrotor 1"), "{page}");
+    assert!(
+        page.contains("Exit codes"),
+        "the exit codes are in the page"
+    );
+    let dir = std::env::temp_dir().join(format!("keyrotor-man-{}", std::process::id()));
+    let out = keyrotor(&["man", "--out", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    for page in ["keyrotor.1", "keyrotor-check.1", "keyrotor-rotate.1"] {
+        assert!(dir.join(page).is_file(), "{page} written");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

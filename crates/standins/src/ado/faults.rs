@@ -21,14 +21,15 @@ pub enum Op {
     Patch,
     /// `GET {org}/_apis/projects`.
     Projects,
+    /// `GET {org}/_apis/connectionData`: who the PAT authenticates as, and the organization's
+    /// id (for OIDC).
+    ConnectionData,
     /// `GET {org}/{project}/_apis/serviceendpoint/{id}/executionhistory`.
     History,
     /// `GET {org}/{project}/_apis/pipelines/pipelinepermissions/endpoint/{id}`.
     PermissionsGet,
     /// `PATCH {org}/{project}/_apis/pipelines/pipelinepermissions/endpoint/{id}`.
     PermissionsPatch,
-    /// `GET {org}/_apis/connectionData` (the organization's id, for OIDC).
-    ConnectionData,
     /// Any of the above (only as a fault's target).
     Any,
 }

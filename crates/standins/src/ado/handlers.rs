@@ -121,6 +121,29 @@ fn list_answer(value: Vec<Value>) -> Response {
     )
 }
 
+/// A GUID-shaped id that is always the same for the same text (organization ids, user ids).
+fn stable_guid(text: &str) -> String {
+    // FNV-1a, twice with different offsets: 128 bits, enough to look and behave like a GUID.
+    let fnv = |offset: u64| {
+        text.bytes().fold(offset, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let hex = format!(
+        "{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x6c62_272e_07bb_0142)
+    );
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// `GET {org}/_apis/projects`: `$top` (default 100), `$skip` or `continuationToken`, and the
 /// next token in `x-ms-continuationtoken`.
 fn projects(org: &OrgState, base: &str, params: &Params) -> Response {
@@ -164,10 +187,10 @@ fn projects(org: &OrgState, base: &str, params: &Params) -> Response {
 }
 
 /// `GET {org}/_apis/connectionData`: who is asking, and the organization's id as `instanceId`
-/// (the GUID in its OIDC issuer, `https://vstoken.dev.azure.com/{instanceId}`).
+/// (the GUID in its OIDC issuer, `https://vstoken.dev.azure.com/{instanceId}`). Needs no scope.
 fn connection_data(org: &OrgState, identity: &str) -> Response {
     let user = json!({
-        "id": new_id(),
+        "id": stable_guid(identity),
         "descriptor": format!("Microsoft.IdentityModel.Claims.ClaimsIdentity;{identity}"),
         "providerDisplayName": identity,
         "isActive": true,

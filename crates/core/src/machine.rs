@@ -450,6 +450,7 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
                         unused_after: p
                             .confirmed_at
                             .map(|t| t + policy.drain + Duration::from_secs(60)),
+                        successor: p.new_key.clone(),
                     };
                     protocol::retire(ports, target, &r).await?;
                 }

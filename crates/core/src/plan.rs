@@ -126,6 +126,10 @@ pub struct Retirement {
         with = "crate::machine::time_serde"
     )]
     pub unused_after: Option<SystemTime>,
+    /// Invariant 7: the key that replaced it, which must still exist and be Active (read from
+    /// the same listing) for the retirement to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<AccessKeyId>,
 }
 
 /// The plan for one target: what the run does, and what each decision needs. Ids and sentences
@@ -659,6 +663,7 @@ fn decide(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: b
                 key: o.id.clone(),
                 delete: grace_over,
                 unused_after: in_use_info.as_ref().map(|k| unused_after(k, policy)),
+                successor: Some(in_use.clone()),
             });
         }
     }
@@ -689,6 +694,7 @@ fn decide(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: b
             key: o.id,
             delete: true,
             unused_after: in_use_info.as_ref().map(|k| unused_after(k, policy)),
+            successor: Some(in_use.clone()),
         });
     }
     p.decision = Decision::Rotate;

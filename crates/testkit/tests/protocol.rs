@@ -1252,3 +1252,37 @@ async fn a_slow_run_renews_its_lease_and_is_not_taken_over() {
     assert_eq!(a.outcome, Some(Outcome::Rotated), "{:?}", a.failure);
     sc.world().after_success().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_old_key_is_not_retired_when_its_successor_was_switched_off() {
+    // Invariant 7 before retire: the new key must still exist and be Active, read from the same
+    // listing retire makes anyway (no extra call).
+    let sc = Scenario::new(1);
+    let old = sc.initial_key.0.clone();
+    let ports = sc.fakes.ports();
+    let cx = context(&sc, &ports, false);
+    let mut s = run_state(&sc, "run-whose-new-key-was-switched-off");
+    drive_until(&sc, &mut s, Some(Step::Retire)).await;
+    let new = s.progress.new_key.clone().unwrap();
+    sc.fakes
+        .state()
+        .users
+        .get_mut("pipeline")
+        .unwrap()
+        .iter_mut()
+        .find(|k| k.id == new.as_str())
+        .unwrap()
+        .active = false;
+    let e = machine::advance(&cx, &mut s).await.unwrap_err();
+    assert_eq!(
+        e.kind,
+        keyrotor_core::protocol::StepErrorKind::Refused,
+        "{e:?}"
+    );
+    assert!(
+        e.message.contains("was deactivated by someone else"),
+        "{}",
+        e.message
+    );
+    assert!(is_active(&sc, &old), "the old key stays Active");
+}

@@ -510,6 +510,7 @@ pub(crate) async fn finish(
         key: key.clone(),
         delete: ctx.config.policy.delete_old_key_after.is_zero(),
         unused_after: None,
+        successor: None,
     };
     protocol::retire(&ctx.ports, t, &retirement)
         .await

@@ -51,6 +51,29 @@ pub(super) async fn retire_key(
         .list_keys_brief(&target.iam_user)
         .await
         .map_err(at(step, "listing keys"))?;
+    if let Some(new) = &r.successor {
+        match keys.iter().find(|k| &k.id == new) {
+            Some(k) if k.status == KeyStatus::Active => {}
+            Some(_) => {
+                return Err(StepError::new(
+                    step,
+                    StepErrorKind::Refused,
+                    format!(
+                        "key {id} stays Active: the key that replaced it, {new}, was deactivated by someone else"
+                    ),
+                ));
+            }
+            None => {
+                return Err(StepError::new(
+                    step,
+                    StepErrorKind::Busy,
+                    format!(
+                        "key {id} stays Active: the key that replaced it, {new}, is gone (another run acted); standing aside"
+                    ),
+                ));
+            }
+        }
+    }
     let Some(k) = keys.iter().find(|k| &k.id == id) else {
         return Ok(());
     };

@@ -1,0 +1,147 @@
+//! `deploy/template.yaml` as CloudFormation runs it: packaged as `aws cloudformation package`
+//! and `sam deploy` package it (each function's own `CodeUri` replaced by its S3 location), then
+//! translated by the SAM translator (`scripts/check-deploy --translate`, which installs
+//! `aws-sam-translator` pinned, by itself), and checked against the state machine definition and
+//! against the `bootstrap` this machine builds.
+//!
+//! The architecture check reads the ELF header of the `bootstrap` cargo builds for these tests:
+//! the same toolchain and host target `scripts/package-lambda` builds the release zip with (a
+//! fat-LTO release build is too slow for every CI run). `scripts/package-lambda` checks the ELF
+//! header of every zip it writes, and refuses to put a zip of another architecture than the
+//! template's default into `deploy/dist/` without saying which override the deploy needs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const ASL: &str = include_str!("../../../deploy/statemachine/rotate.asl.json");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The translated template (CloudFormation JSON), made once per test binary.
+fn translated() -> &'static Value {
+    static T: OnceLock<Value> = OnceLock::new();
+    T.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("template.translated.json");
+        let status = Command::new(repo().join("scripts/check-deploy"))
+            .arg("--translate")
+            .arg(&out)
+            .status()
+            .expect("scripts/check-deploy runs (it needs python3)");
+        assert!(
+            status.success(),
+            "scripts/check-deploy --translate failed: the packagers or the SAM translator reject deploy/template.yaml"
+        );
+        serde_json::from_slice(&std::fs::read(&out).unwrap()).expect("the translator writes JSON")
+    })
+}
+
+/// The translated resources of one type, by logical id.
+fn resources(kind: &str) -> Vec<(String, Value)> {
+    translated()["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"] == kind)
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect()
+}
+
+/// Lambda's name for the instruction set of an ELF executable (`e_machine`, little-endian at
+/// offset 18).
+fn elf_architecture(bytes: &[u8]) -> &'static str {
+    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF executable");
+    match u16::from_le_bytes([bytes[18], bytes[19]]) {
+        62 => "x86_64",
+        183 => "arm64",
+        other => panic!("an ELF executable for machine {other}, which Lambda does not run"),
+    }
+}
+
+#[test]
+fn the_default_architecture_is_the_one_this_machine_builds() {
+    let bootstrap = std::fs::read(env!("CARGO_BIN_EXE_bootstrap")).unwrap();
+    let built = elf_architecture(&bootstrap);
+    let default = &translated()["Parameters"]["Architecture"]["Default"];
+    assert_eq!(
+        default, built,
+        "a default deploy would run a {built} bootstrap as {default}: Runtime.InvalidEntrypoint on every invocation"
+    );
+    let functions = resources("AWS::Lambda::Function");
+    assert_eq!(functions.len(), 3, "rotator, pusher, notifier");
+    for (name, f) in functions {
+        assert_eq!(
+            f["Properties"]["Architectures"],
+            serde_json::json!([{"Ref": "Architecture"}]),
+            "{name} runs on the Architecture parameter"
+        );
+    }
+}
+
+/// `scripts/package-lambda --arch-of` on a zip of `bytes` as `bootstrap`: its answer, or `None`
+/// when it refuses the zip.
+fn package_script_arch_of(bytes: &[u8]) -> Option<String> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("zip-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bootstrap"), bytes).unwrap();
+    let zipped = Command::new("python3")
+        .args(["-m", "zipfile", "-c", "bootstrap.zip", "bootstrap"])
+        .current_dir(&dir)
+        .status()
+        .expect("python3 runs");
+    assert!(zipped.success());
+    let out = Command::new(repo().join("scripts/package-lambda"))
+        .arg("--arch-of")
+        .arg(dir.join("bootstrap.zip"))
+        .output()
+        .expect("scripts/package-lambda runs");
+    std::fs::remove_dir_all(&dir).unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap().trim().to_owned())
+}
+
+#[test]
+fn the_package_script_names_the_architecture_of_a_zip_by_its_elf_header() {
+    let bootstrap = std::fs::read(env!("CARGO_BIN_EXE_bootstrap")).unwrap();
+    let built = elf_architecture(&bootstrap);
+    assert_eq!(package_script_arch_of(&bootstrap).as_deref(), Some(built));
+    assert_eq!(
+        translated()["Parameters"]["Architecture"]["Default"],
+        built,
+        "a zip of this machine's build deploys with the template's default"
+    );
+    // An AArch64 header (the first 20 bytes are all it reads), and things Lambda cannot run.
+    let mut arm = bootstrap[..64].to_vec();
+    arm[18..20].copy_from_slice(&183u16.to_le_bytes());
+    assert_eq!(package_script_arch_of(&arm).as_deref(), Some("arm64"));
+    assert_eq!(package_script_arch_of(b"#!/bin/sh\necho hi\n"), None);
+    let mut other = bootstrap[..64].to_vec();
+    other[18..20].copy_from_slice(&40u16.to_le_bytes());
+    assert_eq!(package_script_arch_of(&other), None, "32-bit ARM");
+}
+
+#[test]
+fn every_function_is_packaged_from_its_own_code_uri() {
+    for (name, f) in resources("AWS::Lambda::Function") {
+        assert_eq!(
+            f["Properties"]["Code"],
+            serde_json::json!({"S3Bucket": "keyrotor-artifacts", "S3Key": format!("{name}/bootstrap.zip")}),
+            "{name}: its own CodeUri, as the packagers upload it"
+        );
+    }
+    // The state machine definition is the file, inlined by the packaging step.
+    let sm = resources("AWS::StepFunctions::StateMachine");
+    assert_eq!(sm.len(), 1);
+    let asl: Value = serde_json::from_str(ASL).unwrap();
+    assert!(
+        sm[0].1["Properties"]["DefinitionString"]
+            .to_string()
+            .contains(asl["StartAt"].as_str().unwrap()),
+        "the definition comes from deploy/statemachine/rotate.asl.json"
+    );
+}

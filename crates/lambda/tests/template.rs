@@ -145,3 +145,104 @@ fn every_function_is_packaged_from_its_own_code_uri() {
         "the definition comes from deploy/statemachine/rotate.asl.json"
     );
 }
+
+/// How much longer than its function a Task must wait, at least: Lambda's own deadline ends the
+/// code first (its cold start, throttling and the answer's trip come on top), so a Task's
+/// `States.Timeout`, and the compensation it leads to, never overlap a step still running.
+const TASK_MARGIN_SECONDS: u64 = 20;
+
+/// Every state of a definition, Map iterations included, as (name, state).
+fn all_states(machine: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (name, st) in machine["States"].as_object().unwrap() {
+        out.push((name.clone(), st.clone()));
+        if let Some(inner) = st.get("ItemProcessor").or_else(|| st.get("Iterator")) {
+            out.extend(all_states(inner));
+        }
+    }
+    out
+}
+
+/// The logical id a `Ref` or `Fn::GetAtt` names.
+fn referenced(v: &Value) -> String {
+    v.get("Ref")
+        .or_else(|| v.pointer("/Fn::GetAtt/0"))
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("not a Ref or GetAtt: {v}"))
+        .to_owned()
+}
+
+/// The translated function (logical id, resource) a Task's `FunctionName` placeholder names,
+/// through the state machine's `DefinitionSubstitutions` (a function, or a version of one).
+fn function_of(placeholder: &str) -> (String, Value) {
+    let (_, sm) = &resources("AWS::StepFunctions::StateMachine")[0];
+    let key = placeholder
+        .strip_prefix("${")
+        .and_then(|p| p.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("FunctionName {placeholder} is not a ${{placeholder}}"));
+    let mut id = referenced(&sm["Properties"]["DefinitionSubstitutions"][key]);
+    let all = &translated()["Resources"];
+    while ["AWS::Lambda::Version", "AWS::Lambda::Alias"]
+        .contains(&all[&id]["Type"].as_str().unwrap())
+    {
+        id = referenced(&all[&id]["Properties"]["FunctionName"]);
+    }
+    assert_eq!(all[&id]["Type"], "AWS::Lambda::Function", "{placeholder}");
+    (id.clone(), all[&id].clone())
+}
+
+#[test]
+fn every_task_waits_longer_than_its_function_runs() {
+    let asl: Value = serde_json::from_str(ASL).unwrap();
+    let mut checked = 0;
+    for (name, st) in all_states(&asl) {
+        let Some(placeholder) = st
+            .pointer("/Parameters/FunctionName")
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let (function, f) = function_of(placeholder);
+        let timeout = f["Properties"]["Timeout"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{function} has no Timeout"));
+        let task = st["TimeoutSeconds"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} has no TimeoutSeconds"));
+        assert!(
+            task >= timeout + TASK_MARGIN_SECONDS,
+            "{name} gives up after {task} s, but {function} may run {timeout} s: compensation would overlap a running step (at least {TASK_MARGIN_SECONDS} s more are needed)"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 11, "every Lambda Task ({checked})");
+}
+
+#[test]
+fn every_error_route_names_an_error_the_functions_raise() {
+    use keyrotor_core::machine::{ERROR_KINDS, error_name};
+    let raised: Vec<&str> = ERROR_KINDS.iter().map(|k| error_name(*k)).collect();
+    let lambda = [
+        "Lambda.ServiceException",
+        "Lambda.AWSLambdaException",
+        "Lambda.SdkClientException",
+        "Lambda.TooManyRequestsException",
+    ];
+    let asl: Value = serde_json::from_str(ASL).unwrap();
+    for (name, st) in all_states(&asl) {
+        if st.pointer("/Parameters/FunctionName").is_none() {
+            continue;
+        }
+        for route in ["Retry", "Catch"] {
+            for r in st[route].as_array().into_iter().flatten() {
+                for e in r["ErrorEquals"].as_array().unwrap() {
+                    let e = e.as_str().unwrap();
+                    assert!(
+                        raised.contains(&e) || lambda.contains(&e) || e.starts_with("States."),
+                        "{name}'s {route} matches {e}, which no keyrotor function raises (core's names: {raised:?})"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -16,6 +16,9 @@ const LAMBDA_ERRORS: [&str; 4] = [
     "Lambda.TooManyRequestsException",
 ];
 
+/// The one Task that is not a keyrotor function: the check for other running executions.
+const ONE_AT_A_TIME: &str = "OneAtATime";
+
 fn asl() -> Value {
     serde_json::from_str(ASL).expect("rotate.asl.json is JSON")
 }
@@ -155,6 +158,9 @@ fn the_definition_retries_only_the_kinds_core_calls_retryable() {
         .map(|k| error_name(*k))
         .collect();
     for (name, st) in all_states(&asl()) {
+        if st.pointer("/Parameters/FunctionName").is_none() {
+            continue; // not one of keyrotor's functions
+        }
         for r in st["Retry"].as_array().into_iter().flatten() {
             for e in r["ErrorEquals"].as_array().unwrap() {
                 let e = e.as_str().unwrap();
@@ -197,7 +203,7 @@ fn every_step_the_machine_names_is_one_the_lambda_handles() {
 #[test]
 fn every_task_retries_lambda_errors_and_rotation_retryable_and_catches_everything() {
     for (name, st) in all_states(&asl()) {
-        if st["Type"] != "Task" {
+        if st["Type"] != "Task" || name == ONE_AT_A_TIME {
             continue;
         }
         assert_eq!(st["Resource"], "arn:aws:states:::lambda:invoke", "{name}");
@@ -270,4 +276,29 @@ fn verify_waits_for_propagation_through_retry() {
         interval *= r["BackoffRate"].as_f64().unwrap();
     }
     assert!(wait >= 100.0, "the Retry waits {wait}s in all");
+}
+
+#[test]
+fn the_execution_checks_for_older_running_ones_before_anything_else() {
+    let machine = asl();
+    assert_eq!(machine["StartAt"], ONE_AT_A_TIME);
+    let task = &machine["States"][ONE_AT_A_TIME];
+    assert_eq!(
+        task["Resource"],
+        "arn:aws:states:::aws-sdk:sfn:listExecutions"
+    );
+    assert_eq!(task["Parameters"]["StatusFilter"], "RUNNING");
+    assert_eq!(
+        task["Parameters"]["StateMachineArn.$"],
+        "$$.StateMachine.Id"
+    );
+    // Whatever happens, nothing but the Choice and Pass states of the check run before the
+    // targets are listed, and a failed check changes nothing.
+    let failed = task["Catch"][0]["Next"].as_str().unwrap();
+    assert_eq!(machine["States"][failed]["Type"], "Fail");
+    // The targets are listed with the execution's own input (the check's answer is not it).
+    assert_eq!(
+        machine["States"]["ListTargets"]["Parameters"]["Payload"]["input.$"],
+        "$$.Execution.Input"
+    );
 }

@@ -810,6 +810,53 @@ async fn every_step_succeeds_with_only_its_own_roles_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pusher_puts_awspending_back_on_its_runs_version() {
+    let w = World::new(false).await;
+    let mut f = w.functions().await;
+    let target = w.template.param("TargetName").to_owned();
+    let run = uuid::Uuid::new_v4().to_string();
+    let mut state =
+        json!({"progress": {"target": target, "run_id": run}, "force": true, "next": "inspect"});
+    while state["next"] != "push" {
+        let step = state["next"].as_str().unwrap().to_owned();
+        state = f
+            .call(json!({"step": step, "state": state}))
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e:?}"));
+    }
+    // Someone moves AWSPENDING off this run's version (a person, a script, a run that gave up).
+    let mine = state["progress"]["pending_version"]
+        .as_str()
+        .expect("create recorded its version")
+        .to_owned();
+    w.moto.enforce_iam(false).await.unwrap();
+    aws_sdk_secretsmanager::Client::new(&w.admin)
+        .update_secret_version_stage()
+        .secret_id(&w.secret)
+        .version_stage("AWSPENDING")
+        .remove_from_version_id(&mine)
+        .send()
+        .await
+        .unwrap();
+    w.moto.enforce_iam(true).await.unwrap();
+
+    // The pusher puts it back (UpdateSecretVersionStage on its one secret) and pushes.
+    let pushed = f
+        .call(json!({"step": "push", "state": state}))
+        .await
+        .expect("the pusher may put AWSPENDING back on its run's version");
+    assert_eq!(pushed["next"], "confirm", "{pushed}");
+    let after = w.observe().await;
+    assert_eq!(
+        Some(after.held.as_str()),
+        state["progress"]["new_key"].as_str(),
+        "the endpoint holds the new key"
+    );
+    let (payloads, printed) = f.stop().await;
+    assert_no_leak(&w.secrets().await, &payloads, &printed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotator_reaches_no_other_user_secret_or_parameter() {
     let w = World::new(true).await;
     let cfg = w.as_role("RotatorRole");

@@ -15,7 +15,10 @@
 //! on real error names.
 //!
 //! Timing is the only thing the test changes in the definition: Wait states wait 0 s and every
-//! Retry waits at most 1 s (the structure, names and error lists are untouched).
+//! Retry waits at most 1 s (the structure, names and error lists are untouched); and the one
+//! aws-sdk Task (`OneAtATime`, `sfn:listExecutions`) speaks boto's camelCase instead of AWS's
+//! PascalCase, in its parameters and where its answer is read: moto 5.2.5 passes both through
+//! unconverted.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
@@ -38,9 +41,13 @@ const ACCOUNT: &str = "123456789012";
 /// Errors a scenario scripts, per step: the next invocations of that step fail with these.
 type Script = Arc<Mutex<HashMap<String, VecDeque<(String, String)>>>>;
 
+/// An invocation of a step the proxy holds until the test releases it: (step, held, release).
+type Hold = Arc<Mutex<Option<(String, Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>>>;
+
 struct Shared {
     moto: Moto,
     script: Script,
+    hold: Hold,
     /// Every Lambda payload the state machine sent, in order.
     seen: Arc<Mutex<Vec<Value>>>,
     /// One scenario at a time: moto's canned queue is global.
@@ -60,10 +67,12 @@ fn shared() -> &'static Shared {
         unsafe { std::env::set_var("MOTO_PORT", port.to_string()) };
         let moto = Moto::start().expect("moto starts");
         let script: Script = Arc::default();
+        let hold: Hold = Arc::default();
         let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
         let state = ProxyState {
             moto: moto.endpoint.clone(),
             script: script.clone(),
+            hold: hold.clone(),
             seen: seen.clone(),
             http: reqwest::Client::new(),
         };
@@ -82,6 +91,7 @@ fn shared() -> &'static Shared {
         Shared {
             moto,
             script,
+            hold,
             seen,
             lock: tokio::sync::Mutex::new(()),
         }
@@ -92,6 +102,7 @@ fn shared() -> &'static Shared {
 struct ProxyState {
     moto: String,
     script: Script,
+    hold: Hold,
     seen: Arc<Mutex<Vec<Value>>>,
     http: reqwest::Client,
 }
@@ -103,8 +114,20 @@ async fn forward(State(st): State<ProxyState>, req: Request<Body>) -> Response<B
     let path = parts.uri.path().to_owned();
     if path.ends_with("/invocations") {
         let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        st.seen.lock().unwrap().push(payload.clone());
         let step = payload["step"].as_str().unwrap_or_default().to_owned();
+        let held = {
+            let mut hold = st.hold.lock().unwrap();
+            if hold.as_ref().is_some_and(|(s, _, _)| *s == step) {
+                hold.take()
+            } else {
+                None
+            }
+        };
+        if let Some((_, reached, release)) = held {
+            reached.notify_one();
+            release.notified().await;
+        }
+        st.seen.lock().unwrap().push(payload.clone());
         let scripted = st
             .script
             .lock()
@@ -196,6 +219,16 @@ fn definition() -> String {
             &format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"),
         );
     }
+    // moto 5.2.5 hands an aws-sdk Task's answer over as boto parses it, in the API's camelCase;
+    // AWS turns it into PascalCase, as the definition reads it.
+    for (aws, boto) in [
+        ("($.Executions)", "($.executions)"),
+        ("\"$.Executions\"", "\"$.executions\""),
+        (".oldest.ExecutionArn", ".oldest.executionArn"),
+    ] {
+        assert!(text.contains(aws), "the definition reads {aws}");
+        text = text.replace(aws, boto);
+    }
     let mut v: Value = serde_json::from_str(&text).unwrap();
     fn shorten(v: &mut Value) {
         match v {
@@ -204,6 +237,19 @@ fn definition() -> String {
                     // A TimestampPath wait (the drain) is shortened by the canned states' past
                     // timestamp instead.
                     o.insert("Seconds".into(), json!(0));
+                }
+                if o.get("Resource") == Some(&json!("arn:aws:states:::aws-sdk:sfn:listExecutions"))
+                {
+                    // moto 5.2.5 hands an aws-sdk Task's parameters to boto as they are written;
+                    // AWS wants them in PascalCase, boto in its own camelCase.
+                    let p = o["Parameters"].as_object_mut().unwrap();
+                    for (aws, boto) in [
+                        ("StateMachineArn.$", "stateMachineArn.$"),
+                        ("StatusFilter", "statusFilter"),
+                    ] {
+                        let v = p.remove(aws).expect("the Task's parameter");
+                        p.insert(boto.into(), v);
+                    }
                 }
                 if o.contains_key("ErrorEquals") && o.contains_key("IntervalSeconds") {
                     o.insert("IntervalSeconds".into(), json!(1));
@@ -221,6 +267,8 @@ fn definition() -> String {
 
 /// What one execution did.
 struct Run {
+    /// The execution's name (the run id).
+    name: String,
     status: String,
     /// Names of the states entered, in order (Map iterations included).
     path: Vec<String>,
@@ -235,7 +283,16 @@ impl Run {
         self.payloads.iter().filter(|p| p["step"] == step).count()
     }
     fn show(&self) -> String {
-        format!("status {}; path {:?}", self.status, self.path)
+        let failures: Vec<String> = self
+            .history
+            .iter()
+            .filter(|e| e["type"].as_str().is_some_and(|t| t.ends_with("Failed")))
+            .map(|e| e.to_string())
+            .collect();
+        format!(
+            "status {}; path {:?}; failures {failures:?}",
+            self.status, self.path
+        )
     }
     fn path_has(&self, seq: &[&str]) -> bool {
         self.path.windows(seq.len()).any(|w| w == seq)
@@ -274,6 +331,15 @@ fn summary(needs_attention: bool) -> Value {
 async fn execute(canned: Vec<Value>, errors: &[(&str, &str)]) -> Run {
     let sh = shared();
     let _one = sh.lock.lock().await;
+    let sm = setup(canned, errors).await;
+    let arn = start(&sm).await;
+    finish(&arn).await
+}
+
+/// A fresh moto with the three functions, `canned` and `errors` queued, and the state machine;
+/// returns its ARN. The caller holds `shared().lock`.
+async fn setup(canned: Vec<Value>, errors: &[(&str, &str)]) -> String {
+    let sh = shared();
     sh.moto.reset().await.unwrap();
     let http = reqwest::Client::new();
     let post = |path: &str, body: Value| {
@@ -298,6 +364,7 @@ async fn execute(canned: Vec<Value>, errors: &[(&str, &str)]) -> Run {
             ));
         }
         sh.seen.lock().unwrap().clear();
+        *sh.hold.lock().unwrap() = None;
     }
 
     let sdk = sh.moto.sdk_config().await;
@@ -354,14 +421,33 @@ async fn execute(canned: Vec<Value>, errors: &[(&str, &str)]) -> Run {
                    "roleArn": format!("arn:aws:iam::{ACCOUNT}:role/keyrotor-sfn"), "type": "STANDARD"}),
         )
         .await;
+    sm["stateMachineArn"].as_str().unwrap().to_owned()
+}
+
+fn sfn() -> Sfn<'static> {
+    Sfn {
+        endpoint: &shared().moto.endpoint,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Starts an execution (named with a new UUID, input `{}`); returns its ARN.
+async fn start(state_machine: &str) -> String {
     let name = uuid::Uuid::new_v4().to_string();
-    let exec = sfn
+    let exec = sfn()
         .call(
             "StartExecution",
-            json!({"stateMachineArn": sm["stateMachineArn"], "name": name, "input": "{}"}),
+            json!({"stateMachineArn": state_machine, "name": name, "input": "{}"}),
         )
         .await;
-    let arn = exec["executionArn"].clone();
+    exec["executionArn"].as_str().unwrap().to_owned()
+}
+
+/// Waits for an execution to end; what it did.
+async fn finish(arn: &str) -> Run {
+    let sh = shared();
+    let sfn = sfn();
+    let name = arn.rsplit(':').next().unwrap().to_owned();
     let mut status = String::new();
     for _ in 0..600 {
         let d = sfn
@@ -411,6 +497,7 @@ async fn execute(canned: Vec<Value>, errors: &[(&str, &str)]) -> Run {
         }
     }
     let run = Run {
+        name: name.clone(),
         status,
         path,
         payloads,
@@ -434,6 +521,15 @@ fn rotation(report: Value) -> Vec<Value> {
         report,
     ]
 }
+
+/// How every execution starts when it is the only one running.
+const ALONE: [&str; 5] = [
+    "OneAtATime",
+    "AnyRunning",
+    "Oldest",
+    "IsThisTheOldest",
+    "ListTargets",
+];
 
 const HAPPY: [&str; 14] = [
     "ListTargets",
@@ -624,7 +720,7 @@ async fn a_failure_at_any_step_is_compensated_reported_and_fails_the_execution()
         let run = execute(canned, &[(step, "Rotation.Failed")]).await;
         assert_eq!(run.status, "FAILED", "failure at {step}: {}", run.show());
         assert!(
-            run.path_has(&[state, "Compensate", "TargetFailed"]),
+            run.path_has(&[state, "Compensate", "AfterCompensate", "TargetFailed"]),
             "failure at {step}: {}",
             run.show()
         );
@@ -704,7 +800,7 @@ async fn a_refusal_raised_by_a_later_step_is_compensated() {
         "Rotation.Refused is not retried"
     );
     assert!(
-        run.path_has(&["Push", "Compensate", "TargetFailed"]),
+        run.path_has(&["Push", "Compensate", "AfterCompensate", "TargetFailed"]),
         "{}",
         run.show()
     );
@@ -719,4 +815,113 @@ async fn an_unreadable_config_fails_the_execution_at_once() {
         "{}",
         run.show()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_alone_goes_on_after_checking_for_others() {
+    let run = execute(rotation(summary(false)), &[]).await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
+    assert!(
+        run.path.starts_with(&ALONE.map(String::from)),
+        "{}",
+        run.show()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_execution_while_one_runs_stands_aside_and_touches_nothing() {
+    let sh = shared();
+    let _one = sh.lock.lock().await;
+    let sm = setup(rotation(summary(false)), &[]).await;
+    // The first execution is held inside ListTargets while the second one starts and ends.
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    *sh.hold.lock().unwrap() = Some(("targets".into(), reached.clone(), release.clone()));
+    let first = start(&sm).await;
+    if tokio::time::timeout(Duration::from_secs(60), reached.notified())
+        .await
+        .is_err()
+    {
+        panic!(
+            "the first execution never invoked targets: {}",
+            finish(&first).await.show()
+        );
+    }
+    let second = finish(&start(&sm).await).await;
+    release.notify_one();
+    let first = finish(&first).await;
+
+    assert_eq!(second.status, "SUCCEEDED", "{}", second.show());
+    assert_eq!(
+        second.path,
+        [
+            "OneAtATime",
+            "AnyRunning",
+            "Oldest",
+            "IsThisTheOldest",
+            "AnotherExecutionRuns"
+        ],
+        "{}",
+        second.show()
+    );
+    let out = second
+        .history
+        .iter()
+        .find(|e| e["type"] == "ExecutionSucceeded")
+        .expect("an ExecutionSucceeded event");
+    let out: Value = serde_json::from_str(
+        out["executionSucceededEventDetails"]["output"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        out["running_execution"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(&format!(":{}", first.name))),
+        "the output names the execution that runs: {out}"
+    );
+
+    assert_eq!(first.status, "SUCCEEDED", "{}", first.show());
+    assert!(first.path_has(&HAPPY), "{}", first.show());
+    assert_eq!(
+        first.invocations_of("targets"),
+        1,
+        "only the first execution listed targets"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_another_run_owns_stands_aside_and_the_execution_succeeds() {
+    let canned = vec![
+        listed(),
+        st("create", None),
+        st("done", Some("busy")),
+        summary(false),
+    ];
+    let run = execute(canned, &[("create", "Rotation.Busy")]).await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
+    assert!(
+        run.path_has(&[
+            "Create",
+            "Compensate",
+            "AfterCompensate",
+            "TargetStoodAside"
+        ]),
+        "{}",
+        run.show()
+    );
+    assert_eq!(
+        run.invocations_of("create"),
+        1,
+        "Rotation.Busy is not retried"
+    );
+    let comp = run
+        .payloads
+        .iter()
+        .find(|p| p["step"] == "compensate")
+        .unwrap();
+    assert_eq!(comp["error"]["Error"], "Rotation.Busy", "{comp}");
+    let report = run.payloads.last().unwrap();
+    assert_eq!(report["results"][0]["state"]["outcome"], "busy");
 }

@@ -246,3 +246,32 @@ fn every_error_route_names_an_error_the_functions_raise() {
         }
     }
 }
+
+#[test]
+fn the_state_machine_may_list_its_own_running_executions_and_no_others() {
+    let (_, sm) = &resources("AWS::StepFunctions::StateMachine")[0];
+    let name = sm["Properties"]["StateMachineName"]["Fn::Sub"]
+        .as_str()
+        .expect("the state machine's name is derived from the stack");
+    let role = referenced(&sm["Properties"]["RoleArn"]);
+    let policies = &translated()["Resources"][&role]["Properties"]["Policies"];
+    let listing: Vec<&Value> = policies
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["PolicyDocument"]["Statement"].as_array().unwrap())
+        .filter(|s| s["Action"] == "states:ListExecutions")
+        .collect();
+    assert_eq!(
+        listing.len(),
+        1,
+        "one statement allows states:ListExecutions"
+    );
+    assert_eq!(
+        listing[0]["Resource"]["Fn::Sub"],
+        format!(
+            "arn:${{AWS::Partition}}:states:${{AWS::Region}}:${{AWS::AccountId}}:stateMachine:{name}"
+        ),
+        "on this state machine only"
+    );
+}

@@ -58,6 +58,11 @@ struct Template {
 
 impl Template {
     fn load() -> Self {
+        Self::load_with(&[])
+    }
+
+    /// The template with these parameters given (the others at their defaults).
+    fn load_with(overrides: &[(&str, &str)]) -> Self {
         let doc: Yaml = serde_norway::from_str(TEMPLATE).expect("deploy/template.yaml is YAML");
         let mut t = Template {
             doc,
@@ -80,6 +85,13 @@ impl Template {
                 other => panic!("parameter {name:?} has an unexpected default {other:?}"),
             };
             t.vars.insert(name.as_str().unwrap().to_owned(), default);
+        }
+        for (name, value) in overrides {
+            assert!(
+                t.vars.contains_key(*name),
+                "the template has no parameter {name}"
+            );
+            t.vars.insert((*name).to_owned(), (*value).to_owned());
         }
         let resources = t.doc["Resources"].as_mapping().expect("Resources").clone();
         for (name, r) in &resources {
@@ -132,6 +144,14 @@ impl Template {
                     .map(|(k, v)| (k.as_str().unwrap().to_owned(), self.render(v)))
                     .collect(),
             ),
+            Yaml::Tagged(t) if t.tag == "If" => {
+                let [cond, yes, no] = t.value.as_sequence().map(Vec::as_slice).unwrap_or_default()
+                else {
+                    panic!("!If takes [condition, then, else]: {t:?}")
+                };
+                let cond = cond.as_str().expect("!If names a condition");
+                self.render(if self.condition(cond) { yes } else { no })
+            }
             Yaml::Tagged(t) => {
                 let tag = t.tag.to_string();
                 let arg = t
@@ -144,6 +164,29 @@ impl Template {
                     other => panic!("the test does not render !{other}"),
                 }
             }
+        }
+    }
+
+    /// A condition of the template's `Conditions`, evaluated (`!Not`, `!Equals`, `!Ref`).
+    fn condition(&self, name: &str) -> bool {
+        let c = &self.doc["Conditions"][name];
+        assert!(!c.is_null(), "the template has no condition {name}");
+        self.truth(c)
+    }
+
+    fn truth(&self, v: &Yaml) -> bool {
+        let Yaml::Tagged(t) = v else {
+            panic!("a condition must be an intrinsic: {v:?}")
+        };
+        let args = t.value.as_sequence();
+        match t.tag.to_string().trim_start_matches('!') {
+            "Not" => !self.truth(&args.unwrap()[0]),
+            "Equals" => {
+                let args = args.unwrap();
+                self.render(&args[0]) == self.render(&args[1])
+            }
+            "Condition" => self.condition(t.value.as_str().unwrap()),
+            other => panic!("the test does not evaluate !{other}"),
         }
     }
 
@@ -259,6 +302,54 @@ fn sdk(endpoint: &str, creds: Credentials) -> SdkConfig {
         .build()
 }
 
+/// The three Lambda roles, created as the template declares them, each assumed once.
+async fn create_roles(template: &Template, admin: &SdkConfig) -> HashMap<String, RoleCreds> {
+    let iam = aws_sdk_iam::Client::new(admin);
+    let sts = aws_sdk_sts::Client::new(admin);
+    let mut roles = HashMap::new();
+    for role in ROLES {
+        let (trust, policies) = template.role(role);
+        let arn = iam
+            .create_role()
+            .role_name(format!("{STACK}-{role}"))
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .unwrap()
+            .role()
+            .unwrap()
+            .arn()
+            .to_owned();
+        for (name, doc) in &policies {
+            iam.put_role_policy()
+                .role_name(format!("{STACK}-{role}"))
+                .policy_name(name)
+                .policy_document(doc.to_string())
+                .send()
+                .await
+                .unwrap();
+        }
+        let c = sts
+            .assume_role()
+            .role_arn(&arn)
+            .role_session_name(format!("{STACK}-{role}"))
+            .send()
+            .await
+            .unwrap();
+        let c = c.credentials().unwrap();
+        roles.insert(
+            role.to_owned(),
+            RoleCreds {
+                arn,
+                id: c.access_key_id().to_owned(),
+                secret: c.secret_access_key().to_owned(),
+                token: c.session_token().to_owned(),
+            },
+        );
+    }
+    roles
+}
+
 impl World {
     /// Seeds moto (the user with one key held by the endpoint, no secret yet; someone else's
     /// user, secret and parameter; the PAT, webhook and config parameters; the three roles) and
@@ -267,9 +358,7 @@ impl World {
         let moto = Moto::start_authorizing_resources().expect("moto starts");
         let template = Template::load();
         let admin = moto.sdk_config().await;
-        let iam = aws_sdk_iam::Client::new(&admin);
         let ssm = aws_sdk_ssm::Client::new(&admin);
-        let sts = aws_sdk_sts::Client::new(&admin);
 
         let user = template.param("IamUserName").to_owned();
         let secret = template.param("SecretName").to_owned();
@@ -347,47 +436,7 @@ impl World {
                 .unwrap();
         }
 
-        let mut roles = HashMap::new();
-        for role in ROLES {
-            let (trust, policies) = template.role(role);
-            let arn = iam
-                .create_role()
-                .role_name(format!("{STACK}-{role}"))
-                .assume_role_policy_document(trust.to_string())
-                .send()
-                .await
-                .unwrap()
-                .role()
-                .unwrap()
-                .arn()
-                .to_owned();
-            for (name, doc) in &policies {
-                iam.put_role_policy()
-                    .role_name(format!("{STACK}-{role}"))
-                    .policy_name(name)
-                    .policy_document(doc.to_string())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-            let c = sts
-                .assume_role()
-                .role_arn(&arn)
-                .role_session_name(format!("{STACK}-{role}"))
-                .send()
-                .await
-                .unwrap();
-            let c = c.credentials().unwrap();
-            roles.insert(
-                role.to_owned(),
-                RoleCreds {
-                    arn,
-                    id: c.access_key_id().to_owned(),
-                    secret: c.secret_access_key().to_owned(),
-                    token: c.session_token().to_owned(),
-                },
-            );
-        }
+        let roles = create_roles(&template, &admin).await;
 
         moto.enforce_iam(true).await.unwrap();
         let dir = std::env::temp_dir().join(format!("keyrotor-lp-{}", uuid::Uuid::new_v4()));
@@ -1118,4 +1167,232 @@ async fn the_pusher_and_the_notifier_cannot_touch_iam() {
     let secrets = w.secrets().await;
     let (payloads, printed) = f.stop().await;
     assert_no_leak(&secrets, &payloads, &printed);
+}
+
+/// A request's result as its error code and description, whatever the service.
+type Answer = Result<(), (String, String)>;
+
+fn answer<T, E: ProvideErrorMetadata + Debug>(r: Result<T, E>) -> Answer {
+    r.map(|_| ())
+        .map_err(|e| (e.code().unwrap_or_default().to_owned(), format!("{e:?}")))
+}
+
+/// Whether a request was allowed (it may still fail for another reason, e.g. `NotFound`).
+fn allowed<T, E: ProvideErrorMetadata + Debug>(what: &str, r: Result<T, E>) {
+    expect(what, true, answer(r));
+}
+
+/// Allowed or refused by IAM authorization, as `inside` says.
+fn expect(what: &str, inside: bool, a: Answer) {
+    match (inside, a) {
+        (true, Err((code, e))) if code.starts_with("AccessDenied") => {
+            panic!("{what}: refused, but the policy must allow it: {e}")
+        }
+        (false, Ok(())) => panic!("{what}: allowed, but the policy must deny it"),
+        (false, Err((code, e))) if !code.starts_with("AccessDenied") => {
+            panic!("{what}: refused with {code:?}, not AccessDenied: {e}")
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_stack_reaches_the_users_under_its_path_and_the_secrets_under_its_prefix_only() {
+    let moto = Moto::start_authorizing_resources().expect("moto starts");
+    let template = Template::load_with(&[
+        ("FleetUserPath", "/keyrotor/"),
+        ("FleetSecretPrefix", "keyrotor/"),
+    ]);
+    let admin = moto.sdk_config().await;
+    let iam = aws_sdk_iam::Client::new(&admin);
+    let sm = aws_sdk_secretsmanager::Client::new(&admin);
+    // (name, path, in the fleet)
+    let users = [
+        ("fleet-a", "/keyrotor/", true),
+        ("fleet-b", "/keyrotor/team-b/", true),
+        ("outside-root", "/", false),
+        ("outside-similar", "/keyrotorx/", false),
+        ("outside-nested", "/other/keyrotor/", false),
+    ];
+    let mut keys = HashMap::new();
+    for (name, path, _) in users {
+        iam.create_user()
+            .user_name(name)
+            .path(path)
+            .send()
+            .await
+            .unwrap();
+        let k = iam
+            .create_access_key()
+            .user_name(name)
+            .send()
+            .await
+            .unwrap();
+        keys.insert(name, k.access_key().unwrap().access_key_id().to_owned());
+    }
+    // (name, in the fleet)
+    let secrets = [
+        ("keyrotor/fleet-a", true),
+        ("keyrotor/team-b/fleet-b", true),
+        (OTHER_SECRET, false),
+        ("keyrotorx/similar", false),
+    ];
+    for (name, _) in secrets {
+        sm.create_secret()
+            .name(name)
+            .secret_string("{}")
+            .send()
+            .await
+            .unwrap();
+    }
+    let roles = create_roles(&template, &admin).await;
+    moto.enforce_iam(true).await.unwrap();
+    let as_role = |role: &str| {
+        let c = &roles[role];
+        sdk(
+            &moto.endpoint,
+            Credentials::new(&c.id, &c.secret, Some(c.token.clone()), None, "role"),
+        )
+    };
+
+    let rotator = as_role("RotatorRole");
+    let (r_iam, r_sm) = (
+        aws_sdk_iam::Client::new(&rotator),
+        aws_sdk_secretsmanager::Client::new(&rotator),
+    );
+    let pusher = as_role("PusherRole");
+    let (p_iam, p_sm) = (
+        aws_sdk_iam::Client::new(&pusher),
+        aws_sdk_secretsmanager::Client::new(&pusher),
+    );
+    for (user, _, inside) in users {
+        let key = &keys[user];
+        let results = [
+            (
+                "rotator ListAccessKeys",
+                answer(r_iam.list_access_keys().user_name(user).send().await),
+            ),
+            (
+                "rotator UpdateAccessKey",
+                answer(
+                    r_iam
+                        .update_access_key()
+                        .user_name(user)
+                        .access_key_id(key)
+                        .status(StatusType::Active)
+                        .send()
+                        .await,
+                ),
+            ),
+            (
+                "pusher ListAccessKeys",
+                answer(p_iam.list_access_keys().user_name(user).send().await),
+            ),
+        ];
+        for (what, r) in results {
+            expect(&format!("{what} of {user}"), inside, r);
+        }
+        let created = r_iam.create_access_key().user_name(user).send().await;
+        if inside {
+            let id = created
+                .unwrap_or_else(|e| panic!("rotator CreateAccessKey of {user}: {e:?}"))
+                .access_key()
+                .unwrap()
+                .access_key_id()
+                .to_owned();
+            allowed(
+                &format!("rotator DeleteAccessKey of {user}"),
+                r_iam
+                    .delete_access_key()
+                    .user_name(user)
+                    .access_key_id(id)
+                    .send()
+                    .await,
+            );
+        } else {
+            assert_denied(&format!("rotator CreateAccessKey of {user}"), created);
+            assert_denied(
+                &format!("rotator DeleteAccessKey of {user}"),
+                r_iam
+                    .delete_access_key()
+                    .user_name(user)
+                    .access_key_id(key)
+                    .send()
+                    .await,
+            );
+        }
+    }
+    for (secret, inside) in secrets {
+        let results = [
+            (
+                "rotator GetSecretValue",
+                answer(r_sm.get_secret_value().secret_id(secret).send().await),
+            ),
+            (
+                "rotator PutSecretValue",
+                answer(
+                    r_sm.put_secret_value()
+                        .secret_id(secret)
+                        .secret_string("{\"written\": true}")
+                        .send()
+                        .await,
+                ),
+            ),
+            (
+                "pusher GetSecretValue",
+                answer(p_sm.get_secret_value().secret_id(secret).send().await),
+            ),
+            (
+                "pusher DescribeSecret",
+                answer(p_sm.describe_secret().secret_id(secret).send().await),
+            ),
+        ];
+        for (what, r) in results {
+            expect(&format!("{what} of {secret}"), inside, r);
+        }
+    }
+    // A first rotation creates its secret: under the prefix only.
+    allowed(
+        "rotator DescribeSecret of a missing keyrotor/new",
+        r_sm.describe_secret()
+            .secret_id("keyrotor/new")
+            .send()
+            .await,
+    );
+    allowed(
+        "rotator CreateSecret keyrotor/new",
+        r_sm.create_secret()
+            .name("keyrotor/new")
+            .secret_string("{}")
+            .send()
+            .await,
+    );
+    assert_denied(
+        "rotator DescribeSecret of a missing elsewhere/new",
+        r_sm.describe_secret()
+            .secret_id("elsewhere/new")
+            .send()
+            .await,
+    );
+    assert_denied(
+        "rotator CreateSecret elsewhere/new",
+        r_sm.create_secret()
+            .name("elsewhere/new")
+            .secret_string("{}")
+            .send()
+            .await,
+    );
+    // The pusher writes no secret value and no key anywhere.
+    assert_denied(
+        "pusher PutSecretValue of keyrotor/fleet-a",
+        p_sm.put_secret_value()
+            .secret_id("keyrotor/fleet-a")
+            .secret_string("{}")
+            .send()
+            .await,
+    );
+    assert_denied(
+        "pusher CreateAccessKey of fleet-a",
+        p_iam.create_access_key().user_name("fleet-a").send().await,
+    );
 }

@@ -26,7 +26,8 @@
 //!
 //! - this file: [`Deps`], [`handle`] and the step handlers;
 //! - `payload`: the requests and answers ([`Request`], [`Summary`], …);
-//! - [`logging`]: JSON logs with the run id and the step on every line of an invocation.
+//! - [`logging`]: JSON logs with the run id and the step on every line of an invocation;
+//! - [`metrics`]: the metric a failed Slack notification counts in (EMF).
 
 #![warn(missing_docs)]
 
@@ -48,6 +49,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 pub mod logging;
+pub mod metrics;
 mod payload;
 
 pub use payload::{
@@ -496,7 +498,8 @@ fn target_report(r: &IterationResult) -> TargetReport {
 }
 
 /// **report**: posts one Slack message for the whole run and returns a [`Summary`]. A failed
-/// notification is logged and shown in the summary; it never fails the rotation.
+/// notification is logged, shown in the summary and counted in [`metrics::NOTIFICATIONS_FAILED`]
+/// (which the stack alarms on); it never fails the rotation.
 pub async fn report(input: ReportInput, deps: &Deps) -> Result<Summary, Diagnostic> {
     let mut run = machine::run_report(
         &input.run_id,
@@ -509,6 +512,9 @@ pub async fn report(input: ReportInput, deps: &Deps) -> Result<Summary, Diagnost
             tracing::warn!(error = %e, "the Slack notification could not be sent; the rotation stands");
             run.notification = NotificationStatus::Failed(e);
         }
+    }
+    if matches!(run.notification, NotificationStatus::Failed(_)) {
+        metrics::emit_notification_failed(&run.run_id);
     }
     let count = |o: Outcome| run.targets.iter().filter(|t| t.outcome == o).count();
     Ok(Summary {

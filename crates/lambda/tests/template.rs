@@ -275,3 +275,167 @@ fn the_state_machine_may_list_its_own_running_executions_and_no_others() {
         "on this state machine only"
     );
 }
+
+/// The alarms, by logical id.
+fn alarms() -> Vec<(String, Value)> {
+    resources("AWS::CloudWatch::Alarm")
+}
+
+/// The one alarm that watches `metric`, in its own properties or in a metric-math input.
+fn alarm_on(metric: &str) -> Value {
+    let found: Vec<Value> = alarms()
+        .into_iter()
+        .map(|(_, a)| a["Properties"].clone())
+        .filter(|p| {
+            p["MetricName"] == metric
+                || p["Metrics"].as_array().into_iter().flatten().any(|m| {
+                    m.pointer("/MetricStat/Metric/MetricName") == Some(&Value::from(metric))
+                })
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one alarm watches {metric}");
+    found[0].clone()
+}
+
+#[test]
+fn every_alarm_reaches_a_person() {
+    let all = alarms();
+    assert!(all.len() >= 4, "{}", all.len());
+    let target = serde_json::json!([{"Fn::If": ["OwnAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}]);
+    for (name, a) in &all {
+        assert_eq!(
+            a["Properties"]["AlarmActions"], target,
+            "{name} notifies the stack's topic or the given one"
+        );
+    }
+    // And a topic without a subscriber is refused at deploy: an email or a topic is required.
+    let rule = &translated()["Rules"]["SomeoneHearsEveryAlarm"]["Assertions"][0]["Assert"];
+    assert_eq!(
+        rule,
+        &serde_json::json!({"Fn::Or": [
+            {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]},
+            {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]}
+        ]})
+    );
+    let (_, sub) = &resources("AWS::SNS::Subscription")[0];
+    assert_eq!(
+        sub["Properties"]["Endpoint"],
+        serde_json::json!({"Ref": "AlarmEmail"})
+    );
+}
+
+#[test]
+fn one_alarm_covers_failed_timed_out_and_aborted_executions() {
+    let a = alarm_on("ExecutionsFailed");
+    for m in ["ExecutionsTimedOut", "ExecutionsAborted"] {
+        assert_eq!(alarm_on(m), a, "{m} is in the same alarm");
+    }
+    let sum = a["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["ReturnData"] == true)
+        .expect("the alarm's expression");
+    let expr = sum["Expression"].as_str().unwrap();
+    for id in ["failed", "timedout", "aborted"] {
+        assert!(expr.contains(&format!("FILL({id}, 0)")), "{expr}");
+    }
+    assert_eq!(a["ComparisonOperator"], "GreaterThanOrEqualToThreshold");
+    assert_eq!(a["Threshold"], 1);
+}
+
+/// The longest time between two starts of a schedule expression, in days (the forms the
+/// template's default may take).
+fn schedule_period_days(expr: &str) -> u64 {
+    if let Some(rate) = expr.strip_prefix("rate(").and_then(|r| r.strip_suffix(')')) {
+        let (n, unit) = rate.split_once(' ').unwrap();
+        let n: u64 = n.parse().unwrap();
+        return match unit.trim_end_matches('s') {
+            "day" => n,
+            "hour" | "minute" => n.div_ceil(if unit.starts_with("hour") { 24 } else { 1440 }),
+            other => panic!("rate unit {other}"),
+        };
+    }
+    let fields: Vec<&str> = expr
+        .strip_prefix("cron(")
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("schedule {expr}"))
+        .split(' ')
+        .collect();
+    match (fields[2], fields[3], fields[4]) {
+        ("*", "*", "?") => 1,
+        ("?", "*", dow) if !dow.contains([',', '-', '#', '/']) && dow != "*" => 7,
+        other => panic!("the test does not know the period of {expr} ({other:?})"),
+    }
+}
+
+#[test]
+fn the_heartbeat_fires_when_no_execution_started_for_longer_than_the_schedule_s_period() {
+    let a = alarm_on("ExecutionsStarted");
+    assert_eq!(a["ComparisonOperator"], "LessThanThreshold");
+    assert_eq!(a["Threshold"], 1);
+    assert_eq!(
+        a["TreatMissingData"], "breaching",
+        "no data is no execution"
+    );
+    assert_eq!(a["Period"], 86400);
+    assert_eq!(
+        a["EvaluationPeriods"],
+        serde_json::json!({"Ref": "HeartbeatDays"})
+    );
+    assert_eq!(
+        a["DatapointsToAlarm"],
+        serde_json::json!({"Ref": "HeartbeatDays"})
+    );
+    let params = &translated()["Parameters"];
+    let days = params["HeartbeatDays"]["Default"].as_u64().unwrap();
+    assert!(
+        params["HeartbeatDays"]["MaxValue"].as_u64().unwrap() <= 7,
+        "CloudWatch evaluates 7 days at most"
+    );
+    let period = schedule_period_days(params["ScheduleExpression"]["Default"].as_str().unwrap());
+    assert!(
+        days > period,
+        "a heartbeat of {days} days under a schedule every {period} days would fire between two good runs"
+    );
+}
+
+#[test]
+fn a_start_the_schedule_could_not_deliver_is_kept_and_alarms() {
+    let (_, schedule) = &resources("AWS::Scheduler::Schedule")[0];
+    let dlq = referenced(&schedule["Properties"]["Target"]["DeadLetterConfig"]["Arn"]);
+    assert_eq!(translated()["Resources"][&dlq]["Type"], "AWS::SQS::Queue");
+    let a = alarm_on("ApproximateNumberOfMessagesVisible");
+    assert_eq!(
+        referenced(&a["Dimensions"][0]["Value"]),
+        dlq,
+        "the alarm watches the schedule's dead-letter queue"
+    );
+    // The schedule's role may send there.
+    let role = referenced(&schedule["Properties"]["Target"]["RoleArn"]);
+    let statements = translated()["Resources"][&role]["Properties"]["Policies"][0]
+        ["PolicyDocument"]["Statement"]
+        .clone();
+    assert!(
+        statements
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["Action"] == "sqs:SendMessage" && referenced(&s["Resource"]) == dlq),
+        "{statements}"
+    );
+}
+
+#[test]
+fn a_failed_slack_post_is_a_metric_the_stack_alarms_on() {
+    use keyrotor_lambda::metrics::{DIMENSION, NAMESPACE, NOTIFICATIONS_FAILED};
+    let a = alarm_on(NOTIFICATIONS_FAILED);
+    assert_eq!(a["Namespace"], NAMESPACE);
+    assert_eq!(a["Dimensions"][0]["Name"], DIMENSION);
+    let (notifier, _) = function_of("${NotifierFunctionArn}");
+    assert_eq!(
+        referenced(&a["Dimensions"][0]["Value"]),
+        notifier,
+        "the function that posts to Slack"
+    );
+}

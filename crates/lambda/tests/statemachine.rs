@@ -206,8 +206,20 @@ impl Sfn<'_> {
     }
 }
 
+/// How the fleet's Map runs its batches in a test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batches {
+    /// As deployed: a Distributed Map, each batch a child execution. moto keeps a child's
+    /// events out of the parent's history (as AWS does) and lists no child executions, so only
+    /// the Lambda invocations and the parent's path can be observed.
+    Distributed,
+    /// The same states with the Distributed Map run inline, so every target's path is in the
+    /// one history the test reads.
+    Inline,
+}
+
 /// The definition with the functions' ARNs substituted and the waits shortened.
-fn definition() -> String {
+fn definition(batches: Batches) -> String {
     let mut text = ASL.to_owned();
     for (var, name) in [
         ("RotatorFunctionArn", "rotator"),
@@ -230,7 +242,7 @@ fn definition() -> String {
         text = text.replace(aws, boto);
     }
     let mut v: Value = serde_json::from_str(&text).unwrap();
-    fn shorten(v: &mut Value) {
+    fn shorten(v: &mut Value, batches: Batches) {
         match v {
             Value::Object(o) => {
                 if o.get("Type") == Some(&json!("Wait")) && o.contains_key("Seconds") {
@@ -251,17 +263,21 @@ fn definition() -> String {
                         p.insert(boto.into(), v);
                     }
                 }
+                if batches == Batches::Inline && o.get("Mode") == Some(&json!("DISTRIBUTED")) {
+                    o.insert("Mode".into(), json!("INLINE"));
+                    o.remove("ExecutionType");
+                }
                 if o.contains_key("ErrorEquals") && o.contains_key("IntervalSeconds") {
                     o.insert("IntervalSeconds".into(), json!(1));
                     o.insert("MaxDelaySeconds".into(), json!(1));
                 }
-                o.values_mut().for_each(shorten);
+                o.values_mut().for_each(|c| shorten(c, batches));
             }
-            Value::Array(a) => a.iter_mut().for_each(shorten),
+            Value::Array(a) => a.iter_mut().for_each(|c| shorten(c, batches)),
             _ => {}
         }
     }
-    shorten(&mut v);
+    shorten(&mut v, batches);
     v.to_string()
 }
 
@@ -329,16 +345,26 @@ fn summary(needs_attention: bool) -> Value {
 /// Runs the state machine once: `canned` answers the successful invocations in order,
 /// `errors` fails the named steps' next invocations.
 async fn execute(canned: Vec<Value>, errors: &[(&str, &str)]) -> Run {
+    execute_as(Batches::Inline, canned, errors).await
+}
+
+/// [`execute`], with the batches run as `batches` says.
+async fn execute_as(batches: Batches, canned: Vec<Value>, errors: &[(&str, &str)]) -> Run {
     let sh = shared();
     let _one = sh.lock.lock().await;
-    let sm = setup(canned, errors).await;
+    let sm = setup_as(batches, canned, errors).await;
     let arn = start(&sm).await;
     finish(&arn).await
 }
 
-/// A fresh moto with the three functions, `canned` and `errors` queued, and the state machine;
-/// returns its ARN. The caller holds `shared().lock`.
+/// A fresh moto with the three functions, `canned` and `errors` queued, and the state machine
+/// (batches inline); returns its ARN. The caller holds `shared().lock`.
 async fn setup(canned: Vec<Value>, errors: &[(&str, &str)]) -> String {
+    setup_as(Batches::Inline, canned, errors).await
+}
+
+/// [`setup`], with the batches run as `batches` says.
+async fn setup_as(batches: Batches, canned: Vec<Value>, errors: &[(&str, &str)]) -> String {
     let sh = shared();
     sh.moto.reset().await.unwrap();
     let http = reqwest::Client::new();
@@ -417,7 +443,7 @@ async fn setup(canned: Vec<Value>, errors: &[(&str, &str)]) -> String {
     let sm = sfn
         .call(
             "CreateStateMachine",
-            json!({"name": "keyrotor-rotate", "definition": definition(),
+            json!({"name": "keyrotor-rotate", "definition": definition(batches),
                    "roleArn": format!("arn:aws:iam::{ACCOUNT}:role/keyrotor-sfn"), "type": "STANDARD"}),
         )
         .await;
@@ -531,9 +557,10 @@ const ALONE: [&str; 5] = [
     "ListTargets",
 ];
 
-const HAPPY: [&str; 14] = [
+const HAPPY: [&str; 15] = [
     "ListTargets",
     "RotateTargets",
+    "RotateBatch",
     "Inspect",
     "AfterInspect",
     "Create",
@@ -603,7 +630,7 @@ async fn a_due_key_goes_through_every_step_and_the_run_succeeds() {
     assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
     assert!(run.path_has(&HAPPY), "{}", run.show());
     assert!(
-        run.path_has(&["Report", "AnyNeedsAttention", "Done"]),
+        run.path_has(&["Report", "Summarize", "AnyNeedsAttention", "Done"]),
         "{}",
         run.show()
     );
@@ -725,7 +752,7 @@ async fn a_failure_at_any_step_is_compensated_reported_and_fails_the_execution()
             run.show()
         );
         assert!(
-            run.path_has(&["Report", "AnyNeedsAttention", "RotationFailed"]),
+            run.path_has(&["Report", "Summarize", "AnyNeedsAttention", "RotationFailed"]),
             "failure at {step}: {}",
             run.show()
         );
@@ -780,7 +807,7 @@ async fn a_refusal_at_inspect_touches_nothing_and_fails_the_execution_for_a_pers
         run.show()
     );
     assert!(
-        run.path_has(&["Report", "AnyNeedsAttention", "RotationFailed"]),
+        run.path_has(&["Report", "Summarize", "AnyNeedsAttention", "RotationFailed"]),
         "{}",
         run.show()
     );
@@ -924,4 +951,105 @@ async fn a_target_another_run_owns_stands_aside_and_the_execution_succeeds() {
     assert_eq!(comp["error"]["Error"], "Rotation.Busy", "{comp}");
     let report = run.payloads.last().unwrap();
     assert_eq!(report["results"][0]["state"]["outcome"], "busy");
+}
+
+/// `targets`' answer: `n` targets about to be inspected, `t00`, `t01`, ….
+fn listed_many(n: usize) -> Value {
+    let targets: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut s = st("inspect", None);
+            s["progress"]["target"] = json!(format!("t{i:02}"));
+            s
+        })
+        .collect();
+    json!({"targets": targets})
+}
+
+/// An answer that serves as any step's in a run where nothing is due: as a target's state it
+/// ends the target (`next: done`, nothing due), as a report's summary it needs no one. Batches
+/// run at once, so their invocations take moto's canned answers in no fixed order.
+fn nothing_due_anywhere() -> Value {
+    let mut s = st("done", Some("nothing-due"));
+    s["needs_attention"] = json!(false);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_runs_as_child_executions_of_ten_targets_each_with_one_report_each() {
+    let mut canned = vec![listed_many(25)];
+    canned.extend((0..25 + 3).map(|_| nothing_due_anywhere()));
+    let run = execute_as(Batches::Distributed, canned, &[]).await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.show());
+    let mut parent: Vec<&str> = ALONE.to_vec();
+    parent.extend(["RotateTargets", "Summarize", "AnyNeedsAttention", "Done"]);
+    assert_eq!(
+        run.path, parent,
+        "the targets' states are in the child executions' histories, not the parent's"
+    );
+    let mut inspected: Vec<&str> = run
+        .payloads
+        .iter()
+        .filter(|p| p["step"] == "inspect")
+        .map(|p| p["state"]["progress"]["target"].as_str().unwrap())
+        .collect();
+    inspected.sort();
+    let all: Vec<String> = (0..25).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(inspected, all, "every target once");
+    let reports: Vec<&Value> = run
+        .payloads
+        .iter()
+        .filter(|p| p["step"] == "report")
+        .collect();
+    let mut sizes: Vec<usize> = reports
+        .iter()
+        .map(|r| r["results"].as_array().unwrap().len())
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, [5, 10, 10], "one report per batch of at most 10");
+    for r in reports {
+        assert_eq!(r["run_id"], run.name.as_str(), "the run id is the parent's");
+    }
+    // The parent keeps one compact summary per batch, not the targets' states.
+    let out = run
+        .history
+        .iter()
+        .find(|e| e["type"] == "ExecutionSucceeded")
+        .unwrap();
+    let out: Value = serde_json::from_str(
+        out["executionSucceededEventDetails"]["output"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out["needs_attention"], false, "{out}");
+    assert_eq!(out["batches"].as_array().unwrap().len(), 3, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_report_fails_fails_the_fleet_s_execution() {
+    let mut canned = vec![listed_many(12)];
+    canned.extend((0..12 + 2).map(|_| nothing_due_anywhere()));
+    let run = execute_as(
+        Batches::Distributed,
+        canned,
+        &[("report", "Rotation.Failed")],
+    )
+    .await;
+    assert_eq!(run.status, "FAILED", "{}", run.show());
+    assert!(
+        run.path_has(&[
+            "RotateTargets",
+            "Summarize",
+            "AnyNeedsAttention",
+            "RotationFailed"
+        ]),
+        "{}",
+        run.show()
+    );
+    assert_eq!(run.invocations_of("inspect"), 12);
+    assert_eq!(
+        run.invocations_of("report"),
+        2,
+        "the other batch still reports"
+    );
 }

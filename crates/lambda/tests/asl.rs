@@ -208,7 +208,10 @@ fn every_task_retries_lambda_errors_and_rotation_retryable_and_catches_everythin
         if st["Type"] != "Task" || name == ONE_AT_A_TIME {
             continue;
         }
-        assert_eq!(st["Resource"], "arn:aws:states:::lambda:invoke", "{name}");
+        assert_eq!(
+            st["Resource"], "arn:${Partition}:states:::lambda:invoke",
+            "{name}"
+        );
         let function = st
             .pointer("/Parameters/FunctionName")
             .unwrap()
@@ -287,7 +290,7 @@ fn the_execution_checks_for_older_running_ones_before_anything_else() {
     let task = &machine["States"][ONE_AT_A_TIME];
     assert_eq!(
         task["Resource"],
-        "arn:aws:states:::aws-sdk:sfn:listExecutions"
+        "arn:${Partition}:states:::aws-sdk:sfn:listExecutions"
     );
     assert_eq!(task["Parameters"]["StatusFilter"], "RUNNING");
     assert_eq!(

@@ -152,6 +152,23 @@ impl Template {
                 let cond = cond.as_str().expect("!If names a condition");
                 self.render(if self.condition(cond) { yes } else { no })
             }
+            Yaml::Tagged(t) if t.tag == "Sub" && t.value.is_sequence() => {
+                // !Sub [text, {name: value}]: the names first, then the template's own.
+                let args = t.value.as_sequence().unwrap();
+                let mut vars = self.vars.clone();
+                for (k, v) in args[1].as_mapping().expect("!Sub's variables") {
+                    let v = self.render(v);
+                    vars.insert(
+                        k.as_str().unwrap().to_owned(),
+                        v.as_str().unwrap().to_owned(),
+                    );
+                }
+                let with = Template {
+                    doc: Yaml::Null,
+                    vars,
+                };
+                json!(with.sub(args[0].as_str().expect("!Sub's text")))
+            }
             Yaml::Tagged(t) => {
                 let tag = t.tag.to_string();
                 let arg = t
@@ -214,13 +231,22 @@ impl Template {
         (trust, policies)
     }
 
-    /// The `!GetAtt X.Arn` argument's resource name.
+    /// The resource a `!GetAtt X.Arn` or a `!Ref X.Version` (AutoPublishAlias) names.
     fn get_att_resource(v: &Yaml) -> String {
         let Yaml::Tagged(t) = v else {
-            panic!("expected !GetAtt, got {v:?}")
+            panic!("expected !GetAtt or !Ref, got {v:?}")
         };
         let arg = t.value.as_str().unwrap();
-        arg.strip_suffix(".Arn").expect("!GetAtt X.Arn").to_owned()
+        arg.strip_suffix(".Arn")
+            .or_else(|| arg.strip_suffix(".Version"))
+            .expect("!GetAtt X.Arn or !Ref X.Version")
+            .to_owned()
+    }
+
+    /// The name of the config parameter, as the stack computes it.
+    fn config_parameter(&self) -> String {
+        let name = self.render(&self.resource("ConfigParameter")["Properties"]["Name"]);
+        name.as_str().unwrap().to_owned()
     }
 
     /// Which role runs each step: the ASL's `FunctionName` placeholder → the state machine's
@@ -416,11 +442,7 @@ impl World {
                 slack.webhook_url(),
                 ParameterType::SecureString,
             ),
-            (
-                template.param("ConfigParameterName"),
-                config,
-                ParameterType::String,
-            ),
+            (&template.config_parameter(), config, ParameterType::String),
             (
                 OTHER_PARAM,
                 OTHER_PARAM_VALUE.to_owned(),
@@ -542,7 +564,7 @@ impl World {
                 .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
                 .env(
                     "KEYROTOR_CONFIG_PARAMETER",
-                    self.template.param("ConfigParameterName"),
+                    self.template.config_parameter(),
                 )
                 .env("RUST_LOG", "trace")
                 .env("HOME", &self.dir)

@@ -220,7 +220,7 @@ enum Batches {
 
 /// The definition with the functions' ARNs substituted and the waits shortened.
 fn definition(batches: Batches) -> String {
-    let mut text = ASL.to_owned();
+    let mut text = ASL.replace("${Partition}", "aws");
     for (var, name) in [
         ("RotatorFunctionArn", "rotator"),
         ("PusherFunctionArn", "pusher"),

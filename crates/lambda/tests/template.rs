@@ -439,3 +439,164 @@ fn a_failed_slack_post_is_a_metric_the_stack_alarms_on() {
         "the function that posts to Slack"
     );
 }
+
+/// The longest stack name the template's names are sized for (deploy/README.md).
+const STACK_NAME_MAX: usize = 73;
+
+#[test]
+fn every_name_fits_its_limit_for_any_stack_name_up_to_73_characters() {
+    // (resource type, name property, AWS's limit)
+    let limits = [
+        ("AWS::Lambda::Function", "FunctionName", 64),
+        ("AWS::StepFunctions::StateMachine", "StateMachineName", 80),
+        ("AWS::Scheduler::Schedule", "Name", 64),
+        ("AWS::SQS::Queue", "QueueName", 80),
+        ("AWS::SNS::Topic", "TopicName", 256),
+        ("AWS::CloudWatch::Alarm", "AlarmName", 255),
+        ("AWS::Logs::LogGroup", "LogGroupName", 512),
+        ("AWS::IAM::Role", "RoleName", 64),
+    ];
+    let stack = "s".repeat(STACK_NAME_MAX);
+    let mut named = 0;
+    for (id, r) in translated()["Resources"].as_object().unwrap() {
+        for (kind, prop, limit) in limits {
+            if r["Type"] != kind {
+                continue;
+            }
+            let Some(name) = r["Properties"].get(prop) else {
+                continue; // CloudFormation makes one up, within the limit
+            };
+            let text = name
+                .get("Fn::Sub")
+                .and_then(Value::as_str)
+                .or(name.as_str())
+                .unwrap_or_else(|| panic!("{id}.{prop} is {name}"));
+            let rendered = text.replace("${AWS::StackName}", &stack);
+            assert!(
+                !rendered.contains("${"),
+                "{id}.{prop}: only the stack name is expected in {text}"
+            );
+            assert!(
+                rendered.len() <= limit,
+                "{id}.{prop} is {} characters for a {STACK_NAME_MAX}-character stack name; the limit is {limit}",
+                rendered.len()
+            );
+            named += 1;
+        }
+    }
+    assert!(named >= 5, "{named}");
+}
+
+#[test]
+fn no_arn_names_the_aws_partition() {
+    let template = std::fs::read_to_string(repo().join("deploy/template.yaml")).unwrap();
+    for (file, text) in [
+        ("template.yaml", template.as_str()),
+        ("rotate.asl.json", ASL),
+    ] {
+        assert!(
+            !text.contains("arn:aws:"),
+            "{file} names the aws partition; use ${{AWS::Partition}} (or ${{Partition}} in the ASL) for aws-cn and aws-us-gov"
+        );
+    }
+    let (_, sm) = &resources("AWS::StepFunctions::StateMachine")[0];
+    assert_eq!(
+        sm["Properties"]["DefinitionSubstitutions"]["Partition"],
+        serde_json::json!({"Ref": "AWS::Partition"})
+    );
+}
+
+#[test]
+fn the_config_parameter_is_named_after_the_stack_and_outlives_it() {
+    let (_, p) = &resources("AWS::SSM::Parameter")[0];
+    assert_eq!(p["DeletionPolicy"], "Retain");
+    assert_eq!(p["UpdateReplacePolicy"], "Retain");
+    let name = &p["Properties"]["Name"];
+    assert_eq!(
+        name,
+        &serde_json::json!({"Fn::If": ["OwnConfigName",
+            {"Fn::Sub": "/keyrotor/${AWS::StackName}/config"}, {"Ref": "ConfigParameterName"}]})
+    );
+    assert_eq!(
+        translated()["Parameters"]["ConfigParameterName"]["Default"],
+        ""
+    );
+    for (id, f) in resources("AWS::Lambda::Function") {
+        let env = &f["Properties"]["Environment"]["Variables"];
+        assert_eq!(
+            &env[keyrotor_lambda::CONFIG_PARAMETER_ENV],
+            name,
+            "{id} reads the parameter the stack writes"
+        );
+        assert!(
+            env.get("RUST_LOG").is_none(),
+            "{id}: RUST_LOG would override the code's default filter (logging::DEFAULT_FILTER)"
+        );
+    }
+}
+
+#[test]
+fn every_execution_runs_the_versions_its_deploy_published() {
+    let (_, sm) = &resources("AWS::StepFunctions::StateMachine")[0];
+    let all = &translated()["Resources"];
+    for key in [
+        "RotatorFunctionArn",
+        "PusherFunctionArn",
+        "NotifierFunctionArn",
+    ] {
+        let id = referenced(&sm["Properties"]["DefinitionSubstitutions"][key]);
+        assert_eq!(
+            all[&id]["Type"], "AWS::Lambda::Version",
+            "{key}: a version, not $LATEST or an alias that a deploy moves mid-execution"
+        );
+        assert_eq!(
+            all[&id]["DeletionPolicy"], "Retain",
+            "{key}: kept for running executions"
+        );
+    }
+}
+
+#[test]
+fn every_role_takes_the_optional_permissions_boundary_and_everything_is_tagged() {
+    let roles = resources("AWS::IAM::Role");
+    assert_eq!(roles.len(), 5);
+    for (id, r) in roles {
+        assert_eq!(
+            r["Properties"]["PermissionsBoundary"],
+            serde_json::json!({"Fn::If": ["HasPermissionsBoundary",
+                {"Ref": "PermissionsBoundaryArn"}, {"Ref": "AWS::NoValue"}]}),
+            "{id}"
+        );
+        assert!(
+            r["Properties"]["Tags"].as_array().is_some_and(
+                |t| t.contains(&serde_json::json!({"Key": "app", "Value": "keyrotor"}))
+            ),
+            "{id}"
+        );
+    }
+    for (id, f) in resources("AWS::Lambda::Function") {
+        assert!(
+            f["Properties"]["Tags"].as_array().is_some_and(
+                |t| t.contains(&serde_json::json!({"Key": "app", "Value": "keyrotor"}))
+            ),
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn build_outputs_are_ignored_by_git() {
+    for path in [
+        "deploy/dist/bootstrap.zip",
+        "deploy/.aws-sam/build.toml",
+        ".aws-sam/build.toml",
+        "deploy/packaged.yaml",
+    ] {
+        let ignored = Command::new("git")
+            .args(["check-ignore", "--quiet", "--no-index", path])
+            .current_dir(repo())
+            .status()
+            .expect("git runs");
+        assert!(ignored.success(), "{path} is not ignored by git");
+    }
+}

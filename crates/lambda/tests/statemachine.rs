@@ -18,7 +18,11 @@
 //! Retry waits at most 1 s (the structure, names and error lists are untouched); and the one
 //! aws-sdk Task (`OneAtATime`, `sfn:listExecutions`) speaks boto's camelCase instead of AWS's
 //! PascalCase, in its parameters and where its answer is read: moto 5.2.5 passes both through
-//! unconverted.
+//! unconverted. moto runs the fleet's Distributed Map (each batch a child execution) but keeps
+//! the children's events out of the parent's history and cannot list them; so the tests that
+//! follow a target's path run the same states inline ([`Batches::Inline`]), and the ones about
+//! batches run the definition as deployed ([`Batches::Distributed`]), observing the Lambda
+//! invocations and the parent's path.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;

@@ -41,18 +41,35 @@ use keyrotor_core::ports::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+/// How long one attempt of an AWS call may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// keyrotor's timeouts with every operation (its attempts and their backoff) bounded by
+/// `operation`, each attempt by the lesser of 20 s and `operation`.
+fn timeouts(operation: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5).min(operation))
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT.min(operation))
+        .operation_timeout(operation)
+        .build()
+}
+
+/// `config` with every operation bounded by `operation`: for a caller that must end by a
+/// deadline (a Lambda invocation bounds each call by its remaining time, so a slow call fails
+/// as retryable before Lambda cuts the function off).
+pub fn bounded(config: &SdkConfig, operation: Duration) -> SdkConfig {
+    config
+        .to_builder()
+        .timeout_config(timeouts(operation))
+        .build()
+}
+
 /// Loads the AWS configuration from the environment, with keyrotor's retry and timeout
-/// settings. `region` overrides the environment's.
+/// settings (90 s per operation; see [`bounded`]). `region` overrides the environment's.
 pub async fn load_config(region: Option<String>) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(5))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(Duration::from_secs(20))
-                .operation_timeout(Duration::from_secs(90))
-                .build(),
-        );
+        .timeout_config(timeouts(Duration::from_secs(90)));
     if let Some(r) = region {
         loader = loader.region(Region::new(r));
     }

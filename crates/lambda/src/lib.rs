@@ -26,7 +26,8 @@
 //!
 //! - this file: [`Deps`], [`handle`] and the step handlers;
 //! - `payload`: the requests and answers ([`Request`], [`Summary`], …);
-//! - [`logging`]: JSON logs with the run id and the step on every line of an invocation.
+//! - [`logging`]: JSON logs with the run id and the step on every line of an invocation;
+//! - [`metrics`]: the metric a failed Slack notification counts in (EMF).
 
 #![warn(missing_docs)]
 
@@ -48,6 +49,7 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 pub mod logging;
+pub mod metrics;
 mod payload;
 
 pub use payload::{
@@ -106,8 +108,12 @@ pub struct Deps {
     origin: String,
     /// Given ready-made (tests): kept across invocations.
     fixed: bool,
-    /// The invocation's deadline less [`DEADLINE_MARGIN`]: the Azure DevOps client starts no
-    /// wait (rate limit, backoff) that would end after it.
+    /// The AWS configuration the clients were built from (production): each invocation rebuilds
+    /// them with every call bounded by its remaining time.
+    sdk: Option<aws_config::SdkConfig>,
+    /// The invocation's deadline less [`DEADLINE_MARGIN`]: the step ends by then (as
+    /// `Rotation.Retryable` if it must), every AWS call is bounded by it, and the Azure DevOps
+    /// client starts no wait (rate limit, backoff) that would end after it.
     deadline: Option<SystemTime>,
 }
 
@@ -119,8 +125,8 @@ impl Deps {
     /// The production dependencies: AWS clients from the environment (the function's role and
     /// region), the config from the SSM parameter named by [`CONFIG_PARAMETER_ENV`].
     pub async fn from_env() -> Self {
-        let config = keyrotor_aws::load_config(None).await;
-        let aws = Arc::new(keyrotor_aws::Aws::new(&config));
+        let sdk = keyrotor_aws::load_config(None).await;
+        let aws = Arc::new(keyrotor_aws::Aws::new(&sdk));
         let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
         Self {
             iam: aws.clone(),
@@ -134,6 +140,7 @@ impl Deps {
             notifier: Lazy::new(),
             origin: format!("AWS Step Functions (Lambda {function})"),
             fixed: false,
+            sdk: Some(sdk),
             deadline: None,
         }
     }
@@ -142,11 +149,33 @@ impl Deps {
     /// same clients, and the config, PAT and webhook read afresh (unless they were given
     /// ready-made).
     pub fn for_invocation(&self, deadline: Option<SystemTime>) -> Deps {
+        let deadline = deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d));
+        let (iam, secrets, sts, params) = match (&self.sdk, remaining(deadline)) {
+            (Some(sdk), Some(left)) => {
+                // Clients are cheap to build from a config: they share its HTTP connections.
+                let aws = Arc::new(keyrotor_aws::Aws::new(&keyrotor_aws::bounded(
+                    sdk,
+                    left.max(Duration::from_secs(1)),
+                )));
+                (
+                    aws.clone() as Arc<dyn KeyStore>,
+                    aws.clone() as Arc<dyn SecretStore>,
+                    aws.clone() as Arc<dyn CallerIdentity>,
+                    aws as Arc<dyn Parameters>,
+                )
+            }
+            _ => (
+                self.iam.clone(),
+                self.secrets.clone(),
+                self.sts.clone(),
+                self.params.clone(),
+            ),
+        };
         Deps {
-            iam: self.iam.clone(),
-            secrets: self.secrets.clone(),
-            sts: self.sts.clone(),
-            params: self.params.clone(),
+            iam,
+            secrets,
+            sts,
+            params,
             clock: self.clock.clone(),
             config_parameter: self.config_parameter.clone(),
             config: if self.fixed {
@@ -166,7 +195,8 @@ impl Deps {
             },
             origin: self.origin.clone(),
             fixed: self.fixed,
-            deadline: deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d)),
+            sdk: self.sdk.clone(),
+            deadline,
         }
     }
 
@@ -189,6 +219,7 @@ impl Deps {
             notifier: Lazy::new_with(Some(notifier)),
             origin: "AWS Step Functions (test)".into(),
             fixed: true,
+            sdk: None,
             deadline: None,
         }
     }
@@ -309,8 +340,17 @@ pub async fn handle(
     handle_until(event, deps, None).await
 }
 
+/// The time left until `deadline` (`None`: no deadline; zero once it has passed).
+fn remaining(deadline: Option<SystemTime>) -> Option<Duration> {
+    deadline.map(|d| d.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
 /// Runs one invocation that must end by `deadline` (Lambda's, from the invocation's context):
-/// parses the event, dispatches on `step`, returns the step's JSON.
+/// parses the event, dispatches on `step`, returns the step's JSON. The step ends
+/// [`DEADLINE_MARGIN`] before the deadline at the latest: a step still running then is dropped
+/// and fails as `Rotation.Retryable`, which the state machine retries (every step re-reads the
+/// state, and what a step cut short may have done is what a crash may have done), instead of
+/// being cut off by Lambda's timeout, which the state machine does not retry.
 pub async fn handle_until(
     event: serde_json::Value,
     deps: &Deps,
@@ -323,7 +363,7 @@ pub async fn handle_until(
     let name = request.step_name();
     tracing::info!(step = name, "step started");
     let deps = &deps.for_invocation(deadline);
-    let out = async {
+    let work = async {
         match request {
             Request::Targets(i) => to_value(&targets(i, deps).await?),
             Request::Inspect(i) => to_value(&step(Step::Inspect, i.state, deps).await?),
@@ -337,8 +377,13 @@ pub async fn handle_until(
             Request::Compensate(i) => to_value(&compensate(i, deps).await?),
             Request::Report(i) => to_value(&report(i, deps).await?),
         }
-    }
-    .await;
+    };
+    let out = match remaining(deps.deadline) {
+        None => work.await,
+        Some(left) => tokio::time::timeout(left, work)
+            .await
+            .unwrap_or_else(|_| Err(out_of_time(name, left))),
+    };
     match &out {
         Ok(_) => tracing::info!(step = name, "step done"),
         Err(d) => {
@@ -346,6 +391,18 @@ pub async fn handle_until(
         }
     }
     out
+}
+
+/// A step that did not finish within its invocation's time.
+fn out_of_time(step: &str, had: Duration) -> Diagnostic {
+    Diagnostic {
+        error_type: machine::error_name(StepErrorKind::Retryable).to_owned(),
+        error_message: format!(
+            "the {step} step did not finish within the {}s its invocation had left; it was stopped {}s before Lambda's deadline and is retried",
+            had.as_secs(),
+            DEADLINE_MARGIN.as_secs()
+        ),
+    }
 }
 
 /// **targets**: one initial state per target to rotate (all, or those named), in config order.
@@ -441,7 +498,8 @@ fn target_report(r: &IterationResult) -> TargetReport {
 }
 
 /// **report**: posts one Slack message for the whole run and returns a [`Summary`]. A failed
-/// notification is logged and shown in the summary; it never fails the rotation.
+/// notification is logged, shown in the summary and counted in [`metrics::NOTIFICATIONS_FAILED`]
+/// (which the stack alarms on); it never fails the rotation.
 pub async fn report(input: ReportInput, deps: &Deps) -> Result<Summary, Diagnostic> {
     let mut run = machine::run_report(
         &input.run_id,
@@ -454,6 +512,9 @@ pub async fn report(input: ReportInput, deps: &Deps) -> Result<Summary, Diagnost
             tracing::warn!(error = %e, "the Slack notification could not be sent; the rotation stands");
             run.notification = NotificationStatus::Failed(e);
         }
+    }
+    if matches!(run.notification, NotificationStatus::Failed(_)) {
+        metrics::emit_notification_failed(&run.run_id);
     }
     let count = |o: Outcome| run.targets.iter().filter(|t| t.outcome == o).count();
     Ok(Summary {

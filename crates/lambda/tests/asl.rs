@@ -16,6 +16,9 @@ const LAMBDA_ERRORS: [&str; 4] = [
     "Lambda.TooManyRequestsException",
 ];
 
+/// The one Task that is not a keyrotor function: the check for other running executions.
+const ONE_AT_A_TIME: &str = "OneAtATime";
+
 fn asl() -> Value {
     serde_json::from_str(ASL).expect("rotate.asl.json is JSON")
 }
@@ -32,11 +35,13 @@ fn all_states(machine: &Value) -> Vec<(String, Value)> {
     out
 }
 
-/// The Map's iteration: where the machine's transitions are.
+/// The per-target iteration (a batch's inline Map, inside the fleet's Distributed Map): where
+/// the machine's transitions are.
 fn iteration(machine: &Value) -> serde_json::Map<String, Value> {
-    machine["States"]["RotateTargets"]["ItemProcessor"]["States"]
+    machine["States"]["RotateTargets"]["ItemProcessor"]["States"]["RotateBatch"]["ItemProcessor"]
+        ["States"]
         .as_object()
-        .expect("RotateTargets is a Map with an ItemProcessor")
+        .expect("RotateTargets runs batches whose RotateBatch is a Map with an ItemProcessor")
         .clone()
 }
 
@@ -155,6 +160,9 @@ fn the_definition_retries_only_the_kinds_core_calls_retryable() {
         .map(|k| error_name(*k))
         .collect();
     for (name, st) in all_states(&asl()) {
+        if st.pointer("/Parameters/FunctionName").is_none() {
+            continue; // not one of keyrotor's functions
+        }
         for r in st["Retry"].as_array().into_iter().flatten() {
             for e in r["ErrorEquals"].as_array().unwrap() {
                 let e = e.as_str().unwrap();
@@ -197,10 +205,13 @@ fn every_step_the_machine_names_is_one_the_lambda_handles() {
 #[test]
 fn every_task_retries_lambda_errors_and_rotation_retryable_and_catches_everything() {
     for (name, st) in all_states(&asl()) {
-        if st["Type"] != "Task" {
+        if st["Type"] != "Task" || name == ONE_AT_A_TIME {
             continue;
         }
-        assert_eq!(st["Resource"], "arn:aws:states:::lambda:invoke", "{name}");
+        assert_eq!(
+            st["Resource"], "arn:${Partition}:states:::lambda:invoke",
+            "{name}"
+        );
         let function = st
             .pointer("/Parameters/FunctionName")
             .unwrap()
@@ -270,4 +281,142 @@ fn verify_waits_for_propagation_through_retry() {
         interval *= r["BackoffRate"].as_f64().unwrap();
     }
     assert!(wait >= 100.0, "the Retry waits {wait}s in all");
+}
+
+#[test]
+fn the_execution_checks_for_older_running_ones_before_anything_else() {
+    let machine = asl();
+    assert_eq!(machine["StartAt"], ONE_AT_A_TIME);
+    let task = &machine["States"][ONE_AT_A_TIME];
+    assert_eq!(
+        task["Resource"],
+        "arn:${Partition}:states:::aws-sdk:sfn:listExecutions"
+    );
+    assert_eq!(task["Parameters"]["StatusFilter"], "RUNNING");
+    assert_eq!(
+        task["Parameters"]["StateMachineArn.$"],
+        "$$.StateMachine.Id"
+    );
+    // Whatever happens, nothing but the Choice and Pass states of the check run before the
+    // targets are listed, and a failed check changes nothing.
+    let failed = task["Catch"][0]["Next"].as_str().unwrap();
+    assert_eq!(machine["States"][failed]["Type"], "Fail");
+    // The targets are listed with the execution's own input (the check's answer is not it).
+    assert_eq!(
+        machine["States"]["ListTargets"]["Parameters"]["Payload"]["input.$"],
+        "$$.Execution.Input"
+    );
+}
+
+/// The fleet one execution is sized for (deploy/README.md, "How large a fleet one execution
+/// handles").
+const FLEET: usize = 800;
+
+/// Step Functions' limit on a state's input or output, and on a Task's result.
+const STATE_LIMIT: usize = 256 * 1024;
+
+/// How many targets may be between `inspect` and `confirm` at once, across the whole execution:
+/// Azure DevOps allows about 200 requests per 5 minutes per PAT, and one target makes about 8.
+const ACTIVE_TARGETS: u64 = 30;
+
+/// The batch size, from `ListTargets`' `States.ArrayPartition($.Payload.targets, N)`.
+fn batch_size(machine: &Value) -> u64 {
+    let selector = machine["States"]["ListTargets"]["ResultSelector"]["batches.$"]
+        .as_str()
+        .unwrap();
+    selector
+        .strip_prefix("States.ArrayPartition($.Payload.targets, ")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("ListTargets partitions the targets: {selector}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_fleet_runs_in_batches_as_child_executions_with_bounded_concurrency() {
+    let machine = asl();
+    let fleet = &machine["States"]["RotateTargets"];
+    assert_eq!(fleet["Type"], "Map");
+    assert_eq!(fleet["ItemsPath"], "$.batches");
+    assert_eq!(
+        fleet["ItemProcessor"]["ProcessorConfig"],
+        serde_json::json!({"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}),
+        "each batch a child execution, with its own history"
+    );
+    let batch = &fleet["ItemProcessor"]["States"]["RotateBatch"];
+    assert_eq!(batch["ItemProcessor"]["ProcessorConfig"]["Mode"], "INLINE");
+    let size = batch_size(&machine);
+    assert_eq!(
+        batch["MaxConcurrency"].as_u64(),
+        Some(size),
+        "every target of a batch at once, so that their drains overlap"
+    );
+    let batches = fleet["MaxConcurrency"].as_u64().expect("bounded");
+    assert!(
+        batches * size <= ACTIVE_TARGETS,
+        "{batches} batches of {size} at once: more targets than Azure DevOps' rate limit serves"
+    );
+    // The run id of every batch is the parent execution's name.
+    assert_eq!(fleet["ItemSelector"]["run_id.$"], "$$.Execution.Name");
+    // A batch never fails its child execution: a failed report is a result that needs attention.
+    let failed = &fleet["ItemProcessor"]["States"]["ReportFailed"];
+    assert_eq!(failed["Type"], "Pass");
+    assert_eq!(failed["Parameters"]["needs_attention"], true);
+}
+
+#[test]
+fn a_fleet_of_800_targets_fits_the_state_limits_and_the_execution_timeout() {
+    use keyrotor_core::config::Config;
+    let machine = asl();
+    let size = batch_size(&machine) as usize;
+    // The largest state a target starts with: a 64-character name, a UUID run id.
+    let name = "t".repeat(64);
+    let config = Config::parse(
+        std::path::Path::new("fleet.toml"),
+        &format!(
+            "[ado]\norganization = \"https://dev.azure.com/contoso\"\npat = \"env:PAT\"\n\n[[target]]\nname = \"{name}\"\niam_user = \"{name}\"\nsecret = \"keyrotor/{name}\"\nendpoints = [ {{ project = \"Platform\", name = \"aws-prod\" }} ]\n"
+        ),
+    )
+    .unwrap();
+    let run_id =
+        keyrotor_core::domain::RunId::parse("5b0e2c9a-8f41-4d1b-a7c3-0e9d6f2b1a77").unwrap();
+    let one = keyrotor_core::machine::TargetState::new(&config.targets[0], run_id, true);
+    let listed = serde_json::to_vec(&keyrotor_lambda::TargetsOutput {
+        targets: vec![one; FLEET],
+    })
+    .unwrap()
+    .len();
+    assert!(
+        listed < STATE_LIMIT,
+        "ListTargets' answer for {FLEET} targets is {listed} bytes"
+    );
+    // The parent keeps one summary per batch.
+    let summary = serde_json::json!({
+        "needs_attention": true,
+        "summary": keyrotor_lambda::Summary {
+            run_id: "5b0e2c9a-8f41-4d1b-a7c3-0e9d6f2b1a77".into(),
+            rotated: 0, nothing_due: 0, busy: 0, refused: 0, invalid: 0, failed: size,
+            needs_attention: true,
+            notification: keyrotor_core::report::NotificationStatus::Failed("x".repeat(300)),
+            targets: vec![format!("{name}: nothing-due"); size],
+        },
+    });
+    let results = serde_json::to_vec(&summary).unwrap().len() * FLEET.div_ceil(size);
+    assert!(
+        results < STATE_LIMIT,
+        "the batches' summaries of {FLEET} targets are {results} bytes"
+    );
+    // Time: batches run `MaxConcurrency` at a time; each takes its targets' steps (at most
+    // every Task's timeout once, 15 min in all is generous) and the drain.
+    let drain = keyrotor_core::config::Policy::default().drain.as_secs();
+    let at_once = machine["States"]["RotateTargets"]["MaxConcurrency"]
+        .as_u64()
+        .unwrap() as usize;
+    let rounds = FLEET.div_ceil(size).div_ceil(at_once) as u64;
+    let needed = rounds * (drain + 15 * 60);
+    let timeout = machine["TimeoutSeconds"].as_u64().unwrap();
+    assert!(
+        timeout >= needed,
+        "{FLEET} targets need about {needed} s ({rounds} rounds of a {drain} s drain and the steps); the execution times out after {timeout} s"
+    );
 }

@@ -664,3 +664,81 @@ async fn parity_an_empty_run_is_quiet_on_both_paths() {
     assert!(recorder.seen.lock().unwrap().is_empty());
     assert!(h.notifier.seen.lock().unwrap().is_empty());
 }
+
+/// Azure DevOps that never answers (a hung connection).
+struct HungAdo;
+
+#[async_trait]
+impl keyrotor_core::ports::ServiceConnections for HungAdo {
+    async fn find(
+        &self,
+        _: &keyrotor_core::domain::OrgUrl,
+        _: &keyrotor_core::domain::EndpointRef,
+    ) -> PortResult<keyrotor_core::ports::Endpoint> {
+        std::future::pending().await
+    }
+    async fn get(
+        &self,
+        _: &keyrotor_core::ports::EndpointHandle,
+    ) -> PortResult<Option<keyrotor_core::ports::Endpoint>> {
+        std::future::pending().await
+    }
+    async fn list_aws(
+        &self,
+        _: &keyrotor_core::domain::OrgUrl,
+    ) -> PortResult<Vec<keyrotor_core::ports::AwsConnection>> {
+        std::future::pending().await
+    }
+    async fn set_credentials(
+        &self,
+        _: &keyrotor_core::ports::EndpointHandle,
+        _: &keyrotor_core::domain::AccessKeyId,
+        _: &secrecy::SecretString,
+    ) -> PortResult<()> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_would_outlast_its_invocation_ends_first_as_retryable() {
+    let scenario = Scenario::new(1);
+    let mut ports = scenario.fakes.ports();
+    ports.ado = Arc::new(HungAdo);
+    let deps = Deps::with_ports(config(false), ports, Arc::new(scenario.fakes.clone()), None);
+    // Lambda's deadline: 3 s after the step's own limit (DEADLINE_MARGIN before it).
+    let deadline =
+        std::time::SystemTime::now() + keyrotor_lambda::DEADLINE_MARGIN + Duration::from_secs(3);
+    let started = tokio::time::Instant::now();
+    // (Time is paused: a hang would be a minute of virtual time, then a failure, not a hang.)
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        keyrotor_lambda::handle_until(
+            json!({"step": "inspect", "state": fresh()}),
+            &deps,
+            Some(deadline),
+        ),
+    )
+    .await
+    .expect("the step ends before Lambda's deadline instead of running into it");
+    let d = out.expect_err("a step that cannot finish in time fails");
+    assert_eq!(d.error_type, "Rotation.Retryable", "{}", d.error_message);
+    assert!(d.error_message.contains("inspect"), "{}", d.error_message);
+    assert!(
+        started.elapsed() <= Duration::from_secs(3),
+        "it ended by its own limit ({:?})",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn every_aws_call_of_an_invocation_is_bounded_by_its_remaining_time() {
+    let base = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .build();
+    let left = Duration::from_secs(12);
+    let t = keyrotor_aws::bounded(&base, left);
+    let t = t.timeout_config().expect("timeouts are set");
+    assert_eq!(t.operation_timeout(), Some(left));
+    assert!(t.operation_attempt_timeout().is_some_and(|a| a <= left));
+    assert!(t.connect_timeout().is_some_and(|c| c <= left));
+}

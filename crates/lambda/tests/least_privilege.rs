@@ -58,6 +58,11 @@ struct Template {
 
 impl Template {
     fn load() -> Self {
+        Self::load_with(&[])
+    }
+
+    /// The template with these parameters given (the others at their defaults).
+    fn load_with(overrides: &[(&str, &str)]) -> Self {
         let doc: Yaml = serde_norway::from_str(TEMPLATE).expect("deploy/template.yaml is YAML");
         let mut t = Template {
             doc,
@@ -80,6 +85,13 @@ impl Template {
                 other => panic!("parameter {name:?} has an unexpected default {other:?}"),
             };
             t.vars.insert(name.as_str().unwrap().to_owned(), default);
+        }
+        for (name, value) in overrides {
+            assert!(
+                t.vars.contains_key(*name),
+                "the template has no parameter {name}"
+            );
+            t.vars.insert((*name).to_owned(), (*value).to_owned());
         }
         let resources = t.doc["Resources"].as_mapping().expect("Resources").clone();
         for (name, r) in &resources {
@@ -132,6 +144,31 @@ impl Template {
                     .map(|(k, v)| (k.as_str().unwrap().to_owned(), self.render(v)))
                     .collect(),
             ),
+            Yaml::Tagged(t) if t.tag == "If" => {
+                let [cond, yes, no] = t.value.as_sequence().map(Vec::as_slice).unwrap_or_default()
+                else {
+                    panic!("!If takes [condition, then, else]: {t:?}")
+                };
+                let cond = cond.as_str().expect("!If names a condition");
+                self.render(if self.condition(cond) { yes } else { no })
+            }
+            Yaml::Tagged(t) if t.tag == "Sub" && t.value.is_sequence() => {
+                // !Sub [text, {name: value}]: the names first, then the template's own.
+                let args = t.value.as_sequence().unwrap();
+                let mut vars = self.vars.clone();
+                for (k, v) in args[1].as_mapping().expect("!Sub's variables") {
+                    let v = self.render(v);
+                    vars.insert(
+                        k.as_str().unwrap().to_owned(),
+                        v.as_str().unwrap().to_owned(),
+                    );
+                }
+                let with = Template {
+                    doc: Yaml::Null,
+                    vars,
+                };
+                json!(with.sub(args[0].as_str().expect("!Sub's text")))
+            }
             Yaml::Tagged(t) => {
                 let tag = t.tag.to_string();
                 let arg = t
@@ -144,6 +181,29 @@ impl Template {
                     other => panic!("the test does not render !{other}"),
                 }
             }
+        }
+    }
+
+    /// A condition of the template's `Conditions`, evaluated (`!Not`, `!Equals`, `!Ref`).
+    fn condition(&self, name: &str) -> bool {
+        let c = &self.doc["Conditions"][name];
+        assert!(!c.is_null(), "the template has no condition {name}");
+        self.truth(c)
+    }
+
+    fn truth(&self, v: &Yaml) -> bool {
+        let Yaml::Tagged(t) = v else {
+            panic!("a condition must be an intrinsic: {v:?}")
+        };
+        let args = t.value.as_sequence();
+        match t.tag.to_string().trim_start_matches('!') {
+            "Not" => !self.truth(&args.unwrap()[0]),
+            "Equals" => {
+                let args = args.unwrap();
+                self.render(&args[0]) == self.render(&args[1])
+            }
+            "Condition" => self.condition(t.value.as_str().unwrap()),
+            other => panic!("the test does not evaluate !{other}"),
         }
     }
 
@@ -171,13 +231,22 @@ impl Template {
         (trust, policies)
     }
 
-    /// The `!GetAtt X.Arn` argument's resource name.
+    /// The resource a `!GetAtt X.Arn` or a `!Ref X.Version` (AutoPublishAlias) names.
     fn get_att_resource(v: &Yaml) -> String {
         let Yaml::Tagged(t) = v else {
-            panic!("expected !GetAtt, got {v:?}")
+            panic!("expected !GetAtt or !Ref, got {v:?}")
         };
         let arg = t.value.as_str().unwrap();
-        arg.strip_suffix(".Arn").expect("!GetAtt X.Arn").to_owned()
+        arg.strip_suffix(".Arn")
+            .or_else(|| arg.strip_suffix(".Version"))
+            .expect("!GetAtt X.Arn or !Ref X.Version")
+            .to_owned()
+    }
+
+    /// The name of the config parameter, as the stack computes it.
+    fn config_parameter(&self) -> String {
+        let name = self.render(&self.resource("ConfigParameter")["Properties"]["Name"]);
+        name.as_str().unwrap().to_owned()
     }
 
     /// Which role runs each step: the ASL's `FunctionName` placeholder → the state machine's
@@ -259,6 +328,54 @@ fn sdk(endpoint: &str, creds: Credentials) -> SdkConfig {
         .build()
 }
 
+/// The three Lambda roles, created as the template declares them, each assumed once.
+async fn create_roles(template: &Template, admin: &SdkConfig) -> HashMap<String, RoleCreds> {
+    let iam = aws_sdk_iam::Client::new(admin);
+    let sts = aws_sdk_sts::Client::new(admin);
+    let mut roles = HashMap::new();
+    for role in ROLES {
+        let (trust, policies) = template.role(role);
+        let arn = iam
+            .create_role()
+            .role_name(format!("{STACK}-{role}"))
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .unwrap()
+            .role()
+            .unwrap()
+            .arn()
+            .to_owned();
+        for (name, doc) in &policies {
+            iam.put_role_policy()
+                .role_name(format!("{STACK}-{role}"))
+                .policy_name(name)
+                .policy_document(doc.to_string())
+                .send()
+                .await
+                .unwrap();
+        }
+        let c = sts
+            .assume_role()
+            .role_arn(&arn)
+            .role_session_name(format!("{STACK}-{role}"))
+            .send()
+            .await
+            .unwrap();
+        let c = c.credentials().unwrap();
+        roles.insert(
+            role.to_owned(),
+            RoleCreds {
+                arn,
+                id: c.access_key_id().to_owned(),
+                secret: c.secret_access_key().to_owned(),
+                token: c.session_token().to_owned(),
+            },
+        );
+    }
+    roles
+}
+
 impl World {
     /// Seeds moto (the user with one key held by the endpoint, no secret yet; someone else's
     /// user, secret and parameter; the PAT, webhook and config parameters; the three roles) and
@@ -267,9 +384,7 @@ impl World {
         let moto = Moto::start_authorizing_resources().expect("moto starts");
         let template = Template::load();
         let admin = moto.sdk_config().await;
-        let iam = aws_sdk_iam::Client::new(&admin);
         let ssm = aws_sdk_ssm::Client::new(&admin);
-        let sts = aws_sdk_sts::Client::new(&admin);
 
         let user = template.param("IamUserName").to_owned();
         let secret = template.param("SecretName").to_owned();
@@ -327,11 +442,7 @@ impl World {
                 slack.webhook_url(),
                 ParameterType::SecureString,
             ),
-            (
-                template.param("ConfigParameterName"),
-                config,
-                ParameterType::String,
-            ),
+            (&template.config_parameter(), config, ParameterType::String),
             (
                 OTHER_PARAM,
                 OTHER_PARAM_VALUE.to_owned(),
@@ -347,47 +458,7 @@ impl World {
                 .unwrap();
         }
 
-        let mut roles = HashMap::new();
-        for role in ROLES {
-            let (trust, policies) = template.role(role);
-            let arn = iam
-                .create_role()
-                .role_name(format!("{STACK}-{role}"))
-                .assume_role_policy_document(trust.to_string())
-                .send()
-                .await
-                .unwrap()
-                .role()
-                .unwrap()
-                .arn()
-                .to_owned();
-            for (name, doc) in &policies {
-                iam.put_role_policy()
-                    .role_name(format!("{STACK}-{role}"))
-                    .policy_name(name)
-                    .policy_document(doc.to_string())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-            let c = sts
-                .assume_role()
-                .role_arn(&arn)
-                .role_session_name(format!("{STACK}-{role}"))
-                .send()
-                .await
-                .unwrap();
-            let c = c.credentials().unwrap();
-            roles.insert(
-                role.to_owned(),
-                RoleCreds {
-                    arn,
-                    id: c.access_key_id().to_owned(),
-                    secret: c.secret_access_key().to_owned(),
-                    token: c.session_token().to_owned(),
-                },
-            );
-        }
+        let roles = create_roles(&template, &admin).await;
 
         moto.enforce_iam(true).await.unwrap();
         let dir = std::env::temp_dir().join(format!("keyrotor-lp-{}", uuid::Uuid::new_v4()));
@@ -493,7 +564,7 @@ impl World {
                 .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
                 .env(
                     "KEYROTOR_CONFIG_PARAMETER",
-                    self.template.param("ConfigParameterName"),
+                    self.template.config_parameter(),
                 )
                 .env("RUST_LOG", "trace")
                 .env("HOME", &self.dir)
@@ -810,6 +881,53 @@ async fn every_step_succeeds_with_only_its_own_roles_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pusher_puts_awspending_back_on_its_runs_version() {
+    let w = World::new(false).await;
+    let mut f = w.functions().await;
+    let target = w.template.param("TargetName").to_owned();
+    let run = uuid::Uuid::new_v4().to_string();
+    let mut state =
+        json!({"progress": {"target": target, "run_id": run}, "force": true, "next": "inspect"});
+    while state["next"] != "push" {
+        let step = state["next"].as_str().unwrap().to_owned();
+        state = f
+            .call(json!({"step": step, "state": state}))
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e:?}"));
+    }
+    // Someone moves AWSPENDING off this run's version (a person, a script, a run that gave up).
+    let mine = state["progress"]["pending_version"]
+        .as_str()
+        .expect("create recorded its version")
+        .to_owned();
+    w.moto.enforce_iam(false).await.unwrap();
+    aws_sdk_secretsmanager::Client::new(&w.admin)
+        .update_secret_version_stage()
+        .secret_id(&w.secret)
+        .version_stage("AWSPENDING")
+        .remove_from_version_id(&mine)
+        .send()
+        .await
+        .unwrap();
+    w.moto.enforce_iam(true).await.unwrap();
+
+    // The pusher puts it back (UpdateSecretVersionStage on its one secret) and pushes.
+    let pushed = f
+        .call(json!({"step": "push", "state": state}))
+        .await
+        .expect("the pusher may put AWSPENDING back on its run's version");
+    assert_eq!(pushed["next"], "confirm", "{pushed}");
+    let after = w.observe().await;
+    assert_eq!(
+        Some(after.held.as_str()),
+        state["progress"]["new_key"].as_str(),
+        "the endpoint holds the new key"
+    );
+    let (payloads, printed) = f.stop().await;
+    assert_no_leak(&w.secrets().await, &payloads, &printed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotator_reaches_no_other_user_secret_or_parameter() {
     let w = World::new(true).await;
     let cfg = w.as_role("RotatorRole");
@@ -1071,4 +1189,232 @@ async fn the_pusher_and_the_notifier_cannot_touch_iam() {
     let secrets = w.secrets().await;
     let (payloads, printed) = f.stop().await;
     assert_no_leak(&secrets, &payloads, &printed);
+}
+
+/// A request's result as its error code and description, whatever the service.
+type Answer = Result<(), (String, String)>;
+
+fn answer<T, E: ProvideErrorMetadata + Debug>(r: Result<T, E>) -> Answer {
+    r.map(|_| ())
+        .map_err(|e| (e.code().unwrap_or_default().to_owned(), format!("{e:?}")))
+}
+
+/// Whether a request was allowed (it may still fail for another reason, e.g. `NotFound`).
+fn allowed<T, E: ProvideErrorMetadata + Debug>(what: &str, r: Result<T, E>) {
+    expect(what, true, answer(r));
+}
+
+/// Allowed or refused by IAM authorization, as `inside` says.
+fn expect(what: &str, inside: bool, a: Answer) {
+    match (inside, a) {
+        (true, Err((code, e))) if code.starts_with("AccessDenied") => {
+            panic!("{what}: refused, but the policy must allow it: {e}")
+        }
+        (false, Ok(())) => panic!("{what}: allowed, but the policy must deny it"),
+        (false, Err((code, e))) if !code.starts_with("AccessDenied") => {
+            panic!("{what}: refused with {code:?}, not AccessDenied: {e}")
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_stack_reaches_the_users_under_its_path_and_the_secrets_under_its_prefix_only() {
+    let moto = Moto::start_authorizing_resources().expect("moto starts");
+    let template = Template::load_with(&[
+        ("FleetUserPath", "/keyrotor/"),
+        ("FleetSecretPrefix", "keyrotor/"),
+    ]);
+    let admin = moto.sdk_config().await;
+    let iam = aws_sdk_iam::Client::new(&admin);
+    let sm = aws_sdk_secretsmanager::Client::new(&admin);
+    // (name, path, in the fleet)
+    let users = [
+        ("fleet-a", "/keyrotor/", true),
+        ("fleet-b", "/keyrotor/team-b/", true),
+        ("outside-root", "/", false),
+        ("outside-similar", "/keyrotorx/", false),
+        ("outside-nested", "/other/keyrotor/", false),
+    ];
+    let mut keys = HashMap::new();
+    for (name, path, _) in users {
+        iam.create_user()
+            .user_name(name)
+            .path(path)
+            .send()
+            .await
+            .unwrap();
+        let k = iam
+            .create_access_key()
+            .user_name(name)
+            .send()
+            .await
+            .unwrap();
+        keys.insert(name, k.access_key().unwrap().access_key_id().to_owned());
+    }
+    // (name, in the fleet)
+    let secrets = [
+        ("keyrotor/fleet-a", true),
+        ("keyrotor/team-b/fleet-b", true),
+        (OTHER_SECRET, false),
+        ("keyrotorx/similar", false),
+    ];
+    for (name, _) in secrets {
+        sm.create_secret()
+            .name(name)
+            .secret_string("{}")
+            .send()
+            .await
+            .unwrap();
+    }
+    let roles = create_roles(&template, &admin).await;
+    moto.enforce_iam(true).await.unwrap();
+    let as_role = |role: &str| {
+        let c = &roles[role];
+        sdk(
+            &moto.endpoint,
+            Credentials::new(&c.id, &c.secret, Some(c.token.clone()), None, "role"),
+        )
+    };
+
+    let rotator = as_role("RotatorRole");
+    let (r_iam, r_sm) = (
+        aws_sdk_iam::Client::new(&rotator),
+        aws_sdk_secretsmanager::Client::new(&rotator),
+    );
+    let pusher = as_role("PusherRole");
+    let (p_iam, p_sm) = (
+        aws_sdk_iam::Client::new(&pusher),
+        aws_sdk_secretsmanager::Client::new(&pusher),
+    );
+    for (user, _, inside) in users {
+        let key = &keys[user];
+        let results = [
+            (
+                "rotator ListAccessKeys",
+                answer(r_iam.list_access_keys().user_name(user).send().await),
+            ),
+            (
+                "rotator UpdateAccessKey",
+                answer(
+                    r_iam
+                        .update_access_key()
+                        .user_name(user)
+                        .access_key_id(key)
+                        .status(StatusType::Active)
+                        .send()
+                        .await,
+                ),
+            ),
+            (
+                "pusher ListAccessKeys",
+                answer(p_iam.list_access_keys().user_name(user).send().await),
+            ),
+        ];
+        for (what, r) in results {
+            expect(&format!("{what} of {user}"), inside, r);
+        }
+        let created = r_iam.create_access_key().user_name(user).send().await;
+        if inside {
+            let id = created
+                .unwrap_or_else(|e| panic!("rotator CreateAccessKey of {user}: {e:?}"))
+                .access_key()
+                .unwrap()
+                .access_key_id()
+                .to_owned();
+            allowed(
+                &format!("rotator DeleteAccessKey of {user}"),
+                r_iam
+                    .delete_access_key()
+                    .user_name(user)
+                    .access_key_id(id)
+                    .send()
+                    .await,
+            );
+        } else {
+            assert_denied(&format!("rotator CreateAccessKey of {user}"), created);
+            assert_denied(
+                &format!("rotator DeleteAccessKey of {user}"),
+                r_iam
+                    .delete_access_key()
+                    .user_name(user)
+                    .access_key_id(key)
+                    .send()
+                    .await,
+            );
+        }
+    }
+    for (secret, inside) in secrets {
+        let results = [
+            (
+                "rotator GetSecretValue",
+                answer(r_sm.get_secret_value().secret_id(secret).send().await),
+            ),
+            (
+                "rotator PutSecretValue",
+                answer(
+                    r_sm.put_secret_value()
+                        .secret_id(secret)
+                        .secret_string("{\"written\": true}")
+                        .send()
+                        .await,
+                ),
+            ),
+            (
+                "pusher GetSecretValue",
+                answer(p_sm.get_secret_value().secret_id(secret).send().await),
+            ),
+            (
+                "pusher DescribeSecret",
+                answer(p_sm.describe_secret().secret_id(secret).send().await),
+            ),
+        ];
+        for (what, r) in results {
+            expect(&format!("{what} of {secret}"), inside, r);
+        }
+    }
+    // A first rotation creates its secret: under the prefix only.
+    allowed(
+        "rotator DescribeSecret of a missing keyrotor/new",
+        r_sm.describe_secret()
+            .secret_id("keyrotor/new")
+            .send()
+            .await,
+    );
+    allowed(
+        "rotator CreateSecret keyrotor/new",
+        r_sm.create_secret()
+            .name("keyrotor/new")
+            .secret_string("{}")
+            .send()
+            .await,
+    );
+    assert_denied(
+        "rotator DescribeSecret of a missing elsewhere/new",
+        r_sm.describe_secret()
+            .secret_id("elsewhere/new")
+            .send()
+            .await,
+    );
+    assert_denied(
+        "rotator CreateSecret elsewhere/new",
+        r_sm.create_secret()
+            .name("elsewhere/new")
+            .secret_string("{}")
+            .send()
+            .await,
+    );
+    // The pusher writes no secret value and no key anywhere.
+    assert_denied(
+        "pusher PutSecretValue of keyrotor/fleet-a",
+        p_sm.put_secret_value()
+            .secret_id("keyrotor/fleet-a")
+            .secret_string("{}")
+            .send()
+            .await,
+    );
+    assert_denied(
+        "pusher CreateAccessKey of fleet-a",
+        p_iam.create_access_key().user_name("fleet-a").send().await,
+    );
 }

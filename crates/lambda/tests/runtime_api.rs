@@ -188,6 +188,27 @@ async fn bootstrap_serves_invocations_from_the_runtime_api() {
         other => panic!("expected an error, got {other:?}"),
     }
 
+    // A Slack message that cannot be sent counts in the metric the stack alarms on (EMF).
+    ssm.put_parameter()
+        .name(CONFIG_PARAM)
+        .value(format!(
+            "{config}\n[slack]\nwebhook = \"ssm:/keyrotor-test/no-such-webhook\"\n"
+        ))
+        .r#type(ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+    let mut rotated = state.clone();
+    rotated["outcome"] = json!("rotated");
+    rotated["next"] = json!("done");
+    let reported =
+        api.invoke(json!({"step": "report", "run_id": run_id, "results": [{"state": rotated}]}));
+    let Outcome::Response(summary) = api.outcome(&reported, wait).await.unwrap() else {
+        panic!("report failed")
+    };
+    assert_eq!(summary["notification"]["status"], "failed", "{summary}");
+
     // Stop the function (as Lambda freezes and ends it) and read what it logged.
     api.stop().await;
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
@@ -213,7 +234,19 @@ async fn bootstrap_serves_invocations_from_the_runtime_api() {
         .iter()
         .filter(|l| l["message"] == "step started")
         .collect();
-    assert_eq!(started.len(), 4, "{stdout}");
+    assert_eq!(started.len(), 5, "{stdout}");
+    let metrics: Vec<&Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
+    assert_eq!(metrics.len(), 1, "one EMF line: {stdout}");
+    assert_eq!(
+        metrics[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        keyrotor_lambda::metrics::NAMESPACE
+    );
+    assert_eq!(
+        metrics[0][keyrotor_lambda::metrics::NOTIFICATIONS_FAILED],
+        1
+    );
+    assert_eq!(metrics[0]["FunctionName"], "keyrotor-rotator");
+    assert_eq!(metrics[0]["run_id"], run_id.as_str());
     let failed: Vec<&Value> = lines
         .iter()
         .filter(|l| l["message"] == "step failed")

@@ -366,6 +366,15 @@ impl Aws {
                     PortErrorKind::Retryable,
                     format!("{} did not answer in time", self.host_of(what)),
                 ),
+                // Sent, and the connection ended before an answer (a dropped connection): a
+                // later attempt may work.
+                Unsent::Other if matches!(e, SdkError::DispatchFailure(_)) => (
+                    PortErrorKind::Retryable,
+                    format!(
+                        "the connection to {} ended before an answer came",
+                        self.host_of(what)
+                    ),
+                ),
                 Unsent::Other => (
                     PortErrorKind::Failed,
                     format!("the request to {} could not be sent", self.host_of(what)),

@@ -85,7 +85,9 @@ fn aws_targets() -> Vec<AwsTarget> {
         aws("GetCallerIdentity", 0, "verify"),
         aws("DescribeSecret", 2, "promote"),
         aws("UpdateSecretVersionStage", 0, "promote"),
-        aws("ListAccessKeys", 2, "retire"),
+        // Push, confirm and promote each list keys first (is the new key still Active?).
+        aws("ListAccessKeys", 2, "push"),
+        aws("ListAccessKeys", 5, "retire"),
         aws("UpdateAccessKey", 0, "retire"),
         aws("DeleteAccessKey", 0, "retire"),
     ]

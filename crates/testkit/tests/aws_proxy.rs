@@ -55,6 +55,29 @@ async fn user_exists(name: &str) -> bool {
 }
 
 /// The HTTP status and AWS error code of a failed call.
+/// Fails unless `e` is a service error answered with `status` and `code`; the failure message
+/// is `what` (may be empty), then the error.
+fn assert_answer<E>(e: &SdkError<E, HttpResponse>, status: u16, code: &str, what: &str)
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+{
+    assert_eq!(
+        status_and_code(e),
+        (Some(status), Some(code.to_owned())),
+        "{what} {e:?}"
+    );
+}
+
+/// What Secrets Manager says when `label` is moved without naming the version `holder` that
+/// has it.
+fn remove_from_needed(label: &str, holder: &str) -> String {
+    format!(
+        "The parameter RemoveFromVersionId can't be empty. Staging label {label} is currently \
+         attached to version {holder}, so you must explicitly reference that version in \
+         RemoveFromVersionId."
+    )
+}
+
 fn status_and_code<E>(e: &SdkError<E, HttpResponse>) -> (Option<u16>, Option<String>)
 where
     E: ProvideErrorMetadata,
@@ -130,11 +153,7 @@ async fn throttling_has_the_real_error_shapes() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(400), Some("Throttling".into())),
-        "IAM (query protocol): {e:?}"
-    );
+    assert_answer(&e, 400, "Throttling", "IAM (query protocol):");
     assert_eq!(e.message(), Some("Rate exceeded"));
 
     let e = aws_sdk_ssm::Client::new(&conf)
@@ -143,11 +162,7 @@ async fn throttling_has_the_real_error_shapes() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(400), Some("ThrottlingException".into())),
-        "SSM (JSON protocol): {e:?}"
-    );
+    assert_answer(&e, 400, "ThrottlingException", "SSM (JSON protocol):");
     assert_eq!(e.message(), Some("Rate exceeded"));
     assert_eq!(p.seen()[1].service.as_deref(), Some("ssm"));
 }
@@ -164,29 +179,13 @@ async fn server_errors_have_the_real_error_shapes() {
     let sm = aws_sdk_secretsmanager::Client::new(&conf);
 
     let e = iam.list_users().send().await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(500), Some("InternalFailure".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 500, "InternalFailure", "");
     let e = iam.list_users().send().await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(503), Some("ServiceUnavailable".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 503, "ServiceUnavailable", "");
     let e = sm.list_secrets().send().await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(500), Some("InternalFailure".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 500, "InternalFailure", "");
     let e = sm.list_secrets().send().await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(503), Some("ServiceUnavailable".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 503, "ServiceUnavailable", "");
     // Spent: the next ones are forwarded.
     iam.list_users().send().await.unwrap();
     sm.list_secrets().send().await.unwrap();
@@ -246,7 +245,7 @@ async fn a_lost_response_means_moto_acted_but_the_caller_does_not_know() {
     p.inject(Fault::new("CreateUser", FaultKind::ResponseLost));
 
     let e = iam.create_user().user_name(&name).send().await.unwrap_err();
-    assert!(matches!(e, SdkError::DispatchFailure(_)), "{e:?}");
+    assert!(matches!(e, SdkError::DispatchFailure(_)), "");
     assert!(user_exists(&name).await, "moto created the user");
 }
 
@@ -571,7 +570,7 @@ async fn strict_sts_ignores_a_state_change_that_failed() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(status_and_code(&e).0, Some(404), "{e:?}");
+    assert_eq!(status_and_code(&e).0, Some(404), "");
     assert_eq!(whoami(&conf, &key).await, Ok(arn));
 }
 
@@ -657,11 +656,7 @@ async fn strict_put_secret_value_refuses_a_token_reused_with_another_value() {
     let t = token();
     put(&name, &t, "first").await.unwrap();
     let e = put(&name, &t, "second").await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(400), Some("ResourceExistsException".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 400, "ResourceExistsException", "");
     assert_eq!(
         e.message(),
         Some("You can't modify an existing version, you can only create a new version.")
@@ -735,21 +730,10 @@ async fn strict_stage_moves_need_the_version_that_holds_the_label() {
     let (name, a, b, c) = setup(unique("strict")).await;
     let before = stages(&name).await;
     let e = mv(&name, "AWSPENDING", &c, None).await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(400), Some("InvalidParameterException".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 400, "InvalidParameterException", "");
     assert_eq!(
         e.message(),
-        Some(
-            format!(
-                "The parameter RemoveFromVersionId can't be empty. Staging label AWSPENDING is \
-                 currently attached to version {b}, so you must explicitly reference that version \
-                 in RemoveFromVersionId."
-            )
-            .as_str()
-        )
+        Some(remove_from_needed("AWSPENDING", &b).as_str())
     );
     // Naming a version that does not hold the label.
     let e = mv(&name, "AWSPENDING", &c, Some(&a)).await.unwrap_err();
@@ -768,14 +752,7 @@ async fn strict_stage_moves_need_the_version_that_holds_the_label() {
     let e = mv(&name, "AWSCURRENT", &c, None).await.unwrap_err();
     assert_eq!(
         e.message(),
-        Some(
-            format!(
-                "The parameter RemoveFromVersionId can't be empty. Staging label AWSCURRENT is \
-                 currently attached to version {a}, so you must explicitly reference that version \
-                 in RemoveFromVersionId."
-            )
-            .as_str()
-        )
+        Some(remove_from_needed("AWSCURRENT", &a).as_str())
     );
     mv(&name, "AWSCURRENT", &c, Some(&a)).await.unwrap();
     let s = stages(&name).await;

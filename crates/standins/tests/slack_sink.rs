@@ -253,14 +253,7 @@ async fn the_sink_api_lists_posts_scripts_replies_and_resets() {
     let r = client.post(format!("{api}/reset")).send().await.unwrap();
     assert!(r.status().is_success());
     assert!(sink.posts().is_empty());
-    let posts: Value = client
-        .get(format!("{api}/posts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let posts: Value = json_of(client.get(format!("{api}/posts"))).await;
     assert_eq!(posts, json!([]));
 }
 
@@ -399,4 +392,9 @@ async fn the_binary_exits_cleanly_on_sigterm() {
     assert!(status.success());
     let status = exit_status(child).await;
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
+}
+
+/// The JSON answer to `request`, which must succeed.
+async fn json_of<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.unwrap().json().await.unwrap()
 }

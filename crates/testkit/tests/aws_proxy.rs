@@ -39,19 +39,21 @@ async fn proxy() -> AwsProxy {
     AwsProxy::start(&moto().endpoint).await.unwrap()
 }
 
+/// A proxy, and a client made by `client` that goes through it with `attempts` attempts a call.
+async fn proxied<C>(attempts: u32, client: impl FnOnce(&SdkConfig) -> C) -> (AwsProxy, C) {
+    let p = proxy().await;
+    let c = client(&sdk(p.endpoint(), attempts).await);
+    (p, c)
+}
+
 /// IAM straight to moto (no proxy): to look at what really happened.
 async fn direct_iam() -> aws_sdk_iam::Client {
     aws_sdk_iam::Client::new(&sdk(&moto().endpoint, 1).await)
 }
 
 async fn user_exists(name: &str) -> bool {
-    direct_iam()
-        .await
-        .get_user()
-        .user_name(name)
-        .send()
-        .await
-        .is_ok()
+    let iam = direct_iam().await;
+    iam.get_user().user_name(name).send().await.is_ok()
 }
 
 /// The HTTP status and AWS error code of a failed call.
@@ -94,8 +96,7 @@ where
 
 #[tokio::test]
 async fn a_throttled_iam_call_is_retried_by_the_sdk_and_succeeds() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 5).await);
+    let (p, iam) = proxied(5, aws_sdk_iam::Client::new).await;
     let name = unique("throttled");
     p.inject(Fault::throttle("CreateUser").times(2));
 
@@ -121,8 +122,7 @@ async fn a_throttled_iam_call_is_retried_by_the_sdk_and_succeeds() {
 
 #[tokio::test]
 async fn a_throttled_json_call_is_retried_by_the_sdk_and_succeeds() {
-    let p = proxy().await;
-    let sm = aws_sdk_secretsmanager::Client::new(&sdk(p.endpoint(), 5).await);
+    let (p, sm) = proxied(5, aws_sdk_secretsmanager::Client::new).await;
     let name = unique("secret");
     p.inject(Fault::throttle("CreateSecret").times(1));
 
@@ -193,8 +193,7 @@ async fn server_errors_have_the_real_error_shapes() {
 
 #[tokio::test]
 async fn server_errors_are_retried_by_the_sdk() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 5).await);
+    let (p, iam) = proxied(5, aws_sdk_iam::Client::new).await;
     p.inject(Fault::new("ListUsers", FaultKind::InternalError));
     p.inject(Fault::new("ListUsers", FaultKind::Unavailable).after(1));
 
@@ -204,8 +203,7 @@ async fn server_errors_are_retried_by_the_sdk() {
 
 #[tokio::test]
 async fn a_permanent_fault_is_retried_up_to_the_sdks_bound_then_surfaces() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 3).await);
+    let (p, iam) = proxied(3, aws_sdk_iam::Client::new).await;
     p.inject(Fault::new("ListUsers", FaultKind::Unavailable).forever());
 
     let e = iam.list_users().send().await.unwrap_err();
@@ -216,14 +214,26 @@ async fn a_permanent_fault_is_retried_up_to_the_sdks_bound_then_surfaces() {
     iam.list_users().send().await.unwrap();
 }
 
+/// A proxy whose next CreateUser meets `kind`, sent once (no retry) for a new user named
+/// from `prefix`: the proxy, the user's name, and the error the SDK answered.
+async fn create_user_meeting(
+    kind: FaultKind,
+    prefix: &str,
+) -> (
+    AwsProxy,
+    String,
+    SdkError<aws_sdk_iam::operation::create_user::CreateUserError, HttpResponse>,
+) {
+    let (p, iam) = proxied(1, aws_sdk_iam::Client::new).await;
+    let name = unique(prefix);
+    p.inject(Fault::new("CreateUser", kind));
+    let e = iam.create_user().user_name(&name).send().await.unwrap_err();
+    (p, name, e)
+}
+
 #[tokio::test]
 async fn a_dropped_connection_surfaces_as_a_dispatch_failure_and_nothing_happened() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
-    let name = unique("dropped");
-    p.inject(Fault::new("CreateUser", FaultKind::Drop));
-
-    let e = iam.create_user().user_name(&name).send().await.unwrap_err();
+    let (p, name, e) = create_user_meeting(FaultKind::Drop, "dropped").await;
     assert!(
         matches!(e, SdkError::DispatchFailure(_)),
         "a closed connection is a dispatch failure: {e:?}"
@@ -239,20 +249,14 @@ async fn a_dropped_connection_surfaces_as_a_dispatch_failure_and_nothing_happene
 
 #[tokio::test]
 async fn a_lost_response_means_moto_acted_but_the_caller_does_not_know() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
-    let name = unique("lost");
-    p.inject(Fault::new("CreateUser", FaultKind::ResponseLost));
-
-    let e = iam.create_user().user_name(&name).send().await.unwrap_err();
-    assert!(matches!(e, SdkError::DispatchFailure(_)), "");
+    let (_p, name, e) = create_user_meeting(FaultKind::ResponseLost, "lost").await;
+    assert!(matches!(e, SdkError::DispatchFailure(_)), "{e:?}");
     assert!(user_exists(&name).await, "moto created the user");
 }
 
 #[tokio::test]
 async fn a_slow_answer_is_delayed_then_forwarded() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let (p, iam) = proxied(1, aws_sdk_iam::Client::new).await;
     p.inject(Fault::new("ListUsers", FaultKind::Slow { ms: 300 }));
 
     let started = Instant::now();
@@ -263,8 +267,7 @@ async fn a_slow_answer_is_delayed_then_forwarded() {
 
 #[tokio::test]
 async fn after_lets_the_first_requests_through_and_counts_are_per_operation() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let (p, iam) = proxied(1, aws_sdk_iam::Client::new).await;
     p.inject(Fault::throttle("ListUsers").after(2).times(1));
 
     iam.list_users().send().await.unwrap();
@@ -302,28 +305,14 @@ async fn the_control_routes_add_faults_and_show_what_was_seen() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let faults: Vec<Fault> = http
-        .get(url("faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let faults: Vec<Fault> = json_of(http.get(url("faults"))).await;
     assert_eq!(faults.len(), 2);
     assert_eq!(faults[0].times, None, "null: forever");
 
     let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
     assert!(iam.list_users().send().await.is_err());
     iam.list_roles().send().await.unwrap();
-    let seen: Vec<Seen> = http
-        .get(url("seen"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen: Vec<Seen> = json_of(http.get(url("seen"))).await;
     let ops: Vec<(&str, Option<FaultKind>)> =
         seen.iter().map(|s| (s.op.as_str(), s.fault)).collect();
     assert_eq!(
@@ -570,7 +559,7 @@ async fn strict_sts_ignores_a_state_change_that_failed() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(status_and_code(&e).0, Some(404), "");
+    assert_eq!(status_and_code(&e).0, Some(404), "{e:?}");
     assert_eq!(whoami(&conf, &key).await, Ok(arn));
 }
 
@@ -808,14 +797,7 @@ async fn the_strict_control_route_switches_strict_mode() {
     let arn = user(&name).await;
     let key = create_key(&iam, &name).await;
     assert_eq!(whoami(&conf, &key).await, invalid_token());
-    let seen: Vec<Seen> = http
-        .get(format!("{}/_proxy/seen", p.endpoint()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen: Vec<Seen> = json_of(http.get(format!("{}/_proxy/seen", p.endpoint()))).await;
     let last = seen.last().unwrap();
     assert_eq!(
         (last.op.as_str(), last.strict),
@@ -834,4 +816,9 @@ async fn the_strict_control_route_switches_strict_mode() {
             .status(),
         400
     );
+}
+
+/// The JSON answer to `request`, which must succeed.
+async fn json_of<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.unwrap().json().await.unwrap()
 }

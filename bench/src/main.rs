@@ -290,6 +290,19 @@ pub struct Single {
     pub note: String,
 }
 
+impl Single {
+    /// No runs yet, under `name`.
+    fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            runs: Runs::default(),
+            calls: Vec::new(),
+            ok: 0,
+            note: String::new(),
+        }
+    }
+}
+
 async fn figure1(plan: &Plan, moto: &Arc<Moto>, peer_py: &Path, rep: &mut Report) -> Result<()> {
     let opts = Options {
         targets: 1,
@@ -301,13 +314,7 @@ async fn figure1(plan: &Plan, moto: &Arc<Moto>, peer_py: &Path, rep: &mut Report
     if warm {
         w.rotate(&plan.keyrotor, "warmup").await?;
     }
-    let mut k = Single {
-        name: "keyrotor".into(),
-        runs: Runs::default(),
-        calls: Vec::new(),
-        ok: 0,
-        note: String::new(),
-    };
+    let mut k = Single::named("keyrotor");
     for i in 0..plan.repeats {
         let m = w.mark();
         let (u, doc) = w.rotate(&plan.keyrotor, &format!("single-{i}")).await?;
@@ -341,13 +348,7 @@ async fn figure1(plan: &Plan, moto: &Arc<Moto>, peer_py: &Path, rep: &mut Report
         if warm {
             peer_run(&w, peer_py, &plan.peer_dir, mode, "warmup").await?;
         }
-        let mut p = Single {
-            name: format!("peer ({mode})"),
-            runs: Runs::default(),
-            calls: Vec::new(),
-            ok: 0,
-            note: String::new(),
-        };
+        let mut p = Single::named(format!("peer ({mode})"));
         for i in 0..plan.repeats {
             let m = w.mark();
             let (u, doc) =

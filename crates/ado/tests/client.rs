@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use keyrotor_ado::AdoOptions;
+use keyrotor_ado::{AdoClient, AdoOptions};
 use keyrotor_core::domain::{AccessKeyId, EndpointRef, EndpointSelector, ProjectName};
-use keyrotor_core::ports::{PortError, PortErrorKind, ServiceConnections};
+use keyrotor_core::ports::{Endpoint, PortError, PortErrorKind, PortResult, ServiceConnections};
 use keyrotor_testkit::ado::{Fault, Op, RateLimit};
 use secrecy::SecretString;
 use serde_json::json;
@@ -35,6 +35,69 @@ fn new_key() -> (AccessKeyId, SecretString) {
     )
 }
 
+/// An emulator that answers every GET with `status` and a `Retry-After` of `retry_after` s.
+async fn answering_forever(status: u16, retry_after: u64) -> Env {
+    let env = Env::start().await;
+    env.emu.inject(
+        Fault::status(Op::Get, status)
+            .retry_after(retry_after)
+            .forever(),
+    );
+    env
+}
+
+/// Fast options that accept a `Retry-After` of up to 310 s and wait out rate limits for up
+/// to `rate_limit_max_wait_secs` in all.
+fn willing_to_wait(rate_limit_max_wait_secs: u64) -> AdoOptions {
+    AdoOptions {
+        max_retry_after: Duration::from_secs(310),
+        rate_limit_max_wait: Duration::from_secs(rate_limit_max_wait_secs),
+        ..fast()
+    }
+}
+
+/// `find` by name through the emulator's own client.
+async fn named(env: &Env, project: &str, name: &str) -> PortResult<Endpoint> {
+    env.client.find(&env.org, &by_name(project, name)).await
+}
+
+/// `find` of the prod connection by id through `client`.
+async fn prod_via(env: &Env, client: &AdoClient) -> PortResult<Endpoint> {
+    client.find(&env.org, &by_id("Platform", PROD)).await
+}
+
+/// Sets the new key on the connection `id` as seen from `project`, through `client`.
+async fn put_new_key(env: &Env, client: &AdoClient, project: &str, id: &str) -> PortResult<()> {
+    let (key, secret) = new_key();
+    client
+        .set_credentials(&env.handle(project, id), &key, &secret)
+        .await
+}
+
+/// The error `call` ends in, which must come within `limit_secs` (no long wait was started):
+/// `why` says what a slower failure would mean.
+async fn fails_within(
+    limit_secs: u64,
+    why: &str,
+    call: impl std::future::Future<Output = PortResult<Endpoint>>,
+) -> PortError {
+    let started = Instant::now();
+    let e = call.await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(limit_secs),
+        "{why}: {e}"
+    );
+    e
+}
+
+/// Fails unless `e` is of `kind` and its message holds every one of `parts`.
+fn assert_error(e: &PortError, kind: PortErrorKind, parts: &[&str]) {
+    assert_eq!(e.kind, kind, "{e}");
+    for part in parts {
+        assert!(e.message.contains(part), "{part:?} missing from: {e}");
+    }
+}
+
 /// Everything a person could read of an error.
 fn readable(e: &PortError) -> String {
     format!("{e} | {e:?}")
@@ -43,11 +106,7 @@ fn readable(e: &PortError) -> String {
 #[tokio::test]
 async fn finds_by_name_and_by_id_and_maps_the_fields() {
     let env = Env::start().await;
-    let e = env
-        .client
-        .find(&env.org, &by_name("Platform", "AWS-Prod"))
-        .await
-        .unwrap();
+    let e = named(&env, "Platform", "AWS-Prod").await.unwrap();
     assert_eq!(e.handle.id, PROD);
     assert_eq!(e.handle.project.as_str(), "Platform");
     assert_eq!(e.name, "aws-prod");
@@ -58,11 +117,7 @@ async fn finds_by_name_and_by_id_and_maps_the_fields() {
     assert!(e.is_ready);
     assert_eq!(e.unrotatable_reason(), None);
 
-    let by_id = env
-        .client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap();
+    let by_id = prod_via(&env, &env.client).await.unwrap();
     assert_eq!(by_id, e);
     assert_eq!(env.client.get(&e.handle).await.unwrap(), Some(e));
 }
@@ -71,11 +126,7 @@ async fn finds_by_name_and_by_id_and_maps_the_fields() {
 async fn what_is_not_there_is_not_found_and_null_is_none() {
     let env = Env::start().await;
     let missing = "99999999-9999-4999-8999-999999999999";
-    let e = env
-        .client
-        .find(&env.org, &by_name("Platform", "nope"))
-        .await
-        .unwrap_err();
+    let e = named(&env, "Platform", "nope").await.unwrap_err();
     assert_eq!(e.kind, PortErrorKind::NotFound, "{e}");
     let e = env
         .client
@@ -96,16 +147,9 @@ async fn what_is_not_there_is_not_found_and_null_is_none() {
         env.client.get(&env.handle("Data", PROD)).await.unwrap(),
         None
     );
-    let e = env
-        .client
-        .find(&env.org, &by_name("NoSuchProject", "aws-prod"))
-        .await
-        .unwrap_err();
+    let e = named(&env, "NoSuchProject", "aws-prod").await.unwrap_err();
     assert_eq!(e.kind, PortErrorKind::NotFound, "{e}");
-    let (key, secret) = new_key();
-    let e = env
-        .client
-        .set_credentials(&env.handle("Platform", missing), &key, &secret)
+    let e = put_new_key(&env, &env.client, "Platform", missing)
         .await
         .unwrap_err();
     assert_eq!(e.kind, PortErrorKind::NotFound, "{e}");
@@ -119,11 +163,7 @@ async fn what_is_not_there_is_not_found_and_null_is_none() {
 #[tokio::test]
 async fn a_failed_connection_is_still_found_and_reported_not_ready() {
     let env = Env::start().await;
-    let e = env
-        .client
-        .find(&env.org, &by_name("Platform", "aws-failed"))
-        .await
-        .unwrap();
+    let e = named(&env, "Platform", "aws-failed").await.unwrap();
     assert_eq!(e.handle.id, FAILED);
     assert!(!e.is_ready);
 }
@@ -135,42 +175,25 @@ async fn two_connections_with_one_name_are_invalid() {
     twin["id"] = json!("77777777-7777-4777-8777-777777777777");
     seed.organizations[0].endpoints.push(twin);
     let env = Env::with(seed, fast()).await;
-    let e = env
-        .client
-        .find(&env.org, &by_name("Platform", "aws-prod"))
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Invalid, "{e}");
-    assert!(e.message.contains("2 service connections"), "{e}");
+    let e = named(&env, "Platform", "aws-prod").await.unwrap_err();
+    assert_error(&e, PortErrorKind::Invalid, &["2 service connections"]);
 }
 
 #[tokio::test]
 async fn oidc_and_non_aws_connections_are_reported_and_left_alone() {
     let env = Env::start().await;
-    let oidc = env
-        .client
-        .find(&env.org, &by_name("Platform", "aws-oidc"))
-        .await
-        .unwrap();
+    let oidc = named(&env, "Platform", "aws-oidc").await.unwrap();
     assert!(oidc.uses_oidc);
     assert_eq!(oidc.username, None);
     assert!(oidc.unrotatable_reason().unwrap().contains("OIDC"));
 
-    let gh = env
-        .client
-        .find(&env.org, &by_name("Platform", "github"))
-        .await
-        .unwrap();
+    let gh = named(&env, "Platform", "github").await.unwrap();
     assert_eq!(gh.kind, "GitHub");
     assert_eq!(gh.scheme, "Token");
     assert!(!gh.uses_oidc);
     assert!(gh.unrotatable_reason().unwrap().contains("not AWS"));
 
-    let lower = env
-        .client
-        .find(&env.org, &by_name("Data", "aws-data"))
-        .await
-        .unwrap();
+    let lower = named(&env, "Data", "aws-data").await.unwrap();
     assert_eq!(lower.kind, "aws");
     assert_eq!(
         lower.unrotatable_reason(),
@@ -288,10 +311,7 @@ async fn a_key_update_clears_a_stale_session_token_and_keeps_the_rest() {
 
     // A connection that never had one (`""` stored) keeps its empty one.
     let shared_before = env.stored(SHARED);
-    env.client
-        .set_credentials(&env.handle("Web", SHARED), &key, &secret)
-        .await
-        .unwrap();
+    put_new_key(&env, &env.client, "Web", SHARED).await.unwrap();
     let shared_after = env.stored(SHARED);
     assert_eq!(
         shared_after["authorization"]["parameters"]["sessionToken"],
@@ -310,22 +330,10 @@ async fn pipeline_permissions_survive_the_update() {
         "{}/Platform/_apis/pipelines/pipelinepermissions/endpoint/{PROD}?api-version=7.1-preview.1",
         env.emu.org_url("contoso")
     );
-    let read = || async {
-        reqwest::Client::new()
-            .get(&url)
-            .basic_auth("", Some(PAT))
-            .send()
-            .await
-            .unwrap()
-            .json::<serde_json::Value>()
-            .await
-            .unwrap()
-    };
+    let read = || json_of(reqwest::Client::new().get(&url).basic_auth("", Some(PAT)));
     let before = read().await;
     assert_eq!(before["pipelines"].as_array().unwrap().len(), 2);
-    let (key, secret) = new_key();
-    env.client
-        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+    put_new_key(&env, &env.client, "Platform", PROD)
         .await
         .unwrap();
     assert_eq!(read().await, before);
@@ -346,16 +354,8 @@ async fn running_the_update_again_changes_nothing_more() {
 #[tokio::test]
 async fn a_shared_connection_is_one_object_in_every_project() {
     let env = Env::start().await;
-    let web = env
-        .client
-        .find(&env.org, &by_name("Web", "aws-shared-web"))
-        .await
-        .unwrap();
-    let platform = env
-        .client
-        .find(&env.org, &by_name("Platform", "aws-shared"))
-        .await
-        .unwrap();
+    let web = named(&env, "Web", "aws-shared-web").await.unwrap();
+    let platform = named(&env, "Platform", "aws-shared").await.unwrap();
     assert_eq!(web.handle.id, SHARED);
     assert_eq!(platform.handle.id, SHARED);
     assert_eq!(
@@ -388,11 +388,7 @@ async fn a_429_waits_for_its_retry_after_then_succeeds() {
     let env = Env::start().await;
     env.emu.inject(Fault::status(Op::Get, 429).retry_after(1));
     let started = Instant::now();
-    let e = env
-        .client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap();
+    let e = prod_via(&env, &env.client).await.unwrap();
     let waited = started.elapsed();
     assert_eq!(e.handle.id, PROD);
     // Retry-After: 1 s, capped at 250 ms by the options; the backoff alone would be 5 ms.
@@ -418,16 +414,10 @@ async fn the_emulator_rate_limit_is_ridden_out() {
         ..fast()
     };
     let client = env.client_with(PAT, options);
-    client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap();
+    prod_via(&env, &client).await.unwrap();
     // The second request within the window is refused with 429 and Retry-After; the client
     // waits it out and succeeds.
-    client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap();
+    prod_via(&env, &client).await.unwrap();
     let statuses: Vec<u16> = env.emu.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses.first(), Some(&200));
     assert!(statuses.contains(&429), "{statuses:?}");
@@ -562,28 +552,15 @@ async fn after_a_429_no_request_of_the_client_goes_out_before_its_retry_after() 
 
 #[tokio::test]
 async fn a_rate_limit_wait_past_the_clients_bound_is_not_started() {
-    let env = Env::start().await;
-    env.emu
-        .inject(Fault::status(Op::Get, 429).retry_after(120).forever());
-    let options = AdoOptions {
-        max_retry_after: Duration::from_secs(310),
-        rate_limit_max_wait: Duration::from_secs(10),
-        ..fast()
-    };
+    let env = answering_forever(429, 120).await;
+    let options = willing_to_wait(10);
     let client = env.client_with(PAT, options);
-    let started = Instant::now();
-    let e = client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "it did not wait"
+    let e = fails_within(5, "it did not wait", prod_via(&env, &client)).await;
+    assert_error(
+        &e,
+        PortErrorKind::Retryable,
+        &["HTTP 429", "another 120 s", "10 s this client waits"],
     );
-    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(e.message.contains("HTTP 429"), "{e}");
-    assert!(e.message.contains("another 120 s"), "{e}");
-    assert!(e.message.contains("10 s this client waits"), "{e}");
     assert_eq!(env.emu.requests().len(), 1);
     assert_no_secret(&readable(&e));
     // The pause stays for every other request of the client: they fail at once too, unsent.
@@ -591,34 +568,20 @@ async fn a_rate_limit_wait_past_the_clients_bound_is_not_started() {
         .find(&env.org, &by_name("Platform", "aws-prod"))
         .await
         .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(e.message.contains("was not sent"), "{e}");
+    assert_error(&e, PortErrorKind::Retryable, &["was not sent"]);
     assert_eq!(env.emu.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn no_wait_runs_past_the_deadline() {
-    let env = Env::start().await;
-    env.emu
-        .inject(Fault::status(Op::Get, 429).retry_after(30).forever());
+    let env = answering_forever(429, 30).await;
     let options = AdoOptions {
-        max_retry_after: Duration::from_secs(310),
-        rate_limit_max_wait: Duration::from_secs(900),
         deadline: Some(SystemTime::now() + Duration::from_secs(3)),
-        ..fast()
+        ..willing_to_wait(900)
     };
     let client = env.client_with(PAT, options);
-    let started = Instant::now();
-    let e = client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "it did not wait"
-    );
-    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(e.message.contains("past the deadline"), "{e}");
+    let e = fails_within(2, "it did not wait", prod_via(&env, &client)).await;
+    assert_error(&e, PortErrorKind::Retryable, &["past the deadline"]);
 
     // A backoff past the deadline is not started either, and a deadline that has passed sends
     // nothing.
@@ -630,44 +593,30 @@ async fn no_wait_runs_past_the_deadline() {
         deadline: Some(SystemTime::now() + Duration::from_secs(3)),
         ..fast()
     };
-    let started = Instant::now();
-    let e = env
-        .client_with(PAT, options.clone())
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "it did not wait"
-    );
+    let e = fails_within(
+        2,
+        "it did not wait",
+        prod_via(&env, &env.client_with(PAT, options.clone())),
+    )
+    .await;
     assert!(e.message.contains("HTTP 500"), "{e}");
     assert_eq!(env.emu.requests().len(), 1);
     let options = AdoOptions {
         deadline: Some(SystemTime::now() - Duration::from_secs(1)),
         ..options
     };
-    let e = env
-        .client_with(PAT, options)
-        .find(&env.org, &by_id("Platform", PROD))
+    let e = prod_via(&env, &env.client_with(PAT, options))
         .await
         .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(e.message.contains("deadline has passed"), "{e}");
+    assert_error(&e, PortErrorKind::Retryable, &["deadline has passed"]);
     assert_eq!(env.emu.requests().len(), 1, "nothing sent");
 }
 
 #[tokio::test]
 async fn refusals_are_bounded_in_count_and_do_not_use_up_the_retries_of_failures() {
-    let env = Env::start().await;
-    env.emu
-        .inject(Fault::status(Op::Get, 429).retry_after(0).forever());
-    let e = env
-        .client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(e.message.contains("4 attempts"), "{e}");
+    let env = answering_forever(429, 0).await;
+    let e = prod_via(&env, &env.client).await.unwrap_err();
+    assert_error(&e, PortErrorKind::Retryable, &["4 attempts"]);
     assert_eq!(env.emu.requests().len(), 4, "max_rate_limited_attempts");
 
     // Three refusals and one failure, with room for two failed attempts: it succeeds.
@@ -680,10 +629,7 @@ async fn refusals_are_bounded_in_count_and_do_not_use_up_the_retries_of_failures
         ..fast()
     };
     let client = env.client_with(PAT, options);
-    client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap();
+    prod_via(&env, &client).await.unwrap();
     let statuses: Vec<u16> = env.emu.requests()[4..].iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![429, 429, 429, 503, 200]);
 }
@@ -692,9 +638,7 @@ async fn refusals_are_bounded_in_count_and_do_not_use_up_the_retries_of_failures
 async fn a_5xx_is_retried_with_backoff_then_succeeds() {
     let env = Env::start().await;
     env.emu.inject(Fault::status(Op::Put, 503).times(2));
-    let (key, secret) = new_key();
-    env.client
-        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+    put_new_key(&env, &env.client, "Platform", PROD)
         .await
         .unwrap();
     let puts: Vec<u16> = env
@@ -715,38 +659,22 @@ async fn a_5xx_is_retried_with_backoff_then_succeeds() {
 async fn a_5xx_that_never_ends_is_retryable_after_a_bounded_number_of_attempts() {
     let env = Env::start().await;
     env.emu.inject(Fault::status(Op::Get, 500).forever());
-    let e = env
-        .client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(e.message.contains("4 attempts"), "{e}");
-    assert!(e.message.contains("HTTP 500"), "{e}");
+    let e = prod_via(&env, &env.client).await.unwrap_err();
+    assert_error(&e, PortErrorKind::Retryable, &["4 attempts", "HTTP 500"]);
     assert_eq!(env.emu.requests().len(), 4);
 }
 
 #[tokio::test]
 async fn retries_stop_when_the_time_budget_is_spent() {
-    let env = Env::start().await;
-    env.emu
-        .inject(Fault::status(Op::Get, 503).retry_after(30).forever());
+    let env = answering_forever(503, 30).await;
     let options = keyrotor_ado::AdoOptions {
         max_retry_after: Duration::from_secs(60),
         max_total: Duration::from_secs(2),
         ..fast()
     };
     let client = env.client_with(PAT, options);
-    let started = Instant::now();
-    let e = client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap_err();
+    let e = fails_within(2, "no 30 s wait past the budget", prod_via(&env, &client)).await;
     assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "no 30 s wait past the budget"
-    );
     assert_eq!(env.emu.requests().len(), 1);
 }
 
@@ -760,22 +688,12 @@ async fn a_timeout_is_retried_and_a_hang_ends_as_retryable() {
     };
     let client = env.client_with(PAT, options);
     env.emu.inject(Fault::delay(Op::Get, 3_000));
-    let e = client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap();
+    let e = prod_via(&env, &client).await.unwrap();
     assert_eq!(e.handle.id, PROD);
 
     env.emu.inject(Fault::delay(Op::Get, 3_000).forever());
-    let started = Instant::now();
-    let e = client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
-    assert!(e.message.contains("timed out"), "{e}");
-    assert!(e.message.contains("3 attempts"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let e = fails_within(3, "the hang is cut short", prod_via(&env, &client)).await;
+    assert_error(&e, PortErrorKind::Retryable, &["timed out", "3 attempts"]);
     assert_no_secret(&readable(&e));
 }
 
@@ -825,25 +743,19 @@ async fn a_bad_pat_is_unauthorized_in_plain_words_without_the_secret() {
     // Should the service still answer with its sign-in page (203) or a redirect, the same.
     for fault in [Fault::sign_in_page(Op::Get), Fault::status(Op::Get, 302)] {
         env.emu.inject(fault);
-        let e = env
-            .client
-            .find(&env.org, &by_id("Platform", PROD))
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e}");
-        assert!(e.message.contains("did not accept the PAT"), "{e}");
-        assert!(e.message.contains("sign-in page"), "{e}");
+        let e = prod_via(&env, &env.client).await.unwrap_err();
+        assert_error(
+            &e,
+            PortErrorKind::Unauthorized,
+            &["did not accept the PAT", "sign-in page"],
+        );
         assert!(!e.message.contains("<html"), "{e}");
         assert_no_secret(&readable(&e));
     }
     // And a 200 that is not JSON.
     env.emu
         .inject(Fault::status(Op::Get, 200).body("text/html", "<html><body>Sign in</body></html>"));
-    let e = env
-        .client
-        .find(&env.org, &by_id("Platform", PROD))
-        .await
-        .unwrap_err();
+    let e = prod_via(&env, &env.client).await.unwrap_err();
     assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e}");
 }
 
@@ -852,9 +764,7 @@ async fn a_read_only_pat_cannot_update_and_nothing_changes() {
     let env = Env::start().await;
     let client = env.client_with(READ_PAT, fast());
     let before = env.stored(PROD);
-    let (key, secret) = new_key();
-    let e = client
-        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+    let e = put_new_key(&env, &client, "Platform", PROD)
         .await
         .unwrap_err();
     assert_eq!(e.kind, PortErrorKind::Unauthorized, "{e}");
@@ -875,10 +785,7 @@ async fn a_403_is_forbidden_with_the_servers_message() {
     env.emu.inject(
         Fault::status(Op::Put, 403).body("application/json; charset=utf-8", &body.to_string()),
     );
-    let (key, secret) = new_key();
-    let e = env
-        .client
-        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+    let e = put_new_key(&env, &env.client, "Platform", PROD)
         .await
         .unwrap_err();
     assert_eq!(e.kind, PortErrorKind::Forbidden, "{e}");
@@ -897,15 +804,10 @@ async fn other_client_errors_are_invalid_and_never_echo_what_was_sent() {
     let body = json!({"message": format!("Invalid parameter password '{NEW_SECRET}' for {NEW_KEY}"), "typeKey": "ArgumentException"});
     env.emu
         .inject(Fault::status(Op::Put, 400).body("application/json", &body.to_string()));
-    let (key, secret) = new_key();
-    let e = env
-        .client
-        .set_credentials(&env.handle("Platform", PROD), &key, &secret)
+    let e = put_new_key(&env, &env.client, "Platform", PROD)
         .await
         .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Invalid, "{e}");
-    assert!(e.message.contains("[redacted]"), "{e}");
-    assert!(e.message.contains("AKIA…MPLE"), "{e}");
+    assert_error(&e, PortErrorKind::Invalid, &["[redacted]", "AKIA…MPLE"]);
     assert_no_secret(&readable(&e));
 }
 

@@ -277,6 +277,14 @@ fn the_validator_refuses_what_the_spec_does_not_allow() {
     }
 }
 
+/// Fails unless the operation `name` answers 200 with a `ServiceEndpoint`.
+fn assert_answers_an_endpoint(operation: &Value, name: &str) {
+    assert_eq!(
+        operation["responses"]["200"]["schema"]["$ref"], "#/definitions/ServiceEndpoint",
+        "{name}"
+    );
+}
+
 #[test]
 fn the_spec_declares_the_operations_as_the_client_and_the_emulator_use_them() {
     let Some(spec) = swagger() else { return };
@@ -297,19 +305,13 @@ fn the_spec_declares_the_operations_as_the_client_and_the_emulator_use_them() {
         .find(|p| p["in"] == "body")
         .unwrap();
     assert_eq!(body["schema"]["$ref"], "#/definitions/ServiceEndpoint");
-    assert_eq!(
-        update["responses"]["200"]["schema"]["$ref"],
-        "#/definitions/ServiceEndpoint"
-    );
+    assert_answers_an_endpoint(update, "update");
 
     let get = spec.operation(
         "/{organization}/{project}/_apis/serviceendpoint/endpoints/{endpointId}",
         "get",
     );
-    assert_eq!(
-        get["responses"]["200"]["schema"]["$ref"],
-        "#/definitions/ServiceEndpoint"
-    );
+    assert_answers_an_endpoint(get, "get");
     let by_names = spec.operation(
         "/{organization}/{project}/_apis/serviceendpoint/endpoints",
         "get",
@@ -329,10 +331,7 @@ fn the_spec_declares_the_operations_as_the_client_and_the_emulator_use_them() {
         "projectIds is required on delete"
     );
     let create = spec.operation("/{organization}/_apis/serviceendpoint/endpoints", "post");
-    assert_eq!(
-        create["responses"]["200"]["schema"]["$ref"],
-        "#/definitions/ServiceEndpoint"
-    );
+    assert_answers_an_endpoint(create, "create");
     spec.operation(
         "/{organization}/_apis/serviceendpoint/endpoints/{endpointId}",
         "patch",
@@ -356,18 +355,15 @@ async fn the_body_the_client_puts_is_a_valid_service_endpoint() {
     }
     let env = Env::with(seed, fast()).await;
     // What a GET answers, as the client reads it before its PUT.
-    let answered: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/Web/_apis/serviceendpoint/endpoints/{PROD}?api-version=7.1",
-            env.emu.org_url("contoso")
-        ))
-        .basic_auth("", Some(PAT))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answered = json_of(
+        reqwest::Client::new()
+            .get(format!(
+                "{}/Web/_apis/serviceendpoint/endpoints/{PROD}?api-version=7.1",
+                env.emu.org_url("contoso")
+            ))
+            .basic_auth("", Some(PAT)),
+    )
+    .await;
     assert!(answered["authorization"]["parameters"]["sessionToken"].is_null());
     env.emu.capture_bodies(true);
     let key = AccessKeyId::parse(NEW_KEY).unwrap();
@@ -406,28 +402,18 @@ async fn what_the_emulator_answers_is_valid_service_endpoints() {
         http.request(m, format!("{org}/{path}"))
             .basic_auth("", Some(PAT))
     };
-    let got: Value = call(
+    let got = json_of(call(
         reqwest::Method::GET,
         &format!("Platform/_apis/serviceendpoint/endpoints/{PROD}?api-version=7.1"),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    ))
+    .await;
     spec.assert_valid("ServiceEndpoint", &got, "GET by id");
 
-    let list: Value = call(
+    let list = json_of(call(
         reqwest::Method::GET,
         "Web/_apis/serviceendpoint/endpoints?api-version=7.1&endpointNames=aws-prod",
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    ))
+    .await;
     assert_eq!(list["count"], 1);
     for item in list["value"].as_array().unwrap() {
         spec.assert_valid("ServiceEndpoint", item, "a listed endpoint");
@@ -436,34 +422,28 @@ async fn what_the_emulator_answers_is_valid_service_endpoints() {
     let mut created = aws_endpoint("aws-new", NEW_KEY, NEW_SECRET, &["Platform"]);
     created["serviceEndpointProjectReferences"][0]["projectReference"]["id"] = json!(PLATFORM);
     spec.assert_valid("ServiceEndpoint", &created, "the POST body");
-    let answer: Value = call(
-        reqwest::Method::POST,
-        "_apis/serviceendpoint/endpoints?api-version=7.1",
+    let answer = json_of(
+        call(
+            reqwest::Method::POST,
+            "_apis/serviceendpoint/endpoints?api-version=7.1",
+        )
+        .json(&created),
     )
-    .json(&created)
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     spec.assert_valid(
         "ServiceEndpoint",
         &answer,
         "the POST answer (with server-filled fields)",
     );
 
-    let answer: Value = call(
-        reqwest::Method::PUT,
-        &format!("_apis/serviceendpoint/endpoints/{PROD}?api-version=7.1"),
+    let answer = json_of(
+        call(
+            reqwest::Method::PUT,
+            &format!("_apis/serviceendpoint/endpoints/{PROD}?api-version=7.1"),
+        )
+        .json(&got),
     )
-    .json(&got)
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     spec.assert_valid("ServiceEndpoint", &answer, "the PUT answer");
 
     // The executionhistory answer's items are ServiceEndpointExecutionRecords.

@@ -135,8 +135,8 @@ pub async fn run(args: &MigrateArgs, backend: &dyn Backend, io: &mut Io<'_>) -> 
             .await
             .map_err(observing("reading the migration record"))?;
         match mode {
-            "rollback" => act::rollback(&ctx, record, io).await,
-            "finish" => act::finish(&ctx, record, io).await,
+            "rollback" => act::rollback(&ctx, act::recorded(&ctx, record, "roll back")?, io).await,
+            "finish" => act::finish(&ctx, act::recorded(&ctx, record, "finish")?, io).await,
             _ if record.as_ref().is_some_and(|r| r.phase == Phase::Finished) => {
                 let _ = writeln!(
                     io.out,
@@ -288,15 +288,14 @@ async fn observe(
             ),
         )
     })?;
+    let iam = &ctx.oidc.iam;
     let org_id = ctx
         .oidc
         .ado
         .organization_id(&t.organization)
         .await
         .map_err(observing("reading the organization's id (connectionData)"))?;
-    let user_arn = ctx
-        .oidc
-        .iam
+    let user_arn = iam
         .user_arn(&t.iam_user)
         .await
         .map_err(observing("reading the IAM user"))?;
@@ -305,7 +304,6 @@ async fn observe(
         .map_or(user_arn.as_str(), |(a, _)| a)
         .to_owned();
     let issuer = oidc::issuer_path(&org_id);
-    let iam = &ctx.oidc.iam;
     let provider = iam
         .find_provider(&issuer)
         .await

@@ -5,6 +5,13 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(Path::new("keyrotor.toml"), text)
 }
 
+/// The error parsing `text` fails with, which must name `field`.
+fn refused_at(text: &str, field: &str) -> ConfigError {
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some(field), "{e:?}");
+    e
+}
+
 const MINIMAL: &str = r#"
 [ado]
 organization = "https://dev.azure.com/contoso"
@@ -66,8 +73,7 @@ fn a_missing_target_field_is_named() {
 #[test]
 fn duplicate_target_names_are_refused() {
     let second = &MINIMAL[MINIMAL.find("[[target]]").unwrap()..];
-    let e = parse(&format!("{MINIMAL}{second}")).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("target[1].name"));
+    let e = refused_at(&format!("{MINIMAL}{second}"), "target[1].name");
     assert!(e.message.contains("used twice"));
     assert_eq!(e.line, Some(12));
 }
@@ -75,8 +81,7 @@ fn duplicate_target_names_are_refused() {
 #[test]
 fn plain_http_to_a_remote_host_is_refused() {
     let text = MINIMAL.replace("https://dev.azure.com", "http://dev.azure.com");
-    let e = parse(&text).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("ado.organization"));
+    let e = refused_at(&text, "ado.organization");
     assert!(e.message.contains("plain http"));
 }
 
@@ -89,15 +94,13 @@ fn malformed_toml_names_the_line() {
 #[test]
 fn an_endpoint_needs_exactly_one_of_name_or_id() {
     let text = MINIMAL.replace("name = \"aws-prod\"", "name = \"a\", id = \"b\"");
-    let e = parse(&text).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("target[0].endpoints[0]"));
+    refused_at(&text, "target[0].endpoints[0]");
 }
 
 #[test]
 fn bad_durations_are_named() {
     let text = format!("{MINIMAL}\n[policy]\nmin_key_age = \"a week\"\n");
-    let e = parse(&text).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("policy.min_key_age"));
+    let e = refused_at(&text, "policy.min_key_age");
     assert!(e.message.contains("not a duration"));
 }
 
@@ -123,8 +126,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 #[test]
 fn two_targets_rotating_one_iam_user_are_refused_whatever_the_case() {
     let text = two_targets("Azure-DevOps-Pipeline", "/other/secret");
-    let e = parse(&text).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("target[1].iam_user"));
+    let e = refused_at(&text, "target[1].iam_user");
     assert_eq!(e.line, Some(line_of(&text, "iam_user = \"Azure")));
     let shown = e.to_string();
     let start = format!("keyrotor.toml:{}: target[1].iam_user: ", e.line.unwrap());
@@ -138,16 +140,17 @@ fn two_targets_rotating_one_iam_user_are_refused_whatever_the_case() {
         assert!(e.message.contains(part), "{part}: {shown}");
     }
 
-    let e = parse(&two_targets("azure-devops-pipeline", "/other/secret")).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("target[1].iam_user"));
+    let e = refused_at(
+        &two_targets("azure-devops-pipeline", "/other/secret"),
+        "target[1].iam_user",
+    );
     assert!(!e.message.contains("ignore case"), "{e}");
 }
 
 #[test]
 fn two_targets_keeping_one_secret_are_refused() {
     let text = two_targets("other-user", "/azure/devops/agent/iam/accesskey");
-    let e = parse(&text).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("target[1].secret"));
+    let e = refused_at(&text, "target[1].secret");
     assert_eq!(e.line, Some(line_of(&text, "secret = ")));
     for part in [
         "'platform-prod'",
@@ -161,8 +164,7 @@ fn two_targets_keeping_one_secret_are_refused() {
 #[test]
 fn an_arn_and_a_name_of_one_secret_are_one_secret() {
     let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:/azure/devops/agent/iam/accesskey-AbC123";
-    let e = parse(&two_targets("other-user", arn)).unwrap_err();
-    assert_eq!(e.field.as_deref(), Some("target[1].secret"));
+    let e = refused_at(&two_targets("other-user", arn), "target[1].secret");
     assert!(
         e.message.contains("'platform-prod'") && e.message.contains(arn),
         "{e}"

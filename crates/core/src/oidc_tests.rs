@@ -13,6 +13,14 @@ fn issuer() -> String {
     issuer_path(ORG_ID)
 }
 
+/// IAM's provider for the organization, with these audiences.
+fn provider(audiences: &[&str]) -> Option<OidcProvider> {
+    Some(OidcProvider {
+        arn: PROVIDER.into(),
+        audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+    })
+}
+
 #[test]
 fn the_organization_name_comes_from_either_url_form() {
     let name = |u: &str| organization_name(&OrgUrl::parse(u).unwrap());
@@ -244,10 +252,7 @@ fn a_shared_connection_is_trusted_in_every_project_it_is_in() {
 fn a_connection_that_assumes_a_role_keeps_it_and_its_trust_gets_the_subject() {
     let kept = "arn:aws:iam::123456789012:role/deploy";
     let mut o = observed(vec![conn("e1", &[("Platform", "aws-prod")], kept, "")]);
-    o.provider = Some(OidcProvider {
-        arn: PROVIDER.into(),
-        audiences: vec![AUDIENCE.into()],
-    });
+    o.provider = provider(&[AUDIENCE]);
     let theirs = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
         "Principal": {"AWS": "arn:aws:iam::123456789012:user/u"}, "Action": "sts:AssumeRole"}]});
     o.roles = vec![(
@@ -308,10 +313,7 @@ fn a_given_role_whose_trust_misses_a_subject_is_bad_input() {
 fn a_switched_connection_is_done_and_the_provider_without_the_audience_gets_it() {
     let own = "arn:aws:iam::123456789012:role/keyrotor-oidc-platform-prod";
     let mut o = observed(vec![conn("e1", &[("Platform", "aws-prod")], own, "true")]);
-    o.provider = Some(OidcProvider {
-        arn: PROVIDER.into(),
-        audiences: vec!["other".into()],
-    });
+    o.provider = provider(&["other"]);
     let trust = trust_policy(
         "S",
         PROVIDER,

@@ -3,20 +3,24 @@ use super::*;
 
 #[test]
 fn a_prefix_ends_at_a_word_boundary() {
-    assert_eq!(word_prefix("alpha beta gamma", 12), "alpha beta");
-    assert_eq!(word_prefix("alpha beta gamma", 10), "alpha beta");
-    assert_eq!(word_prefix("alpha beta gamma", 9), "alpha");
-    assert_eq!(word_prefix("alphabet", 4), "");
-    assert_eq!(word_prefix("alpha", 5), "alpha");
+    let cases = [
+        ("alpha beta gamma", 12, "alpha beta"),
+        ("alpha beta gamma", 10, "alpha beta"),
+        ("alpha beta gamma", 9, "alpha"),
+        ("alphabet", 4, ""),
+        ("alpha", 5, "alpha"),
+    ];
+    for (text, budget, expected) in cases {
+        assert_eq!(word_prefix(text, budget), expected, "{text:?} in {budget}");
+    }
 }
 
 #[test]
 fn escapes_count_toward_the_budget_and_are_never_split() {
     // "a & b" is 9 characters once escaped.
-    assert_eq!(word_prefix("a & b", 8), "a &");
-    assert_eq!(word_prefix("a & b", 7), "a &");
-    assert_eq!(word_prefix("a & b", 6), "a");
-    assert_eq!(word_prefix("a & b", 5), "a");
+    for (budget, expected) in [(8, "a &"), (7, "a &"), (6, "a"), (5, "a")] {
+        assert_eq!(word_prefix("a & b", budget), expected, "in {budget}");
+    }
     assert_eq!(clip("x <y> z", 7), "x…");
 }
 

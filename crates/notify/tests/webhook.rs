@@ -157,11 +157,7 @@ async fn a_long_outage_is_bounded_in_time_too() {
         ..fast()
     };
     let started = Instant::now();
-    let e = notifier(&sink, options)
-        .notify(&report())
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Retryable);
+    gives_up(&sink, options).await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
@@ -219,14 +215,27 @@ async fn slacks_permanent_errors_fail_at_once_naming_code_and_status() {
     }
 }
 
-#[tokio::test]
-async fn a_webhook_slack_does_not_know_gets_no_service() {
+/// The error of a notification through `sink` with `options`, which must be retryable.
+async fn gives_up(sink: &SlackSink, options: SlackOptions) -> PortError {
+    let e = notifier(sink, options).notify(&report()).await.unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    e
+}
+
+/// A sink, and a notifier for a webhook it does not know (one Slack revoked).
+async fn revoked_webhook() -> (SlackSink, SlackNotifier) {
     let sink = SlackSink::start().await.unwrap();
     let url = format!(
         "{}/services/T00000000/B00000000/revokedsecret",
         sink.base_url()
     );
     let n = SlackNotifier::with_options(SecretString::from(url), fast()).unwrap();
+    (sink, n)
+}
+
+#[tokio::test]
+async fn a_webhook_slack_does_not_know_gets_no_service() {
+    let (_sink, n) = revoked_webhook().await;
     let e = n.notify(&report()).await.unwrap_err();
     assert_eq!(e.kind, PortErrorKind::NotFound);
     assert!(e.message.contains("HTTP 404 no_service"), "{e}");
@@ -242,11 +251,7 @@ async fn a_slack_that_does_not_answer_in_time_is_retried_then_given_up() {
         request_timeout: Duration::from_millis(100),
         ..fast()
     };
-    let e = notifier(&sink, options)
-        .notify(&report())
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind, PortErrorKind::Retryable);
+    let e = gives_up(&sink, options).await;
     assert!(
         e.message
             .starts_with("Slack did not answer within 0.1 s on the last of 2 attempts"),
@@ -402,12 +407,7 @@ async fn a_probe_of_a_live_webhook_posts_no_message() {
 
 #[tokio::test]
 async fn a_probe_of_a_dead_webhook_names_the_fix() {
-    let sink = SlackSink::start().await.unwrap();
-    let url = format!(
-        "{}/services/T00000000/B00000000/revokedsecret",
-        sink.base_url()
-    );
-    let n = SlackNotifier::with_options(SecretString::from(url), fast()).unwrap();
+    let (sink, n) = revoked_webhook().await;
     let e = n.probe().await.unwrap_err();
     assert_eq!(e.kind, PortErrorKind::NotFound);
     assert_eq!(

@@ -89,6 +89,18 @@ pub struct Reply {
     pub delay_ms: Option<u64>,
 }
 
+/// Slack's error answers, one constructor each, named for the error code they answer with.
+macro_rules! slack_errors {
+    ($($(#[$doc:meta])* $code:ident => $status:literal,)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $code() -> Self {
+                Self::new($status, stringify!($code))
+            }
+        )*
+    };
+}
+
 impl Reply {
     /// An answer with this status and body.
     pub fn new(status: u16, body: &str) -> Self {
@@ -99,9 +111,25 @@ impl Reply {
             delay_ms: None,
         }
     }
-    /// `200 ok`.
-    pub fn ok() -> Self {
-        Self::new(200, "ok")
+    slack_errors! {
+        /// `200 ok`.
+        ok => 200,
+        /// `500 rollup_error`: Slack's internal error.
+        rollup_error => 500,
+        /// `400 invalid_payload`.
+        invalid_payload => 400,
+        /// `400 no_text`.
+        no_text => 400,
+        /// `403 action_prohibited`.
+        action_prohibited => 403,
+        /// `404 channel_not_found`.
+        channel_not_found => 404,
+        /// `404 no_service`: the webhook was disabled or removed.
+        no_service => 404,
+        /// `403 invalid_token`: the webhook's token is not valid (revoked, or mistyped).
+        invalid_token => 403,
+        /// `410 channel_is_archived`.
+        channel_is_archived => 410,
     }
     /// `429 rate_limited` with `Retry-After: secs`.
     pub fn rate_limited(secs: u64) -> Self {
@@ -109,38 +137,6 @@ impl Reply {
             retry_after: Some(secs),
             ..Self::new(429, "rate_limited")
         }
-    }
-    /// `500 rollup_error`: Slack's internal error.
-    pub fn rollup_error() -> Self {
-        Self::new(500, "rollup_error")
-    }
-    /// `400 invalid_payload`.
-    pub fn invalid_payload() -> Self {
-        Self::new(400, "invalid_payload")
-    }
-    /// `400 no_text`.
-    pub fn no_text() -> Self {
-        Self::new(400, "no_text")
-    }
-    /// `403 action_prohibited`.
-    pub fn action_prohibited() -> Self {
-        Self::new(403, "action_prohibited")
-    }
-    /// `404 channel_not_found`.
-    pub fn channel_not_found() -> Self {
-        Self::new(404, "channel_not_found")
-    }
-    /// `404 no_service`: the webhook was disabled or removed.
-    pub fn no_service() -> Self {
-        Self::new(404, "no_service")
-    }
-    /// `403 invalid_token`: the webhook's token is not valid (revoked, or mistyped).
-    pub fn invalid_token() -> Self {
-        Self::new(403, "invalid_token")
-    }
-    /// `410 channel_is_archived`.
-    pub fn channel_is_archived() -> Self {
-        Self::new(410, "channel_is_archived")
     }
     /// The same answer, after a delay.
     pub fn delayed(self, delay: Duration) -> Self {

@@ -2,7 +2,7 @@
 //! `/_sink/` API, and the `slack-sink` binary.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use keyrotor_standins::slack::{Reply, SlackSink};
@@ -253,14 +253,7 @@ async fn the_sink_api_lists_posts_scripts_replies_and_resets() {
     let r = client.post(format!("{api}/reset")).send().await.unwrap();
     assert!(r.status().is_success());
     assert!(sink.posts().is_empty());
-    let posts: Value = client
-        .get(format!("{api}/posts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let posts: Value = json_of(client.get(format!("{api}/posts"))).await;
     assert_eq!(posts, json!([]));
 }
 
@@ -331,9 +324,8 @@ async fn a_delayed_reply_arrives_after_its_delay() {
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
 
-/// The binary: the webhook URL on the first line, a working sink, gone when stdin closes.
-#[tokio::test]
-async fn the_binary_prints_its_webhook_url_serves_and_exits_when_stdin_closes() {
+/// The sink binary, started with its stdin piped, and the webhook URL it printed first.
+fn start_binary() -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_slack-sink"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -344,7 +336,21 @@ async fn the_binary_prints_its_webhook_url_serves_and_exits_when_stdin_closes() 
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = line.trim().to_owned();
+    (child, line.trim().to_owned())
+}
+
+/// How `child` exited, waited for off the async threads.
+async fn exit_status(mut child: Child) -> ExitStatus {
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The binary: the webhook URL on the first line, a working sink, gone when stdin closes.
+#[tokio::test]
+async fn the_binary_prints_its_webhook_url_serves_and_exits_when_stdin_closes() {
+    let (mut child, url) = start_binary();
     assert!(
         url.starts_with("http://127.0.0.1:") && url.contains("/services/T00000000/"),
         "{url:?}"
@@ -363,10 +369,7 @@ async fn the_binary_prints_its_webhook_url_serves_and_exits_when_stdin_closes() 
     assert_eq!(posts[0]["json"]["text"], "from another process");
 
     drop(child.stdin.take());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_status(child).await;
     assert!(status.success(), "{status}");
     assert!(
         reqwest::Client::new()
@@ -381,24 +384,17 @@ async fn the_binary_prints_its_webhook_url_serves_and_exits_when_stdin_closes() 
 #[cfg(unix)]
 #[tokio::test]
 async fn the_binary_exits_cleanly_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_slack-sink"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (child, _) = start_binary();
     let status = Command::new("kill")
         .arg(child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = exit_status(child).await;
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
+}
+
+/// The JSON answer to `request`, which must succeed.
+async fn json_of<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.unwrap().json().await.unwrap()
 }

@@ -39,22 +39,47 @@ async fn proxy() -> AwsProxy {
     AwsProxy::start(&moto().endpoint).await.unwrap()
 }
 
+/// A proxy, and a client made by `client` that goes through it with `attempts` attempts a call.
+async fn proxied<C>(attempts: u32, client: impl FnOnce(&SdkConfig) -> C) -> (AwsProxy, C) {
+    let p = proxy().await;
+    let c = client(&sdk(p.endpoint(), attempts).await);
+    (p, c)
+}
+
 /// IAM straight to moto (no proxy): to look at what really happened.
 async fn direct_iam() -> aws_sdk_iam::Client {
     aws_sdk_iam::Client::new(&sdk(&moto().endpoint, 1).await)
 }
 
 async fn user_exists(name: &str) -> bool {
-    direct_iam()
-        .await
-        .get_user()
-        .user_name(name)
-        .send()
-        .await
-        .is_ok()
+    let iam = direct_iam().await;
+    iam.get_user().user_name(name).send().await.is_ok()
 }
 
 /// The HTTP status and AWS error code of a failed call.
+/// Fails unless `e` is a service error answered with `status` and `code`; the failure message
+/// is `what` (may be empty), then the error.
+fn assert_answer<E>(e: &SdkError<E, HttpResponse>, status: u16, code: &str, what: &str)
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+{
+    assert_eq!(
+        status_and_code(e),
+        (Some(status), Some(code.to_owned())),
+        "{what} {e:?}"
+    );
+}
+
+/// What Secrets Manager says when `label` is moved without naming the version `holder` that
+/// has it.
+fn remove_from_needed(label: &str, holder: &str) -> String {
+    format!(
+        "The parameter RemoveFromVersionId can't be empty. Staging label {label} is currently \
+         attached to version {holder}, so you must explicitly reference that version in \
+         RemoveFromVersionId."
+    )
+}
+
 fn status_and_code<E>(e: &SdkError<E, HttpResponse>) -> (Option<u16>, Option<String>)
 where
     E: ProvideErrorMetadata,
@@ -71,8 +96,7 @@ where
 
 #[tokio::test]
 async fn a_throttled_iam_call_is_retried_by_the_sdk_and_succeeds() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 5).await);
+    let (p, iam) = proxied(5, aws_sdk_iam::Client::new).await;
     let name = unique("throttled");
     p.inject(Fault::throttle("CreateUser").times(2));
 
@@ -98,8 +122,7 @@ async fn a_throttled_iam_call_is_retried_by_the_sdk_and_succeeds() {
 
 #[tokio::test]
 async fn a_throttled_json_call_is_retried_by_the_sdk_and_succeeds() {
-    let p = proxy().await;
-    let sm = aws_sdk_secretsmanager::Client::new(&sdk(p.endpoint(), 5).await);
+    let (p, sm) = proxied(5, aws_sdk_secretsmanager::Client::new).await;
     let name = unique("secret");
     p.inject(Fault::throttle("CreateSecret").times(1));
 
@@ -130,11 +153,7 @@ async fn throttling_has_the_real_error_shapes() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(400), Some("Throttling".into())),
-        "IAM (query protocol): {e:?}"
-    );
+    assert_answer(&e, 400, "Throttling", "IAM (query protocol):");
     assert_eq!(e.message(), Some("Rate exceeded"));
 
     let e = aws_sdk_ssm::Client::new(&conf)
@@ -143,11 +162,7 @@ async fn throttling_has_the_real_error_shapes() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(400), Some("ThrottlingException".into())),
-        "SSM (JSON protocol): {e:?}"
-    );
+    assert_answer(&e, 400, "ThrottlingException", "SSM (JSON protocol):");
     assert_eq!(e.message(), Some("Rate exceeded"));
     assert_eq!(p.seen()[1].service.as_deref(), Some("ssm"));
 }
@@ -164,29 +179,13 @@ async fn server_errors_have_the_real_error_shapes() {
     let sm = aws_sdk_secretsmanager::Client::new(&conf);
 
     let e = iam.list_users().send().await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(500), Some("InternalFailure".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 500, "InternalFailure", "");
     let e = iam.list_users().send().await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(503), Some("ServiceUnavailable".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 503, "ServiceUnavailable", "");
     let e = sm.list_secrets().send().await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(500), Some("InternalFailure".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 500, "InternalFailure", "");
     let e = sm.list_secrets().send().await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(503), Some("ServiceUnavailable".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 503, "ServiceUnavailable", "");
     // Spent: the next ones are forwarded.
     iam.list_users().send().await.unwrap();
     sm.list_secrets().send().await.unwrap();
@@ -194,8 +193,7 @@ async fn server_errors_have_the_real_error_shapes() {
 
 #[tokio::test]
 async fn server_errors_are_retried_by_the_sdk() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 5).await);
+    let (p, iam) = proxied(5, aws_sdk_iam::Client::new).await;
     p.inject(Fault::new("ListUsers", FaultKind::InternalError));
     p.inject(Fault::new("ListUsers", FaultKind::Unavailable).after(1));
 
@@ -205,8 +203,7 @@ async fn server_errors_are_retried_by_the_sdk() {
 
 #[tokio::test]
 async fn a_permanent_fault_is_retried_up_to_the_sdks_bound_then_surfaces() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 3).await);
+    let (p, iam) = proxied(3, aws_sdk_iam::Client::new).await;
     p.inject(Fault::new("ListUsers", FaultKind::Unavailable).forever());
 
     let e = iam.list_users().send().await.unwrap_err();
@@ -217,14 +214,26 @@ async fn a_permanent_fault_is_retried_up_to_the_sdks_bound_then_surfaces() {
     iam.list_users().send().await.unwrap();
 }
 
+/// A proxy whose next CreateUser meets `kind`, sent once (no retry) for a new user named
+/// from `prefix`: the proxy, the user's name, and the error the SDK answered.
+async fn create_user_meeting(
+    kind: FaultKind,
+    prefix: &str,
+) -> (
+    AwsProxy,
+    String,
+    SdkError<aws_sdk_iam::operation::create_user::CreateUserError, HttpResponse>,
+) {
+    let (p, iam) = proxied(1, aws_sdk_iam::Client::new).await;
+    let name = unique(prefix);
+    p.inject(Fault::new("CreateUser", kind));
+    let e = iam.create_user().user_name(&name).send().await.unwrap_err();
+    (p, name, e)
+}
+
 #[tokio::test]
 async fn a_dropped_connection_surfaces_as_a_dispatch_failure_and_nothing_happened() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
-    let name = unique("dropped");
-    p.inject(Fault::new("CreateUser", FaultKind::Drop));
-
-    let e = iam.create_user().user_name(&name).send().await.unwrap_err();
+    let (p, name, e) = create_user_meeting(FaultKind::Drop, "dropped").await;
     assert!(
         matches!(e, SdkError::DispatchFailure(_)),
         "a closed connection is a dispatch failure: {e:?}"
@@ -240,20 +249,14 @@ async fn a_dropped_connection_surfaces_as_a_dispatch_failure_and_nothing_happene
 
 #[tokio::test]
 async fn a_lost_response_means_moto_acted_but_the_caller_does_not_know() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
-    let name = unique("lost");
-    p.inject(Fault::new("CreateUser", FaultKind::ResponseLost));
-
-    let e = iam.create_user().user_name(&name).send().await.unwrap_err();
+    let (_p, name, e) = create_user_meeting(FaultKind::ResponseLost, "lost").await;
     assert!(matches!(e, SdkError::DispatchFailure(_)), "{e:?}");
     assert!(user_exists(&name).await, "moto created the user");
 }
 
 #[tokio::test]
 async fn a_slow_answer_is_delayed_then_forwarded() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let (p, iam) = proxied(1, aws_sdk_iam::Client::new).await;
     p.inject(Fault::new("ListUsers", FaultKind::Slow { ms: 300 }));
 
     let started = Instant::now();
@@ -264,8 +267,7 @@ async fn a_slow_answer_is_delayed_then_forwarded() {
 
 #[tokio::test]
 async fn after_lets_the_first_requests_through_and_counts_are_per_operation() {
-    let p = proxy().await;
-    let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
+    let (p, iam) = proxied(1, aws_sdk_iam::Client::new).await;
     p.inject(Fault::throttle("ListUsers").after(2).times(1));
 
     iam.list_users().send().await.unwrap();
@@ -303,28 +305,14 @@ async fn the_control_routes_add_faults_and_show_what_was_seen() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let faults: Vec<Fault> = http
-        .get(url("faults"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let faults: Vec<Fault> = json_of(http.get(url("faults"))).await;
     assert_eq!(faults.len(), 2);
     assert_eq!(faults[0].times, None, "null: forever");
 
     let iam = aws_sdk_iam::Client::new(&sdk(p.endpoint(), 1).await);
     assert!(iam.list_users().send().await.is_err());
     iam.list_roles().send().await.unwrap();
-    let seen: Vec<Seen> = http
-        .get(url("seen"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen: Vec<Seen> = json_of(http.get(url("seen"))).await;
     let ops: Vec<(&str, Option<FaultKind>)> =
         seen.iter().map(|s| (s.op.as_str(), s.fault)).collect();
     assert_eq!(
@@ -657,11 +645,7 @@ async fn strict_put_secret_value_refuses_a_token_reused_with_another_value() {
     let t = token();
     put(&name, &t, "first").await.unwrap();
     let e = put(&name, &t, "second").await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(400), Some("ResourceExistsException".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 400, "ResourceExistsException", "");
     assert_eq!(
         e.message(),
         Some("You can't modify an existing version, you can only create a new version.")
@@ -735,21 +719,10 @@ async fn strict_stage_moves_need_the_version_that_holds_the_label() {
     let (name, a, b, c) = setup(unique("strict")).await;
     let before = stages(&name).await;
     let e = mv(&name, "AWSPENDING", &c, None).await.unwrap_err();
-    assert_eq!(
-        status_and_code(&e),
-        (Some(400), Some("InvalidParameterException".into())),
-        "{e:?}"
-    );
+    assert_answer(&e, 400, "InvalidParameterException", "");
     assert_eq!(
         e.message(),
-        Some(
-            format!(
-                "The parameter RemoveFromVersionId can't be empty. Staging label AWSPENDING is \
-                 currently attached to version {b}, so you must explicitly reference that version \
-                 in RemoveFromVersionId."
-            )
-            .as_str()
-        )
+        Some(remove_from_needed("AWSPENDING", &b).as_str())
     );
     // Naming a version that does not hold the label.
     let e = mv(&name, "AWSPENDING", &c, Some(&a)).await.unwrap_err();
@@ -768,14 +741,7 @@ async fn strict_stage_moves_need_the_version_that_holds_the_label() {
     let e = mv(&name, "AWSCURRENT", &c, None).await.unwrap_err();
     assert_eq!(
         e.message(),
-        Some(
-            format!(
-                "The parameter RemoveFromVersionId can't be empty. Staging label AWSCURRENT is \
-                 currently attached to version {a}, so you must explicitly reference that version \
-                 in RemoveFromVersionId."
-            )
-            .as_str()
-        )
+        Some(remove_from_needed("AWSCURRENT", &a).as_str())
     );
     mv(&name, "AWSCURRENT", &c, Some(&a)).await.unwrap();
     let s = stages(&name).await;
@@ -831,14 +797,7 @@ async fn the_strict_control_route_switches_strict_mode() {
     let arn = user(&name).await;
     let key = create_key(&iam, &name).await;
     assert_eq!(whoami(&conf, &key).await, invalid_token());
-    let seen: Vec<Seen> = http
-        .get(format!("{}/_proxy/seen", p.endpoint()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen: Vec<Seen> = json_of(http.get(format!("{}/_proxy/seen", p.endpoint()))).await;
     let last = seen.last().unwrap();
     assert_eq!(
         (last.op.as_str(), last.strict),
@@ -857,4 +816,9 @@ async fn the_strict_control_route_switches_strict_mode() {
             .status(),
         400
     );
+}
+
+/// The JSON answer to `request`, which must succeed.
+async fn json_of<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.unwrap().json().await.unwrap()
 }

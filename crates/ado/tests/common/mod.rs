@@ -166,6 +166,11 @@ pub fn without_credentials(v: &Value) -> Value {
     keyrotor_testkit::env::without_parameters(v, &["username", "password", "sessionToken"])
 }
 
+/// The JSON answer to `request`, which must succeed.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// Fails when any secret appears in the text.
 pub fn assert_no_secret(text: &str) {
     for s in SECRETS {

@@ -5,15 +5,16 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyrotor_core::domain::{AccessKeyId, EndpointId, KeyStatus, ProjectName};
+use keyrotor_core::domain::{AccessKeyId, EndpointId, KeyStatus, ProjectName, SecretVersionId};
 use keyrotor_core::oidc::{AUDIENCE, MigrationRecord, Phase, SwitchedConnection};
 use keyrotor_core::oidc_plan::{MigrationPlan, Observed, ProviderStep, RoleKind, role_name_of};
-use keyrotor_core::oidc_ports::BackOnKey;
+use keyrotor_core::oidc_ports::{BackOnKey, ConnectionAuth};
 use keyrotor_core::plan::Retirement;
 use keyrotor_core::ports::{EndpointHandle, PortError, Stage};
 use keyrotor_core::protocol::{self, StepErrorKind};
 use keyrotor_core::report::exit;
 use keyrotor_core::secret_value;
+use secrecy::SecretString;
 
 use super::{Ctx, Failure, connections, name, observing};
 use crate::Io;
@@ -45,38 +46,22 @@ pub(crate) async fn apply(
     let t = &ctx.target;
     // The key must be the one the secret keeps (else a rollback has no secret to put back),
     // and no rotation may be half-way (it would switch the connections back to a key).
-    let current = ctx
-        .ports
-        .secrets
-        .read(&t.secret, Stage::Current)
-        .await
-        .map_err(observing("reading the secret"))?;
+    let current = read_secret(ctx, Stage::Current).await?;
     let stored = current.and_then(|(_, v)| secret_value::parse_key(&v));
     if stored.as_ref().map(|k| &k.id) != Some(&o.key) {
-        return Err(Failure(
-            exit::REFUSED,
-            format!(
-                "the secret {} does not hold the key {} the connections hold at AWSCURRENT, so a rollback could not put it back: run keyrotor rotate (or fix the secret) first",
-                t.secret, o.key
-            ),
-        ));
+        return Err(refused(format!(
+            "the secret {} does not hold the key {} the connections hold at AWSCURRENT, so a rollback could not put it back: run keyrotor rotate (or fix the secret) first",
+            t.secret, o.key
+        )));
     }
-    let pending = ctx
-        .ports
-        .secrets
-        .read(&t.secret, Stage::Pending)
-        .await
-        .map_err(observing("reading the secret"))?;
+    let pending = read_secret(ctx, Stage::Pending).await?;
     if let Some(k) = pending.and_then(|(_, v)| secret_value::parse_key(&v))
         && k.id != o.key
     {
-        return Err(Failure(
-            exit::REFUSED,
-            format!(
-                "a rotation of target '{}' is in progress (AWSPENDING holds {}): let it finish first",
-                t.name, k.id
-            ),
-        ));
+        return Err(refused(format!(
+            "a rotation of target '{}' is in progress (AWSPENDING holds {}): let it finish first",
+            t.name, k.id
+        )));
     }
 
     let iam = &ctx.oidc.iam;
@@ -172,36 +157,25 @@ pub(crate) async fn apply(
             original_use_oidc: c.use_oidc.clone(),
         });
     }
-    ctx.oidc
-        .store
-        .save(&t.name, &record)
-        .await
-        .map_err(failed("writing the migration record"))?;
+    save(ctx, &record).await?;
     tracing::info!("migrate-oidc: record written");
 
     let mut switched = Vec::new();
     for sw in p.switches.iter().filter(|s| !s.done) {
         // Re-read right before the change: a rerun skips what is done.
-        let now = ctx
-            .oidc
-            .ado
-            .auth(&sw.handle)
-            .await
-            .map_err(failed("reading a service connection"))?;
+        let now = auth_now(ctx, &sw.handle).await?;
         if now
             .as_ref()
             .is_some_and(|c| c.uses_oidc() && c.assume_role == sw.role_arn)
         {
             continue;
         }
+        let what = format!("switching service connection '{}' to OIDC", sw.name);
         ctx.oidc
             .ado
             .switch_to_oidc(&sw.handle, &sw.role_arn)
             .await
-            .map_err(failed(&format!(
-                "switching service connection '{}' to OIDC",
-                sw.name
-            )))?;
+            .map_err(failed(&what))?;
         tracing::info!(connection = %sw.name, "migrate-oidc: connection switched");
         switched.push(sw);
     }
@@ -212,11 +186,7 @@ pub(crate) async fn apply(
         Some(t) if switched.is_empty() => Some(t),
         _ => Some(ctx.ports.clock.now()),
     };
-    ctx.oidc
-        .store
-        .save(&t.name, &record)
-        .await
-        .map_err(failed("writing the migration record"))?;
+    save(ctx, &record).await?;
     tracing::info!("migrate-oidc: applied");
 
     let mut s = String::new();
@@ -257,6 +227,45 @@ pub(crate) async fn apply(
     Ok(exit::OK)
 }
 
+/// What reading the IAM user's keys is called in a failure.
+const KEYS: &str = "listing the user's keys";
+
+/// A refusal: nothing was changed, and running again will not help until `message` is dealt
+/// with.
+fn refused(message: String) -> Failure {
+    Failure(exit::REFUSED, message)
+}
+
+/// Writes the migration record of the target.
+async fn save(ctx: &Ctx, record: &MigrationRecord) -> Result<(), Failure> {
+    ctx.oidc
+        .store
+        .save(&ctx.target.name, record)
+        .await
+        .map_err(failed("writing the migration record"))
+}
+
+/// What the target's secret holds at `stage`.
+async fn read_secret(
+    ctx: &Ctx,
+    stage: Stage,
+) -> Result<Option<(SecretVersionId, SecretString)>, Failure> {
+    ctx.ports
+        .secrets
+        .read(&ctx.target.secret, stage)
+        .await
+        .map_err(observing("reading the secret"))
+}
+
+/// A service connection's authorization as it is right now (re-read before each change).
+async fn auth_now(ctx: &Ctx, handle: &EndpointHandle) -> Result<Option<ConnectionAuth>, Failure> {
+    ctx.oidc
+        .ado
+        .auth(handle)
+        .await
+        .map_err(failed("reading a service connection"))
+}
+
 fn handle_of(ctx: &Ctx, c: &SwitchedConnection) -> Result<EndpointHandle, Failure> {
     let project = ProjectName::parse(&c.project).map_err(|e| {
         Failure(
@@ -276,6 +285,25 @@ fn handle_of(ctx: &Ctx, c: &SwitchedConnection) -> Result<EndpointHandle, Failur
     })
 }
 
+/// The record that `--rollback` and `--finish` (`what`) act on, which must be there.
+pub(crate) fn recorded(
+    ctx: &Ctx,
+    record: Option<MigrationRecord>,
+    what: &str,
+) -> Result<MigrationRecord, Failure> {
+    record.ok_or_else(|| no_record(ctx, what))
+}
+
+/// The key the record says the connections were moved off.
+fn recorded_key(record: &MigrationRecord) -> Result<AccessKeyId, Failure> {
+    AccessKeyId::parse(&record.key_id).map_err(|_| {
+        Failure(
+            exit::FAILED,
+            "the migration record names no valid key".into(),
+        )
+    })
+}
+
 fn no_record(ctx: &Ctx, what: &str) -> Failure {
     Failure(
         exit::USAGE,
@@ -290,73 +318,48 @@ fn no_record(ctx: &Ctx, what: &str) -> Failure {
 /// `--rollback`.
 pub(crate) async fn rollback(
     ctx: &Ctx,
-    record: Option<MigrationRecord>,
+    mut record: MigrationRecord,
     io: &mut Io<'_>,
 ) -> Result<i32, Failure> {
     let t = &ctx.target;
-    let Some(mut record) = record else {
-        return Err(no_record(ctx, "roll back"));
-    };
     if record.phase == Phase::Finished {
-        return Err(Failure(
-            exit::REFUSED,
-            format!(
-                "the migration of target '{}' is finished: its key is retired, there is no key to go back to",
-                t.name
-            ),
-        ));
+        return Err(refused(format!(
+            "the migration of target '{}' is finished: its key is retired, there is no key to go back to",
+            t.name
+        )));
     }
-    let key = AccessKeyId::parse(&record.key_id).map_err(|_| {
-        Failure(
-            exit::FAILED,
-            "the migration record names no valid key".into(),
-        )
-    })?;
-    let keys = ctx
-        .ports
-        .iam
+    let key = recorded_key(&record)?;
+    let iam = &ctx.ports.iam;
+    let keys = iam
         .list_keys_brief(&t.iam_user)
         .await
-        .map_err(observing("listing the user's keys"))?;
+        .map_err(observing(KEYS))?;
     if !keys
         .iter()
         .any(|k| k.id == key && k.status == KeyStatus::Active)
     {
-        return Err(Failure(
-            exit::REFUSED,
-            format!("the key {key} is no longer Active in IAM: the connections stay on OIDC"),
-        ));
+        return Err(refused(format!(
+            "the key {key} is no longer Active in IAM: the connections stay on OIDC"
+        )));
     }
-    let current = ctx
-        .ports
-        .secrets
-        .read(&t.secret, Stage::Current)
-        .await
-        .map_err(observing("reading the secret"))?;
+    let current = read_secret(ctx, Stage::Current).await?;
     let Some(stored) = current
         .and_then(|(_, v)| secret_value::parse_key(&v))
         .filter(|k| k.id == key)
     else {
-        return Err(Failure(
-            exit::REFUSED,
-            format!(
-                "the secret {} no longer holds the key {key} at AWSCURRENT: the connections stay on OIDC",
-                t.secret
-            ),
-        ));
+        return Err(refused(format!(
+            "the secret {} no longer holds the key {key} at AWSCURRENT: the connections stay on OIDC",
+            t.secret
+        )));
     };
     let mut back = Vec::new();
     for c in &record.connections {
         let handle = handle_of(ctx, c)?;
-        let now = ctx
-            .oidc
-            .ado
-            .auth(&handle)
-            .await
-            .map_err(failed("reading a service connection"))?;
+        let now = auth_now(ctx, &handle).await?;
         if !now.as_ref().is_some_and(|n| n.uses_oidc()) {
             continue;
         }
+        let what = format!("putting service connection '{}' back on the key", c.name);
         ctx.oidc
             .ado
             .switch_to_key(
@@ -369,20 +372,13 @@ pub(crate) async fn rollback(
                 },
             )
             .await
-            .map_err(failed(&format!(
-                "putting service connection '{}' back on the key",
-                c.name
-            )))?;
+            .map_err(failed(&what))?;
         tracing::info!(connection = %c.name, "migrate-oidc: connection back on the key");
         back.push(format!("{}/{}", c.project, c.name));
     }
     record.phase = Phase::RolledBack;
     record.switched_at = None;
-    ctx.oidc
-        .store
-        .save(&t.name, &record)
-        .await
-        .map_err(failed("writing the migration record"))?;
+    save(ctx, &record).await?;
     tracing::info!("migrate-oidc: rolled back");
     let mut s = format!(
         "{}: every connection is back on the key {key} (in place)\n",
@@ -408,20 +404,11 @@ pub(crate) async fn rollback(
 /// `--finish`.
 pub(crate) async fn finish(
     ctx: &Ctx,
-    record: Option<MigrationRecord>,
+    mut record: MigrationRecord,
     io: &mut Io<'_>,
 ) -> Result<i32, Failure> {
+    let key = recorded_key(&record)?;
     let t = &ctx.target;
-    let refused = |m: String| Failure(exit::REFUSED, m);
-    let Some(mut record) = record else {
-        return Err(no_record(ctx, "finish"));
-    };
-    let key = AccessKeyId::parse(&record.key_id).map_err(|_| {
-        Failure(
-            exit::FAILED,
-            "the migration record names no valid key".into(),
-        )
-    })?;
     match record.phase {
         Phase::Finished => {
             let _ = writeln!(
@@ -471,7 +458,7 @@ pub(crate) async fn finish(
         .iam
         .list_keys(&t.iam_user)
         .await
-        .map_err(observing("listing the user's keys"))?;
+        .map_err(observing(KEYS))?;
     if let Some(k) = keys.iter().find(|k| k.id == key)
         && let Some(used) = k.last_used.filter(|u| secs(*u) >= since)
     {
@@ -523,11 +510,7 @@ pub(crate) async fn finish(
             Failure(code, e.message)
         })?;
     record.phase = Phase::Finished;
-    ctx.oidc
-        .store
-        .save(&t.name, &record)
-        .await
-        .map_err(failed("writing the migration record"))?;
+    save(ctx, &record).await?;
     tracing::info!("migrate-oidc: finished");
     let retired = if ctx.config.policy.delete_old_key_after.is_zero() {
         "deleted"

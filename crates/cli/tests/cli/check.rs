@@ -55,9 +55,15 @@ impl Checked {
         format!("{}\n{}", self.text.show(), self.json.stdout)
     }
 
-    /// The one failed check: its `check` and message, with the same exit code in both forms
-    /// and the message on one line of the text form after a `✗`.
-    fn the_failure(&self, code: i32) -> (String, String) {
+    /// Checks that the one failed check is `check`, with exactly the message `expected` (and
+    /// all that `the_failure` checks).
+    fn fails_with(&self, code: i32, check: &str, expected: &str) {
+        assert_eq!(self.the_failure(code, check), expected, "{}", self.show());
+    }
+
+    /// The message of the one failed check, which must be `check`, with the same exit code
+    /// in both forms and the message on one line of the text form after a `✗`.
+    fn the_failure(&self, code: i32, check: &str) -> String {
         assert_eq!(self.text.code, code, "{}", self.show());
         assert_eq!(self.json.code, code, "{}", self.show());
         let failed = self.lines("failed");
@@ -75,7 +81,8 @@ impl Checked {
         assert_eq!(in_text.len(), 1, "{}", self.show());
         assert!(in_text[0].ends_with(&msg), "{}", self.show());
         assert_eq!(self.doc()["ok"], false, "{}", self.show());
-        (f["check"].as_str().unwrap().to_owned(), msg)
+        assert_eq!(f["check"], check, "{}", self.show());
+        msg
     }
 }
 
@@ -129,6 +136,28 @@ async fn assert_read_only(env: &TestEnv, before: &Snapshot) {
     }
 }
 
+/// A new access key of `user`: its id and secret, the secret registered as one the output
+/// must never show.
+async fn key_of(env: &TestEnv, user: &str) -> (String, String) {
+    let created = env
+        .iam
+        .create_access_key()
+        .user_name(user)
+        .send()
+        .await
+        .unwrap();
+    let key = created.access_key().unwrap();
+    let secret = key.secret_access_key().to_owned();
+    env.add_secret(&secret);
+    (key.access_key_id().to_owned(), secret)
+}
+
+/// Checks that the run only read (as `assert_read_only`), then stops the env.
+async fn stop_read_only(env: TestEnv, before: &Snapshot) {
+    assert_read_only(&env, before).await;
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn check_passes_on_a_sound_setup_and_sends_only_reads() {
     let env = spawn_env().await;
@@ -174,8 +203,7 @@ async fn check_passes_on_a_sound_setup_and_sends_only_reads() {
         "{paths:?}"
     );
     assert_eq!(env.posts().len(), 2, "one probe per run");
-    assert_read_only(&env, &before).await;
-    env.stop().await;
+    stop_read_only(env, &before).await;
 }
 
 #[tokio::test]
@@ -206,8 +234,7 @@ async fn no_region_is_named_with_how_to_set_it_and_logs_stay_quiet() {
         assert_no_secrets(&env, o, &[]);
     }
     let c = Checked { text, json };
-    let (what, msg) = c.the_failure(2);
-    assert_eq!(what, "AWS region", "{}", c.show());
+    let msg = c.the_failure(2, "AWS region");
     assert_eq!(msg, keyrotor_aws::NO_REGION);
 
     // `plan` says the same, first and alone, and stays as quiet.
@@ -258,8 +285,7 @@ async fn no_credentials_are_named_with_where_the_sdk_looked() {
         false,
     )
     .await;
-    let (what, msg) = c.the_failure(2);
-    assert_eq!(what, "AWS credentials", "{}", c.show());
+    let msg = c.the_failure(2, "AWS credentials");
     assert!(
         msg.starts_with("STS GetCallerIdentity: no AWS credentials were found: the SDK looked in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), profile 'default' in "),
         "{msg}"
@@ -268,8 +294,7 @@ async fn no_credentials_are_named_with_where_the_sdk_looked() {
         msg.contains("no-aws-credentials"),
         "the file it read: {msg}"
     );
-    assert_read_only(&env, &before).await;
-    env.stop().await;
+    stop_read_only(env, &before).await;
 }
 
 #[tokio::test]
@@ -280,17 +305,12 @@ async fn an_unreachable_endpoint_is_named() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
     };
-    let c = check(&env, &[("AWS_ENDPOINT_URL", &closed)]).await;
-    let (what, msg) = c.the_failure(1);
-    assert_eq!(what, "AWS credentials", "{}", c.show());
-    assert_eq!(
-        msg,
-        format!(
-            "STS GetCallerIdentity: could not connect to {closed} (AWS_ENDPOINT_URL): check the address, the network and any proxy"
-        )
+    let expected = format!(
+        "STS GetCallerIdentity: could not connect to {closed} (AWS_ENDPOINT_URL): check the address, the network and any proxy"
     );
-    assert_read_only(&env, &before).await;
-    env.stop().await;
+    let c = check(&env, &[("AWS_ENDPOINT_URL", &closed)]).await;
+    c.fails_with(1, "AWS credentials", &expected);
+    stop_read_only(env, &before).await;
 }
 
 #[tokio::test]
@@ -315,19 +335,7 @@ async fn a_missing_permission_is_named_and_the_unavailable_simulation_said_so() 
         .send()
         .await
         .unwrap();
-    let key = env
-        .iam
-        .create_access_key()
-        .user_name(checker)
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let (id, secret) = (
-        key.access_key_id().to_owned(),
-        key.secret_access_key().to_owned(),
-    );
-    env.add_secret(&secret);
+    let (id, secret) = key_of(&env, checker).await;
     let before = env.snapshot().await;
 
     // With moto's IAM enforcement on, the env's own reads (moto's dummy credentials) would be
@@ -358,8 +366,7 @@ async fn a_missing_permission_is_named_and_the_unavailable_simulation_said_so() 
     let c = Checked { text, json };
     println!("{}", c.text.stdout);
 
-    let (what, msg) = c.the_failure(2);
-    assert_eq!(what, "secret", "{}", c.show());
+    let msg = c.the_failure(2, "secret");
     // moto answers a JSON-protocol service's refusal in XML, which the SDK cannot read as an
     // error code: the 403 alone says it (AWS itself answers AccessDeniedException, which
     // gets the same fix after its own message).
@@ -392,8 +399,7 @@ async fn a_missing_permission_is_named_and_the_unavailable_simulation_said_so() 
     // Read only: IAM, the secret and the emulator as before, Azure DevOps only read, Slack only
     // probed (the AWS requests went straight to moto, so the proxy saw none to classify).
     assert!(env.proxy().seen().is_empty());
-    assert_read_only(&env, &before).await;
-    env.stop().await;
+    stop_read_only(env, &before).await;
 }
 
 /// Runs `keyrotor ARGS` as `env.cmd` would (the env's environment, the AWS proxy, trace logs),
@@ -460,15 +466,13 @@ async fn an_unknown_connection_is_named() {
     );
     let before = env.snapshot().await;
     let c = check(&env, &[]).await;
-    let (what, msg) = c.the_failure(2);
-    assert_eq!(what, "connection", "{}", c.show());
+    let msg = c.the_failure(2, "connection");
     assert!(
         msg.starts_with("no service connection named 'aws-nope' in project 'Platform' of ")
             && msg.ends_with(": correct target.endpoints (the project, and the name or id) or create the connection"),
         "{msg}"
     );
-    assert_read_only(&env, &before).await;
-    env.stop().await;
+    stop_read_only(env, &before).await;
 }
 
 #[tokio::test]
@@ -478,8 +482,7 @@ async fn a_refused_pat_is_named_once() {
         .await;
     let before = env.snapshot().await;
     let c = check(&env, &[]).await;
-    let (what, msg) = c.the_failure(2);
-    assert_eq!(what, "Azure DevOps PAT", "{}", c.show());
+    let msg = c.the_failure(2, "Azure DevOps PAT");
     assert!(
         msg.ends_with("create a PAT with the scope Service Connections (Read, query & manage) and store it where ado.pat points"),
         "{msg}"
@@ -489,8 +492,7 @@ async fn a_refused_pat_is_named_once() {
         "{}",
         c.show()
     );
-    assert_read_only(&env, &before).await;
-    env.stop().await;
+    stop_read_only(env, &before).await;
 }
 
 #[tokio::test]
@@ -519,8 +521,7 @@ async fn an_oidc_connection_is_refused_as_unsafe() {
             )
         );
     }
-    assert_read_only(&env, &before).await;
-    env.stop().await;
+    stop_read_only(env, &before).await;
 }
 
 #[tokio::test]
@@ -528,19 +529,7 @@ async fn a_connection_holding_another_users_key_is_named() {
     let mut env = spawn_env().await;
     let other = "someone-else";
     env.iam.create_user().user_name(other).send().await.unwrap();
-    let key = env
-        .iam
-        .create_access_key()
-        .user_name(other)
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let (id, secret) = (
-        key.access_key_id().to_owned(),
-        key.secret_access_key().to_owned(),
-    );
-    env.add_secret(&secret);
+    let (id, secret) = key_of(&env, other).await;
     let theirs = aws_endpoint("aws-theirs", &id, &secret, &["Platform"]);
     let org = env.org_seed(Scope::Manage).endpoint(theirs);
     env.reseed(org).await;
@@ -549,18 +538,13 @@ async fn a_connection_holding_another_users_key_is_named() {
         "endpoints = [ { project = \"Platform\", name = \"aws-theirs\" }, ",
     );
     let before = env.snapshot().await;
-    let c = check(&env, &[]).await;
-    let (what, msg) = c.the_failure(3);
-    assert_eq!(what, "connection", "{}", c.show());
     let masked = keyrotor_testkit::env::masked(&id);
-    assert_eq!(
-        msg,
-        format!(
-            "'Platform/aws-theirs' holds {masked}, a key of IAM user '{other}', not a key of '{USER}': list the connection under the target of the key's user, or put a key of '{USER}' in it"
-        )
+    let expected = format!(
+        "'Platform/aws-theirs' holds {masked}, a key of IAM user '{other}', not a key of '{USER}': list the connection under the target of the key's user, or put a key of '{USER}' in it"
     );
-    assert_read_only(&env, &before).await;
-    env.stop().await;
+    let c = check(&env, &[]).await;
+    c.fails_with(3, "connection", &expected);
+    stop_read_only(env, &before).await;
 }
 
 #[tokio::test]
@@ -582,8 +566,7 @@ async fn an_invalid_webhook_is_named_without_posting() {
         .unwrap();
     let before = env.snapshot().await;
     let c = check(&env, &[]).await;
-    let (what, msg) = c.the_failure(4);
-    assert_eq!(what, "Slack webhook", "{}", c.show());
+    let msg = c.the_failure(4, "Slack webhook");
     assert_eq!(
         msg,
         "Slack answered the webhook with HTTP 404 no_service: the webhook was disabled or removed; create a new one and store its URL where keyrotor reads it"

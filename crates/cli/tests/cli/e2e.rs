@@ -5,7 +5,7 @@
 
 use keyrotor_core::invariants::World;
 use keyrotor_testkit::env::{
-    Connections, PAT, PAT_PARAM, SecretStart, Setup, TestEnv as Env, USER, masked,
+    Connections, Output, PAT, PAT_PARAM, SecretStart, Setup, TestEnv as Env, USER, masked,
 };
 use keyrotor_testkit::moto;
 use serde_json::json;
@@ -241,13 +241,12 @@ async fn init_prints_a_config_that_parses() {
     env.stop().await;
 }
 
-#[tokio::test]
-async fn the_sandbox_runs_start_to_finish_and_every_check_holds() {
-    let env = spawn_env(SecretStart::Json).await;
-    // The sandbox starts a moto of its own, from the test's virtualenv (HOME is the test's
-    // folder).
+/// Runs `keyrotor` with `args` (a `sandbox` command), which starts a moto of its own from the
+/// test's virtualenv, and checks that it succeeded, said `done`, showed no ✗, and showed key
+/// ids masked only (no 20-character AKIA id).
+pub(crate) async fn sandbox(env: &Env, args: &[&str], done: &str) -> Output {
     let o = env
-        .cmd(&["sandbox"])
+        .cmd(args)
         .env(
             "KEYROTOR_MOTO_VENV",
             moto::venv_dir().to_string_lossy().into_owned(),
@@ -255,13 +254,28 @@ async fn the_sandbox_runs_start_to_finish_and_every_check_holds() {
         .run()
         .await;
     assert_eq!(o.code, 0, "{}", o.show());
-    assert!(
-        o.stdout
-            .contains("Done: the key was rotated and every check holds."),
-        "{}",
-        o.stdout
-    );
+    assert!(o.stdout.contains(done), "{}", o.stdout);
     assert!(!o.stdout.contains('✗'), "{}", o.stdout);
+    let full_ids = o
+        .stdout
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| w.starts_with("AKIA") && w.len() == 20)
+        .count();
+    assert_eq!(full_ids, 0, "{}", o.stdout);
+    o
+}
+
+#[tokio::test]
+async fn the_sandbox_runs_start_to_finish_and_every_check_holds() {
+    let env = spawn_env(SecretStart::Json).await;
+    // The sandbox starts a moto of its own, from the test's virtualenv (HOME is the test's
+    // folder).
+    let o = sandbox(
+        &env,
+        &["sandbox"],
+        "Done: the key was rotated and every check holds.",
+    )
+    .await;
     // `keyrotor check` runs before the rotation, and passes.
     let check = o
         .stdout
@@ -276,13 +290,6 @@ async fn the_sandbox_runs_start_to_finish_and_every_check_holds() {
         o.stdout
     );
     assert!(o.stdout.contains("The Slack message"), "{}", o.stdout);
-    // Key ids are shown masked only: no 20-character AKIA id in the output.
-    let full_ids = o
-        .stdout
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| w.starts_with("AKIA") && w.len() == 20)
-        .count();
-    assert_eq!(full_ids, 0, "{}", o.stdout);
     env.stop().await;
 }
 

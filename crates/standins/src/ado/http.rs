@@ -269,6 +269,14 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             "HttpException",
         )
     };
+    // An operation that answers GET alone.
+    let get_only = |op: Op| {
+        if *method == Method::GET {
+            Ok(op)
+        } else {
+            Err(wrong_method())
+        }
+    };
     let Some(org) = seg(0) else {
         return Err(not_found());
     };
@@ -283,18 +291,10 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     if lit(1, "_apis") {
         match segs.len() {
             3 if lit(2, "projects") => {
-                route.op = if m == Method::GET {
-                    Op::Projects
-                } else {
-                    return Err(wrong_method());
-                };
+                route.op = get_only(Op::Projects)?;
             }
             3 if lit(2, "connectiondata") => {
-                route.op = if m == Method::GET {
-                    Op::ConnectionData
-                } else {
-                    return Err(wrong_method());
-                };
+                route.op = get_only(Op::ConnectionData)?;
             }
             4 if lit(2, "serviceendpoint") && lit(3, "endpoints") => {
                 route.op = if m == Method::POST {
@@ -322,27 +322,15 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     route.project = seg(1);
     match segs.len() {
         5 if lit(3, "serviceendpoint") && lit(4, "endpoints") => {
-            route.op = if m == Method::GET {
-                Op::List
-            } else {
-                return Err(wrong_method());
-            };
+            route.op = get_only(Op::List)?;
         }
         6 if lit(3, "serviceendpoint") && lit(4, "endpoints") => {
             route.id = seg(5);
-            route.op = if m == Method::GET {
-                Op::Get
-            } else {
-                return Err(wrong_method());
-            };
+            route.op = get_only(Op::Get)?;
         }
         6 if lit(3, "serviceendpoint") && lit(5, "executionhistory") => {
             route.id = seg(4);
-            route.op = if m == Method::GET {
-                Op::History
-            } else {
-                return Err(wrong_method());
-            };
+            route.op = get_only(Op::History)?;
         }
         7 if lit(3, "pipelines") && lit(4, "pipelinepermissions") && lit(5, "endpoint") => {
             route.id = seg(6);
@@ -357,25 +345,34 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     Ok(route)
 }
 
+/// Decodes the `%XX` escapes of a path segment; anything else, a stray `%` included, is kept.
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            // Two hex digits make at most 255: the cast cannot truncate.
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        let escaped = match (first, tail) {
+            (b'%', [h, l, ..]) => hex_byte(*h, *l),
+            _ => None,
+        };
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                rest = &tail[2..];
+            }
+            None => {
+                out.push(first);
+                rest = tail;
+            }
         }
-        out.push(b[i]);
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The byte two hex digits spell, if they are hex digits.
+fn hex_byte(high: u8, low: u8) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    // Two hex digits make at most 255: the cast cannot truncate.
+    Some((digit(high)? * 16 + digit(low)?) as u8)
 }
 
 fn take_fault(inner: &mut Inner, route: &Route) -> Option<Fault> {

@@ -86,31 +86,23 @@ async fn a_crash_after_every_step_leaves_every_connection_working_and_a_rerun_co
 
 #[tokio::test]
 async fn a_failing_update_leaves_every_connection_working_and_a_rerun_finishes() {
-    let env = crate::setup()
-        .connections(Connections::Separate)
-        .start()
-        .await;
+    let env = separate().await;
     // Every PUT fails for good (the client retries 5xx; every attempt fails).
     env.ado.inject(Fault::status(Op::Put, 500).forever());
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 1, "{}", o.show());
+    let o = migrate_exits(&env, &["--apply"], 1).await;
     let line = one_error(&o);
     assert!(line.contains("run the same command again"), "{line}");
     assert_eq!(assert_every_connection_works(&env).await, 0);
 
     env.ado.clear_faults();
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--apply"], 0).await;
     assert_eq!(assert_every_connection_works(&env).await, 2);
     env.stop().await;
 }
 
 #[tokio::test]
 async fn a_partial_apply_can_be_rolled_back_and_then_finish_is_refused() {
-    let env = crate::setup()
-        .connections(Connections::Separate)
-        .start()
-        .await;
+    let env = separate().await;
     assert!(killed_after(&env, "--apply", "migrate-oidc: connection switched").await);
     assert_eq!(
         assert_every_connection_works(&env).await,
@@ -122,11 +114,9 @@ async fn a_partial_apply_can_be_rolled_back_and_then_finish_is_refused() {
     assert_eq!(o.code, 3, "the apply did not finish: {}", o.show());
     assert!(one_error(&o).contains("--apply again"), "{}", o.show());
 
-    let o = migrate(&env, &["--rollback"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--rollback"], 0).await;
     assert_eq!(assert_every_connection_works(&env).await, 0);
-    let o = migrate(&env, &["--finish"]).await;
-    assert_eq!(o.code, 3, "{}", o.show());
+    let o = migrate_exits(&env, &["--finish"], 3).await;
     assert!(one_error(&o).contains("rolled back"), "{}", o.show());
     assert_eq!(
         env.aws_state().await.active_keys(),

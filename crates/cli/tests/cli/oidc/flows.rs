@@ -21,8 +21,7 @@ fn perms(env: &TestEnv) -> Value {
 async fn the_plan_shows_provider_role_trust_and_connections_and_only_reads() {
     let env = env_without_roles().await;
     let before = env.snapshot().await;
-    let o = migrate(&env, &[]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    let o = migrate_exits(&env, &[], 0).await;
     let issuer = issuer(&env);
     for shown in [
         "will be created",
@@ -55,8 +54,7 @@ async fn apply_switches_a_shared_connection_in_place_and_finish_retires_the_key(
     let before = env.endpoint();
     let perms_before = perms(&env);
 
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--apply"], 0).await;
     let after = env.endpoint();
     assert_eq!(check_connection(&env, &after).await, Some(own_role_arn()));
     let changed = [
@@ -99,32 +97,27 @@ async fn apply_switches_a_shared_connection_in_place_and_finish_retires_the_key(
     );
 
     // A rerun converges: nothing left to do, no PUT, the switch time kept.
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    let o = migrate_exits(&env, &["--apply"], 0).await;
     assert_eq!(env.puts().len(), puts, "no second PUT");
     assert!(o.stdout.contains("already on OIDC"), "{}", o.show());
     assert_eq!(record(&env).await["switchedAt"], recorded["switchedAt"]);
 
     // Finish is refused until a pipeline has assumed the role.
-    let o = migrate(&env, &["--finish"]).await;
-    assert_eq!(o.code, 3, "{}", o.show());
+    let o = migrate_exits(&env, &["--finish"], 3).await;
     assert!(one_error(&o).contains("RoleLastUsed"), "{}", o.show());
     assert_eq!(env.aws_state().await.active_keys().len(), 1);
 
     pipeline_assumes(&env, &own_role_arn()).await;
-    let o = migrate(&env, &["--finish"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    let o = migrate_exits(&env, &["--finish"], 0).await;
     assert!(env.aws_state().await.keys.is_empty(), "the key is deleted");
     for left in [IAM_USER, keyrotor_testkit::env::SECRET, "Left, not deleted"] {
         assert!(o.stdout.contains(left), "{left}: {}", o.show());
     }
     assert_eq!(assert_every_connection_works(&env).await, 1);
     // Finished: every mode says so and changes nothing; a rollback is refused.
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    let o = migrate_exits(&env, &["--apply"], 0).await;
     assert!(o.stdout.contains("finished"), "{}", o.show());
-    let o = migrate(&env, &["--rollback"]).await;
-    assert_eq!(o.code, 3, "{}", o.show());
+    let o = migrate_exits(&env, &["--rollback"], 3).await;
     one_error(&o);
     env.stop().await;
 }
@@ -143,17 +136,12 @@ async fn record(env: &TestEnv) -> Value {
 
 #[tokio::test]
 async fn rollback_puts_every_connection_back_on_the_key_in_place() {
-    let env = crate::setup()
-        .connections(keyrotor_testkit::env::Connections::Separate)
-        .start()
-        .await;
+    let env = separate().await;
     let before: Vec<Value> = env.ado_state().org(ORG).unwrap().endpoints.clone();
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--apply"], 0).await;
     assert_eq!(assert_every_connection_works(&env).await, 2);
 
-    let o = migrate(&env, &["--rollback"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--rollback"], 0).await;
     assert_eq!(assert_every_connection_works(&env).await, 0);
     let after: Vec<Value> = env.ado_state().org(ORG).unwrap().endpoints.clone();
     for (a, b) in after.iter().zip(&before) {
@@ -170,11 +158,9 @@ async fn rollback_puts_every_connection_back_on_the_key_in_place() {
     }
     // A rerun of the rollback changes nothing; apply again works from there.
     let puts = env.puts().len();
-    let o = migrate(&env, &["--rollback"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--rollback"], 0).await;
     assert_eq!(env.puts().len(), puts);
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--apply"], 0).await;
     assert_eq!(assert_every_connection_works(&env).await, 2);
     env.stop().await;
 }
@@ -202,12 +188,10 @@ async fn finish_is_refused_while_the_key_is_used_or_held_elsewhere() {
         "the plan names the other holder: {}",
         o.show()
     );
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--apply"], 0).await;
     pipeline_assumes(&env, &own_role_arn()).await;
 
-    let o = migrate(&env, &["--finish"]).await;
-    assert_eq!(o.code, 3, "{}", o.show());
+    let o = migrate_exits(&env, &["--finish"], 3).await;
     assert!(one_error(&o).contains("aws-legacy"), "{}", o.show());
     assert_eq!(
         env.aws_state().await.active_keys(),
@@ -216,8 +200,7 @@ async fn finish_is_refused_while_the_key_is_used_or_held_elsewhere() {
 
     // The key is used after the switch: refused, whoever holds it.
     crate::badinput::use_key(&env, &env.initial_key, &env.initial_secret).await;
-    let o = migrate(&env, &["--finish"]).await;
-    assert_eq!(o.code, 3, "{}", o.show());
+    let o = migrate_exits(&env, &["--finish"], 3).await;
     assert!(one_error(&o).contains("was used"), "{}", o.show());
     assert_eq!(
         env.aws_state().await.active_keys(),
@@ -304,8 +287,7 @@ async fn the_role_gets_the_users_managed_inline_and_group_policies() {
         .await
         .unwrap();
 
-    let o = migrate(&env, &[]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    let o = migrate_exits(&env, &[], 0).await;
     for shown in [
         user_managed.as_str(),
         group_managed.as_str(),
@@ -315,8 +297,7 @@ async fn the_role_gets_the_users_managed_inline_and_group_policies() {
     ] {
         assert!(o.stdout.contains(shown), "{shown}: {}", o.show());
     }
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--apply"], 0).await;
 
     // Compared by the documents: the user's effective ones and the role's are the same.
     let mut user_docs = vec![
@@ -382,16 +363,14 @@ async fn an_existing_provider_is_reused_and_a_connections_role_is_kept() {
         .await
         .unwrap();
 
-    let o = migrate(&env, &[]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    let o = migrate_exits(&env, &[], 0).await;
     assert!(o.stdout.contains("reused as it is"), "{}", o.show());
     assert!(
         o.stdout.contains("kept, with its permissions"),
         "{}",
         o.show()
     );
-    let o = migrate(&env, &["--apply"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--apply"], 0).await;
     assert_eq!(env.proxy().count("CreateOpenIDConnectProvider"), 0);
     assert_eq!(env.proxy().count("CreateRole"), 0, "no role is created");
     assert_eq!(
@@ -405,8 +384,7 @@ async fn an_existing_provider_is_reused_and_a_connections_role_is_kept() {
     );
     assert_eq!(trust["Statement"].as_array().unwrap().len(), 2);
 
-    let o = migrate(&env, &["--rollback"]).await;
-    assert_eq!(o.code, 0, "{}", o.show());
+    migrate_exits(&env, &["--rollback"], 0).await;
     let ep = env.endpoint();
     assert_eq!(
         ep["authorization"]["parameters"]["assumeRoleArn"],

@@ -17,7 +17,7 @@ mod flows;
 mod surface;
 
 use keyrotor_core::oidc::{self, AUDIENCE};
-use keyrotor_testkit::env::{ORG, Output, TARGET, TestEnv, USER};
+use keyrotor_testkit::env::{Connections, ORG, Output, TARGET, TestEnv, USER};
 use serde_json::Value;
 
 /// The role keyrotor creates for the env's target.
@@ -46,6 +46,21 @@ pub async fn migrate(env: &TestEnv, extra: &[&str]) -> Output {
     let mut args = vec!["migrate-oidc", "--config", &config, "--target", TARGET];
     args.extend_from_slice(extra);
     env.run(&args).await
+}
+
+/// `migrate` that must exit with `code`.
+pub async fn migrate_exits(env: &TestEnv, extra: &[&str], code: i32) -> Output {
+    let o = migrate(env, extra).await;
+    assert_eq!(o.code, code, "migrate-oidc {extra:?}: {}", o.show());
+    o
+}
+
+/// An env whose two connections are separate objects (not one shared connection).
+pub async fn separate() -> TestEnv {
+    crate::setup()
+        .connections(Connections::Separate)
+        .start()
+        .await
 }
 
 /// The env's connections without an `assumeRoleArn` (the shared one has one by default).

@@ -124,7 +124,7 @@ impl AdoClient {
     }
 
     /// The raw object behind a handle; `None` when the service answers `null`.
-    async fn get_raw(&self, handle: &EndpointHandle) -> PortResult<Option<Value>> {
+    pub(crate) async fn get_raw(&self, handle: &EndpointHandle) -> PortResult<Option<Value>> {
         let url = api_url(
             &handle.org,
             &[

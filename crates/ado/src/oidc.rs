@@ -26,31 +26,6 @@ use crate::endpoint::{self, parameter, str_at};
 const CONNECTION_DATA_VERSION: &str = "7.1-preview.1";
 
 impl AdoClient {
-    async fn raw(&self, handle: &EndpointHandle) -> PortResult<Option<Value>> {
-        let url = api_url(
-            &handle.org,
-            &[
-                handle.project.as_str(),
-                "_apis",
-                "serviceendpoint",
-                "endpoints",
-                handle.id.as_str(),
-            ],
-            &[],
-        )?;
-        match self.get_json(&url).await?.body {
-            Value::Null => Ok(None),
-            v @ Value::Object(_) => Ok(Some(v)),
-            _ => Err(PortError::new(
-                PortErrorKind::Failed,
-                format!(
-                    "Azure DevOps answered service connection {} with something that is not an object",
-                    handle.id
-                ),
-            )),
-        }
-    }
-
     /// GET, edit the parameters, PUT back to the same id; `secret` is scrubbed from errors.
     async fn put_edited(
         &self,
@@ -59,7 +34,7 @@ impl AdoClient {
         secret: Option<&str>,
         check: impl FnOnce(&Value) -> bool,
     ) -> PortResult<()> {
-        let Some(mut object) = self.raw(handle).await? else {
+        let Some(mut object) = self.get_raw(handle).await? else {
             return Err(PortError::new(
                 PortErrorKind::NotFound,
                 format!(
@@ -138,7 +113,7 @@ impl OidcConnections for AdoClient {
     }
 
     async fn auth(&self, handle: &EndpointHandle) -> PortResult<Option<ConnectionAuth>> {
-        let Some(v) = self.raw(handle).await? else {
+        let Some(v) = self.get_raw(handle).await? else {
             return Ok(None);
         };
         let top = str_at(&v, "/name").unwrap_or_default().to_owned();

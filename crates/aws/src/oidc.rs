@@ -29,102 +29,95 @@ fn document(what: &str, raw: &str) -> PortResult<Value> {
     })
 }
 
+/// Whose policies: the user's own, or one of its groups'.
+#[derive(Clone, Copy)]
+enum Principal<'a> {
+    User(&'a str),
+    Group(&'a str),
+}
+
+/// The ARNs of a page of attached policies.
+fn arns(attached: &[aws_sdk_iam::types::AttachedPolicy]) -> Vec<String> {
+    attached
+        .iter()
+        .filter_map(|p| p.policy_arn().map(str::to_owned))
+        .collect()
+}
+
 impl Aws {
-    async fn managed_of_user(&self, user: &str) -> PortResult<Vec<String>> {
+    /// The managed policies attached to `p`, every page.
+    async fn managed_of(&self, p: Principal<'_>) -> PortResult<Vec<String>> {
         let mut out = Vec::new();
-        let mut marker = None;
+        let mut marker: Option<String> = None;
         loop {
-            let page = self
-                .iam
-                .list_attached_user_policies()
-                .user_name(user)
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| self.map_err("IAM ListAttachedUserPolicies", e))?;
-            out.extend(
-                page.attached_policies()
-                    .iter()
-                    .filter_map(|p| p.policy_arn().map(str::to_owned)),
-            );
-            match page.marker().filter(|_| page.is_truncated()) {
-                Some(m) => marker = Some(m.to_owned()),
+            let (page, next) = match p {
+                Principal::User(u) => {
+                    let r = self.iam.list_attached_user_policies().user_name(u);
+                    let page = r.set_marker(marker.take()).send().await;
+                    let page = page.map_err(|e| self.map_err("IAM ListAttachedUserPolicies", e))?;
+                    let next = page
+                        .marker()
+                        .filter(|_| page.is_truncated())
+                        .map(str::to_owned);
+                    (arns(page.attached_policies()), next)
+                }
+                Principal::Group(g) => {
+                    let r = self.iam.list_attached_group_policies().group_name(g);
+                    let page = r.set_marker(marker.take()).send().await;
+                    let page =
+                        page.map_err(|e| self.map_err("IAM ListAttachedGroupPolicies", e))?;
+                    let next = page
+                        .marker()
+                        .filter(|_| page.is_truncated())
+                        .map(str::to_owned);
+                    (arns(page.attached_policies()), next)
+                }
+            };
+            out.extend(page);
+            match next {
+                Some(m) => marker = Some(m),
                 None => return Ok(out),
             }
         }
     }
 
-    async fn managed_of_group(&self, group: &str) -> PortResult<Vec<String>> {
-        let mut out = Vec::new();
-        let mut marker = None;
-        loop {
-            let page = self
-                .iam
-                .list_attached_group_policies()
-                .group_name(group)
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| self.map_err("IAM ListAttachedGroupPolicies", e))?;
-            out.extend(
-                page.attached_policies()
-                    .iter()
-                    .filter_map(|p| p.policy_arn().map(str::to_owned)),
-            );
-            match page.marker().filter(|_| page.is_truncated()) {
-                Some(m) => marker = Some(m.to_owned()),
-                None => return Ok(out),
+    /// The inline policies of `p`, with their documents.
+    async fn inline_of(&self, p: Principal<'_>) -> PortResult<Vec<InlinePolicy>> {
+        let names: Vec<String> = match p {
+            Principal::User(u) => {
+                let r = self.iam.list_user_policies().user_name(u).send().await;
+                let r = r.map_err(|e| self.map_err("IAM ListUserPolicies", e))?;
+                r.policy_names().to_vec()
             }
-        }
-    }
-
-    async fn inline_of_user(&self, user: &str) -> PortResult<Vec<InlinePolicy>> {
-        let names = self
-            .iam
-            .list_user_policies()
-            .user_name(user)
-            .send()
-            .await
-            .map_err(|e| self.map_err("IAM ListUserPolicies", e))?;
+            Principal::Group(g) => {
+                let r = self.iam.list_group_policies().group_name(g).send().await;
+                let r = r.map_err(|e| self.map_err("IAM ListGroupPolicies", e))?;
+                r.policy_names().to_vec()
+            }
+        };
         let mut out = Vec::new();
-        for name in names.policy_names() {
-            let got = self
-                .iam
-                .get_user_policy()
-                .user_name(user)
-                .policy_name(name)
-                .send()
-                .await
-                .map_err(|e| self.map_err("IAM GetUserPolicy", e))?;
+        for name in &names {
+            let (what, raw) = match p {
+                Principal::User(u) => {
+                    let r = self.iam.get_user_policy().user_name(u).policy_name(name);
+                    let got = r
+                        .send()
+                        .await
+                        .map_err(|e| self.map_err("IAM GetUserPolicy", e))?;
+                    ("GetUserPolicy", got.policy_document().to_owned())
+                }
+                Principal::Group(g) => {
+                    let r = self.iam.get_group_policy().group_name(g).policy_name(name);
+                    let got = r
+                        .send()
+                        .await
+                        .map_err(|e| self.map_err("IAM GetGroupPolicy", e))?;
+                    ("GetGroupPolicy", got.policy_document().to_owned())
+                }
+            };
             out.push(InlinePolicy {
                 name: name.clone(),
-                document: document("GetUserPolicy", got.policy_document())?,
-            });
-        }
-        Ok(out)
-    }
-
-    async fn inline_of_group(&self, group: &str) -> PortResult<Vec<InlinePolicy>> {
-        let names = self
-            .iam
-            .list_group_policies()
-            .group_name(group)
-            .send()
-            .await
-            .map_err(|e| self.map_err("IAM ListGroupPolicies", e))?;
-        let mut out = Vec::new();
-        for name in names.policy_names() {
-            let got = self
-                .iam
-                .get_group_policy()
-                .group_name(group)
-                .policy_name(name)
-                .send()
-                .await
-                .map_err(|e| self.map_err("IAM GetGroupPolicy", e))?;
-            out.push(InlinePolicy {
-                name: name.clone(),
-                document: document("GetGroupPolicy", got.policy_document())?,
+                document: document(what, &raw)?,
             });
         }
         Ok(out)
@@ -267,10 +260,10 @@ impl OidcIam for Aws {
     async fn user_permissions(&self, user: &IamUserName) -> PortResult<Permissions> {
         let user = user.as_str();
         let mut p = Permissions::default();
-        for arn in self.managed_of_user(user).await? {
+        for arn in self.managed_of(Principal::User(user)).await? {
             p.managed.push((arn, Source::User));
         }
-        for doc in self.inline_of_user(user).await? {
+        for doc in self.inline_of(Principal::User(user)).await? {
             p.inline.push((doc, Source::User));
         }
         let groups = self
@@ -282,10 +275,10 @@ impl OidcIam for Aws {
             .map_err(|e| self.map_err("IAM ListGroupsForUser", e))?;
         for g in groups.groups() {
             let name = g.group_name();
-            for arn in self.managed_of_group(name).await? {
+            for arn in self.managed_of(Principal::Group(name)).await? {
                 p.managed.push((arn, Source::Group(name.to_owned())));
             }
-            for doc in self.inline_of_group(name).await? {
+            for doc in self.inline_of(Principal::Group(name)).await? {
                 p.inline.push((doc, Source::Group(name.to_owned())));
             }
         }

@@ -352,6 +352,7 @@ impl State {
             username: e.username.clone(),
             uses_oidc: e.oidc,
             is_ready: true,
+            raw: None,
         }
     }
 }

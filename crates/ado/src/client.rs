@@ -246,6 +246,26 @@ impl ServiceConnections for AdoClient {
             .transpose()
     }
 
+    /// One listing of the project, every type (a connection of another type must still be
+    /// found, to be refused by name), failed ones included.
+    async fn list_project(
+        &self,
+        org: &OrgUrl,
+        project: &ProjectName,
+    ) -> PortResult<Option<Vec<Endpoint>>> {
+        let url = api_url(
+            org,
+            &[project.as_str(), "_apis", "serviceendpoint", "endpoints"],
+            &[("includeFailed", "true"), ("includeDetails", "true")],
+        )?;
+        let items = endpoint::list_items(self.get_json(&url).await?.body)?;
+        items
+            .iter()
+            .map(|v| endpoint::to_endpoint(v, org, project))
+            .collect::<PortResult<Vec<_>>>()
+            .map(Some)
+    }
+
     async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<keyrotor_core::ports::AwsConnection>> {
         self.list_aws_endpoints(org).await
     }

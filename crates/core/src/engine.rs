@@ -14,6 +14,7 @@ use crate::plan::Plan;
 use crate::ports::Notifier;
 use crate::protocol::{self, Ports};
 use crate::report::{Outcome, RunReport, Step, TargetReport};
+use crate::shared::SharedReads;
 
 /// A progress event, for the live progress line and logs.
 #[derive(Debug, Clone)]
@@ -140,6 +141,11 @@ pub async fn run(
     notifier: Option<&dyn Notifier>,
     observer: &Observer,
 ) -> RunReport {
+    // Reads that can serve several targets are shared between them (see `shared`).
+    let ports = &Ports {
+        ado: Arc::new(SharedReads::new(ports.ado.clone(), ports.clock.clone())),
+        ..ports.clone()
+    };
     let mut reports: Vec<(usize, TargetReport)> = futures::stream::iter(targets.iter().enumerate())
         .map(|(i, t)| async move { (i, run_target(ports, policy, t, opts, observer).await) })
         .buffer_unordered(policy.concurrency.max(1))

@@ -456,7 +456,7 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
                             .confirmed_at
                             .map(|t| t + policy.drain + Duration::from_secs(60)),
                     };
-                    protocol::retire(ports, target, &r).await?;
+                    protocol::retire_confirmed(ports, target, &r, p.confirmed_at).await?;
                 }
                 state.end(Outcome::Rotated);
             }

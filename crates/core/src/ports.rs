@@ -385,9 +385,32 @@ pub trait ServiceConnections: Send + Sync {
         }
         Ok(out)
     }
+    /// Every connection of one project (of any type), in as few requests as the service
+    /// allows; `None` when this adapter cannot list a project (callers then find each
+    /// connection on its own).
+    async fn list_project(
+        &self,
+        org: &OrgUrl,
+        project: &ProjectName,
+    ) -> PortResult<Option<Vec<Endpoint>>> {
+        let _ = (org, project);
+        Ok(None)
+    }
     /// Every AWS service connection of the organization, across its projects; a connection
     /// shared into several projects appears once.
     async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<AwsConnection>>;
+    /// [`list_aws`](Self::list_aws), or the answer of a scan that *started* after `since`
+    /// and is still recent, where one run shares scans between its targets
+    /// ([`SharedReads`](crate::shared::SharedReads)). Callers pass the moment after which every
+    /// change must be seen.
+    async fn list_aws_since(
+        &self,
+        org: &OrgUrl,
+        since: SystemTime,
+    ) -> PortResult<Vec<AwsConnection>> {
+        let _ = since;
+        self.list_aws(org).await
+    }
     /// Updates the credentials in place: GET, then PUT the full object with the new username
     /// and password, every other field kept. Never deletes and re-creates.
     async fn set_credentials(

@@ -25,7 +25,7 @@ pub use create::{create, release};
 pub use inspect::inspect;
 pub use promote::promote;
 pub use push::push;
-pub use retire::retire;
+pub use retire::{retire, retire_confirmed};
 pub use verify::verify;
 
 use std::collections::HashSet;
@@ -525,14 +525,22 @@ pub(crate) async fn taken_over_by(
 }
 
 /// Every AWS service connection of the target's organization (all projects, listed in the
-/// config or not) that holds `id`.
+/// config or not) that holds `id`. With `since`, a scan another target of this run started at or
+/// after that moment may answer ([`ServiceConnections::list_aws_since`]); without, the scan is
+/// this caller's own.
 pub(crate) async fn holders_of(
     ports: &Ports,
     target: &Target,
     id: &AccessKeyId,
     step: Step,
+    since: Option<std::time::SystemTime>,
 ) -> Result<Vec<crate::ports::AwsConnection>, StepError> {
-    let all = ports.ado.list_aws(&target.organization).await.map_err(at(
+    let org = &target.organization;
+    let all = match since {
+        Some(t) => ports.ado.list_aws_since(org, t).await,
+        None => ports.ado.list_aws(org).await,
+    }
+    .map_err(at(
         step,
         "listing the organization's AWS service connections",
     ))?;

@@ -22,7 +22,7 @@ pub async fn push(
     if policy.update_unlisted_connections
         && let Some(old) = progress.old_key.clone()
     {
-        for c in holders_of(ports, target, &old, step).await? {
+        for c in holders_of(ports, target, &old, step, None).await? {
             if progress.endpoints.iter().any(|h| h.id == c.id) {
                 continue;
             }

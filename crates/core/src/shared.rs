@@ -139,12 +139,12 @@ impl ServiceConnections for SharedReads {
     }
 
     async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<AwsConnection>> {
+        // The lock is held through the scan: a caller that may share one waits for the scan in
+        // flight and then decides, instead of starting its own beside it.
+        let mut scans = self.scans.lock().await;
         let started = self.clock.now();
         let all = self.inner.list_aws(org).await?;
-        self.scans
-            .lock()
-            .await
-            .insert(org.as_str().to_owned(), (started, Arc::new(all.clone())));
+        scans.insert(org.as_str().to_owned(), (started, Arc::new(all.clone())));
         Ok(all)
     }
 
@@ -153,13 +153,17 @@ impl ServiceConnections for SharedReads {
         org: &OrgUrl,
         since: SystemTime,
     ) -> PortResult<Vec<AwsConnection>> {
-        if let Some((started, all)) = self.scans.lock().await.get(org.as_str())
+        let mut scans = self.scans.lock().await;
+        if let Some((started, all)) = scans.get(org.as_str())
             && *started > since
             && self.fresh(*started)
         {
             return Ok(all.as_ref().clone());
         }
-        self.list_aws(org).await
+        let started = self.clock.now();
+        let all = self.inner.list_aws(org).await?;
+        scans.insert(org.as_str().to_owned(), (started, Arc::new(all.clone())));
+        Ok(all)
     }
 
     async fn set_credentials(

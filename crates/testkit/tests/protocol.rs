@@ -1456,3 +1456,57 @@ fn endpoint_ids_travel_in_the_payload_and_old_payloads_still_read() {
         "a payload from before: names resolve as before"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_scan_is_shared_only_if_it_started_after_the_callers_moment_and_is_recent() {
+    use keyrotor_core::ports::ServiceConnections;
+    use keyrotor_core::shared::SharedReads;
+    let sc = Scenario::new(1);
+    let ports = sc.fakes.ports();
+    let shared = SharedReads::new(ports.ado.clone(), ports.clock.clone());
+    let org = &sc.target.organization;
+    let scans = || sc.fakes.state().ado_reads.scans;
+    let t0 = ports.clock.now();
+    sc.fakes.advance(Duration::from_secs(1));
+    shared.list_aws(org).await.unwrap(); // started at t0 + 1 s
+    assert_eq!(scans(), 1);
+    shared.list_aws_since(org, t0).await.unwrap();
+    assert_eq!(scans(), 1, "started after the caller's moment: shared");
+    shared
+        .list_aws_since(org, t0 + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(scans(), 2, "not strictly after: a scan of its own");
+    sc.fakes
+        .advance(SharedReads::MAX_AGE + Duration::from_secs(1));
+    shared.list_aws_since(org, t0).await.unwrap();
+    assert_eq!(scans(), 3, "too old: a scan of its own");
+    shared.list_aws(org).await.unwrap();
+    assert_eq!(scans(), 4, "list_aws is never shared");
+}
+
+#[tokio::test(start_paused = true)]
+async fn inspects_shared_listing_falls_back_to_a_lookup_for_a_name_it_does_not_show() {
+    use keyrotor_core::domain::{EndpointRef, EndpointSelector, ProjectName};
+    use keyrotor_core::ports::ServiceConnections;
+    use keyrotor_core::shared::SharedReads;
+    let sc = Scenario::new(2);
+    let ports = sc.fakes.ports();
+    let shared = SharedReads::new(ports.ado.clone(), ports.clock.clone());
+    let org = &sc.target.organization;
+    for r in &sc.target.endpoints {
+        shared.find(org, r).await.unwrap();
+    }
+    let calls = sc.fakes.state().ado_reads;
+    assert_eq!((calls.list_project, calls.find), (1, 0), "{calls:?}");
+    // Created after the listing: not in it, found on its own.
+    sc.fakes
+        .add_endpoint(keyrotor_testkit::fakes::ORG, "Platform", "late", None);
+    let late = EndpointRef {
+        project: ProjectName::parse("Platform").unwrap(),
+        by: EndpointSelector::Name("late".into()),
+    };
+    assert_eq!(shared.find(org, &late).await.unwrap().name, "late");
+    let calls = sc.fakes.state().ado_reads;
+    assert_eq!((calls.list_project, calls.find), (1, 1), "{calls:?}");
+}

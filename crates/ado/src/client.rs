@@ -246,6 +246,26 @@ impl ServiceConnections for AdoClient {
             .transpose()
     }
 
+    /// One listing of the project, every type (a connection of another type must still be
+    /// found, to be refused by name), failed ones included.
+    async fn list_project(
+        &self,
+        org: &OrgUrl,
+        project: &ProjectName,
+    ) -> PortResult<Option<Vec<Endpoint>>> {
+        let url = api_url(
+            org,
+            &[project.as_str(), "_apis", "serviceendpoint", "endpoints"],
+            &[("includeFailed", "true"), ("includeDetails", "true")],
+        )?;
+        let items = endpoint::list_items(self.get_json(&url).await?.body)?;
+        items
+            .iter()
+            .map(|v| endpoint::to_endpoint(v, org, project))
+            .collect::<PortResult<Vec<_>>>()
+            .map(Some)
+    }
+
     async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<keyrotor_core::ports::AwsConnection>> {
         self.list_aws_endpoints(org).await
     }
@@ -279,7 +299,7 @@ impl ServiceConnections for AdoClient {
         key: &AccessKeyId,
         secret: &SecretString,
     ) -> PortResult<()> {
-        let Some(mut object) = self.get_raw(handle).await? else {
+        let Some(object) = self.get_raw(handle).await? else {
             return Err(PortError::new(
                 PortErrorKind::NotFound,
                 format!(
@@ -288,6 +308,96 @@ impl ServiceConnections for AdoClient {
                 ),
             ));
         };
+        self.put_with_key(handle, object, key, secret).await
+    }
+
+    /// The connection just read, PUT back with the new key. The read the caller made (push's
+    /// listing, filtered by `endpointIds`, right after this run's ownership was re-checked) is
+    /// the read right before the PUT: reading it again would cost a request per connection and
+    /// narrow the window for a concurrent edit by no more than the time between two requests of
+    /// one loop. Without the object (another adapter's read), it is read again here.
+    async fn set_credentials_from(
+        &self,
+        read: &Endpoint,
+        key: &AccessKeyId,
+        secret: &SecretString,
+    ) -> PortResult<()> {
+        match &read.raw {
+            Some(object) => {
+                self.put_with_key(&read.handle, (**object).clone(), key, secret)
+                    .await
+            }
+            None => self.set_credentials(&read.handle, key, secret).await,
+        }
+    }
+
+    /// One listing per project, filtered by `endpointIds`, for all the handles of that project.
+    async fn get_many(&self, handles: &[EndpointHandle]) -> PortResult<Vec<Option<Endpoint>>> {
+        let mut out: Vec<Option<Endpoint>> = vec![None; handles.len()];
+        let mut groups: Vec<(&OrgUrl, &ProjectName, Vec<usize>)> = Vec::new();
+        for (i, h) in handles.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|(o, p, _)| *o == &h.org && *p == &h.project)
+            {
+                Some((_, _, ix)) => ix.push(i),
+                None => groups.push((&h.org, &h.project, vec![i])),
+            }
+        }
+        for (org, project, ix) in groups {
+            let ids: Vec<&str> = ix.iter().map(|&i| handles[i].id.as_str()).collect();
+            let items = self.list_by_ids(org, project, &ids).await?;
+            for &i in &ix {
+                // The service filters by id already; matching again guards against a filter it
+                // ignored.
+                let wanted = handles[i].id.as_str();
+                if let Some(v) = items
+                    .iter()
+                    .find(|v| endpoint::id_of(v).is_ok_and(|id| id.eq_ignore_ascii_case(wanted)))
+                {
+                    out[i] = Some(endpoint::to_endpoint(v, org, project)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl AdoClient {
+    /// `GET {org}/{project}/_apis/serviceendpoint/endpoints?endpointIds=a,b,…`: the connections
+    /// of one project with these ids, in one request (an unknown id is left out of the answer).
+    async fn list_by_ids(
+        &self,
+        org: &OrgUrl,
+        project: &ProjectName,
+        ids: &[&str],
+    ) -> PortResult<Vec<Value>> {
+        let mut items = Vec::new();
+        // Kept well under URL length limits: 50 GUIDs are ~1,850 characters.
+        for chunk in ids.chunks(50) {
+            let joined = chunk.join(",");
+            let url = api_url(
+                org,
+                &[project.as_str(), "_apis", "serviceendpoint", "endpoints"],
+                &[
+                    ("endpointIds", joined.as_str()),
+                    ("includeFailed", "true"),
+                    ("includeDetails", "true"),
+                ],
+            )?;
+            items.extend(endpoint::list_items(self.get_json(&url).await?.body)?);
+        }
+        Ok(items)
+    }
+
+    /// PUTs `object` (as read) back with the new key: the update in place.
+    async fn put_with_key(
+        &self,
+        handle: &EndpointHandle,
+        mut object: Value,
+        key: &AccessKeyId,
+        secret: &SecretString,
+    ) -> PortResult<()> {
         let current = endpoint::to_endpoint(&object, &handle.org, &handle.project)?;
         if let Some(reason) = current.unrotatable_reason() {
             return Err(PortError::new(PortErrorKind::Refused, reason));

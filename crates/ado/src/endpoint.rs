@@ -103,6 +103,7 @@ pub(crate) fn to_endpoint(v: &Value, org: &OrgUrl, project: &ProjectName) -> Por
         username: parameter(v, "username").map(str::to_owned),
         uses_oidc: uses_oidc(v),
         is_ready: v.get("isReady").and_then(Value::as_bool).unwrap_or(false),
+        raw: Some(std::sync::Arc::new(v.clone())),
     })
 }
 

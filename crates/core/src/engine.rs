@@ -13,7 +13,8 @@ use crate::machine::{self, Context, TargetState};
 use crate::plan::Plan;
 use crate::ports::Notifier;
 use crate::protocol::{self, Ports};
-use crate::report::{RunReport, Step, TargetReport};
+use crate::report::{Outcome, RunReport, Step, TargetReport};
+use crate::shared::SharedReads;
 
 /// A progress event, for the live progress line and logs.
 #[derive(Debug, Clone)]
@@ -113,8 +114,18 @@ pub async fn run_target(
                 .failure
                 .as_ref()
                 .is_some_and(|f| f.step == Step::Create));
-    if rotating && let Ok(eps) = protocol::resolve_endpoints(ports, target, Step::Report).await {
-        state.endpoints = machine::endpoint_reports(&eps);
+    // A rotation that ended after confirm shows confirm's read (the machine kept it): no
+    // connection changes after it. Otherwise read them again, by id when inspect resolved them.
+    let confirmed = state.outcome == Some(Outcome::Rotated) && state.steps.contains(&Step::Confirm);
+    if rotating && !confirmed {
+        let read = if state.progress.endpoints.is_empty() {
+            protocol::resolve_endpoints(ports, target, Step::Report).await
+        } else {
+            protocol::read_handles(ports, &state.progress.endpoints, Step::Report).await
+        };
+        if let Ok(eps) = read {
+            state.endpoints = machine::endpoint_reports(&eps);
+        }
     }
     let mut report = machine::target_report(&state);
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -130,6 +141,11 @@ pub async fn run(
     notifier: Option<&dyn Notifier>,
     observer: &Observer,
 ) -> RunReport {
+    // Reads that can serve several targets are shared between them (see `shared`).
+    let ports = &Ports {
+        ado: Arc::new(SharedReads::new(ports.ado.clone(), ports.clock.clone())),
+        ..ports.clone()
+    };
     let mut reports: Vec<(usize, TargetReport)> = futures::stream::iter(targets.iter().enumerate())
         .map(|(i, t)| async move { (i, run_target(ports, policy, t, opts, observer).await) })
         .buffer_unordered(policy.concurrency.max(1))

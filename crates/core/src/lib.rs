@@ -36,3 +36,4 @@ pub mod protocol;
 pub mod report;
 pub mod secret_value;
 pub mod secrets;
+pub mod shared;

@@ -354,6 +354,8 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
                 state.force,
             );
             state.endpoints = endpoint_reports(&snap.endpoints);
+            // Resolved once, here: every later step reads them by id.
+            state.progress.endpoints = protocol::handles_of(&snap.endpoints);
             after_inspect(state, p, target);
         }
         Step::Cleanup => {
@@ -392,7 +394,10 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
             state.next = Some(Step::Confirm);
         }
         Step::Confirm => {
-            protocol::confirm(ports, target, &state.progress).await?;
+            let read = protocol::confirm(ports, target, &state.progress).await?;
+            // The report shows the connections as confirm read them back; nothing later in a
+            // rotation changes them.
+            state.endpoints = endpoint_reports(&read);
             state.progress.confirmed_at = Some(ports.clock.now());
             state.next = Some(Step::Promote);
         }
@@ -452,7 +457,7 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
                             .map(|t| t + policy.drain + Duration::from_secs(60)),
                         successor: p.new_key.clone(),
                     };
-                    protocol::retire(ports, target, &r).await?;
+                    protocol::retire_confirmed(ports, target, &r, p.confirmed_at).await?;
                 }
                 state.end(Outcome::Rotated);
             }

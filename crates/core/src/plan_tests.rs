@@ -108,6 +108,7 @@ fn aws(name: &str, username: Option<&str>) -> Endpoint {
         username: username.map(Into::into),
         uses_oidc: false,
         is_ready: true,
+        raw: None,
     }
 }
 

@@ -300,8 +300,9 @@ pub trait CallerIdentity: Send + Sync {
     async fn caller_arn(&self, key: &AccessKeyId, secret: &SecretString) -> PortResult<Arn>;
 }
 
-/// Where one service connection lives: enough to GET and PUT it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where one service connection lives: enough to GET and PUT it. Ids only: it travels between
+/// steps in [`Progress`](crate::protocol::Progress) (the Step Functions payload).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct EndpointHandle {
     /// The organization.
     pub org: OrgUrl,
@@ -328,6 +329,11 @@ pub struct Endpoint {
     pub uses_oidc: bool,
     /// `isReady`.
     pub is_ready: bool,
+    /// The adapter's copy of the whole object as it was read, when it keeps one: an update in
+    /// place can then PUT it back without reading it again
+    /// ([`ServiceConnections::set_credentials_from`]). Never a secret: the service answers every
+    /// confidential field `null`.
+    pub raw: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 impl Endpoint {
@@ -369,9 +375,42 @@ pub trait ServiceConnections: Send + Sync {
     async fn find(&self, org: &OrgUrl, r: &EndpointRef) -> PortResult<Endpoint>;
     /// The connection as it is now; `None` when the service answers `null` for the id.
     async fn get(&self, handle: &EndpointHandle) -> PortResult<Option<Endpoint>>;
+    /// The connections behind these handles, as they are now, in the same order; `None` for
+    /// one the service does not know (any more). Adapters that can read several connections in
+    /// one request do so (Azure DevOps: one listing filtered by `endpointIds` per project).
+    async fn get_many(&self, handles: &[EndpointHandle]) -> PortResult<Vec<Option<Endpoint>>> {
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            out.push(self.get(h).await?);
+        }
+        Ok(out)
+    }
+    /// Every connection of one project (of any type), in as few requests as the service
+    /// allows; `None` when this adapter cannot list a project (callers then find each
+    /// connection on its own).
+    async fn list_project(
+        &self,
+        org: &OrgUrl,
+        project: &ProjectName,
+    ) -> PortResult<Option<Vec<Endpoint>>> {
+        let _ = (org, project);
+        Ok(None)
+    }
     /// Every AWS service connection of the organization, across its projects; a connection
     /// shared into several projects appears once.
     async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<AwsConnection>>;
+    /// [`list_aws`](Self::list_aws), or the answer of a scan that *started* after `since`
+    /// and is still recent, where one run shares scans between its targets
+    /// ([`SharedReads`](crate::shared::SharedReads)). Callers pass the moment after which every
+    /// change must be seen.
+    async fn list_aws_since(
+        &self,
+        org: &OrgUrl,
+        since: SystemTime,
+    ) -> PortResult<Vec<AwsConnection>> {
+        let _ = since;
+        self.list_aws(org).await
+    }
     /// Updates the credentials in place: GET, then PUT the full object with the new username
     /// and password, every other field kept. Never deletes and re-creates.
     async fn set_credentials(
@@ -380,6 +419,22 @@ pub trait ServiceConnections: Send + Sync {
         key: &AccessKeyId,
         secret: &SecretString,
     ) -> PortResult<()>;
+    /// Updates the credentials of a connection just read (`read`, from [`get_many`] or
+    /// [`find`]) in place. An adapter that kept the object it read ([`Endpoint::raw`]) PUTs it
+    /// back with the new key without reading it again: the read the caller just made is the read
+    /// right before the PUT. Otherwise the same as [`set_credentials`].
+    ///
+    /// [`get_many`]: Self::get_many
+    /// [`find`]: Self::find
+    /// [`set_credentials`]: Self::set_credentials
+    async fn set_credentials_from(
+        &self,
+        read: &Endpoint,
+        key: &AccessKeyId,
+        secret: &SecretString,
+    ) -> PortResult<()> {
+        self.set_credentials(&read.handle, key, secret).await
+    }
     /// Who the credentials authenticate as in `org` (a read that needs no scope), for
     /// `keyrotor check`. `Unauthorized` when the organization refuses them; `Ok(None)` when this
     /// adapter cannot tell.

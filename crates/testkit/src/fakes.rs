@@ -123,7 +123,46 @@ pub struct State {
     pub notifications: Vec<RunReport>,
     /// Yield to the scheduler at every call (interleaves concurrent runs).
     pub yield_every_call: bool,
+    /// Azure DevOps requests, counted as the real client (`keyrotor-ado`) sends them.
+    pub ado_reads: AdoCalls,
     key_counter: u64,
+}
+
+/// The Azure DevOps requests the fakes answered, by operation, counted as the real client sends
+/// them: a lookup is one request, a listing by `endpointIds` one per project, an
+/// organization-wide scan one for the project list and one per project, `set_credentials` a GET
+/// and a PUT, `set_credentials_from` the PUT alone.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AdoCalls {
+    /// Lookups by name or id (`find`).
+    pub find: u32,
+    /// GETs by id (`get`).
+    pub get: u32,
+    /// Listings by `endpointIds` (`get_many`: one per project).
+    pub list_ids: u32,
+    /// Listings of a whole project (`list_project`).
+    pub list_project: u32,
+    /// Organization-wide scans (`list_aws`).
+    pub scans: u32,
+    /// The requests those scans took (the project list, then one listing per project).
+    pub scan_requests: u32,
+    /// PUTs.
+    pub put: u32,
+    /// GETs that `set_credentials` sends right before its PUT.
+    pub get_before_put: u32,
+}
+
+impl AdoCalls {
+    /// Every request, as the real client would send them.
+    pub fn requests(&self) -> u32 {
+        self.find
+            + self.get
+            + self.list_ids
+            + self.list_project
+            + self.scan_requests
+            + self.put
+            + self.get_before_put
+    }
 }
 
 /// Simulates a kill at the n-th port call.
@@ -339,6 +378,18 @@ impl State {
         })
     }
 
+    /// The connection behind a handle, if it is in that project.
+    fn view_of(&self, h: &EndpointHandle) -> Option<Endpoint> {
+        self.endpoints
+            .iter()
+            .find(|e| {
+                e.org == h.org.as_str()
+                    && e.id == h.id.as_str()
+                    && e.projects.iter().any(|p| p == h.project.as_str())
+            })
+            .map(|e| State::endpoint_view(e, &h.org, &h.project))
+    }
+
     fn endpoint_view(e: &FakeEndpoint, org: &OrgUrl, project: &ProjectName) -> Endpoint {
         Endpoint {
             handle: EndpointHandle {
@@ -352,6 +403,7 @@ impl State {
             username: e.username.clone(),
             uses_oidc: e.oidc,
             is_ready: true,
+            raw: None,
         }
     }
 }
@@ -697,6 +749,7 @@ impl CallerIdentity for Fakes {
 impl ServiceConnections for Fakes {
     async fn find(&self, org: &OrgUrl, r: &EndpointRef) -> PortResult<Endpoint> {
         self.call(|s| {
+            s.ado_reads.find += 1;
             let matches: Vec<&FakeEndpoint> = s
                 .endpoints
                 .iter()
@@ -723,8 +776,37 @@ impl ServiceConnections for Fakes {
         .await
     }
 
+    async fn list_project(
+        &self,
+        org: &OrgUrl,
+        project: &ProjectName,
+    ) -> PortResult<Option<Vec<Endpoint>>> {
+        self.call(|s| {
+            s.ado_reads.list_project += 1;
+            Ok(Some(
+                s.endpoints
+                    .iter()
+                    .filter(|e| {
+                        e.org == org.as_str() && e.projects.iter().any(|p| p == project.as_str())
+                    })
+                    .map(|e| State::endpoint_view(e, org, project))
+                    .collect(),
+            ))
+        })
+        .await
+    }
+
     async fn list_aws(&self, org: &OrgUrl) -> PortResult<Vec<AwsConnection>> {
         self.call(|s| {
+            let projects: std::collections::BTreeSet<&str> = s
+                .endpoints
+                .iter()
+                .filter(|e| e.org == org.as_str())
+                .flat_map(|e| e.projects.iter().map(String::as_str))
+                .collect();
+            let n = projects.len() as u32;
+            s.ado_reads.scans += 1;
+            s.ado_reads.scan_requests += 1 + n;
             Ok(s.endpoints
                 .iter()
                 .filter(|e| e.org == org.as_str() && e.kind.eq_ignore_ascii_case("aws"))
@@ -750,16 +832,51 @@ impl ServiceConnections for Fakes {
 
     async fn get(&self, h: &EndpointHandle) -> PortResult<Option<Endpoint>> {
         self.call(|s| {
-            Ok(s.endpoints
-                .iter()
-                .find(|e| {
-                    e.org == h.org.as_str()
-                        && e.id == h.id.as_str()
-                        && e.projects.iter().any(|p| p == h.project.as_str())
-                })
-                .map(|e| State::endpoint_view(e, &h.org, &h.project)))
+            s.ado_reads.get += 1;
+            Ok(s.view_of(h))
         })
         .await
+    }
+
+    /// One call (one listing by `endpointIds`) per project, as the real client.
+    async fn get_many(&self, handles: &[EndpointHandle]) -> PortResult<Vec<Option<Endpoint>>> {
+        let mut out = vec![None; handles.len()];
+        let mut groups: Vec<(&OrgUrl, &ProjectName)> = Vec::new();
+        for h in handles {
+            if !groups.iter().any(|(o, p)| *o == &h.org && *p == &h.project) {
+                groups.push((&h.org, &h.project));
+            }
+        }
+        for (org, project) in groups {
+            let read = self
+                .call(|s| {
+                    s.ado_reads.list_ids += 1;
+                    Ok(handles
+                        .iter()
+                        .map(|h| {
+                            (&h.org == org && &h.project == project)
+                                .then(|| s.view_of(h))
+                                .flatten()
+                        })
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+            for (slot, e) in out.iter_mut().zip(read) {
+                if e.is_some() {
+                    *slot = e;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_credentials_from(
+        &self,
+        read: &Endpoint,
+        key: &AccessKeyId,
+        secret: &SecretString,
+    ) -> PortResult<()> {
+        self.put(&read.handle, key, secret, false).await
     }
 
     async fn set_credentials(
@@ -768,7 +885,24 @@ impl ServiceConnections for Fakes {
         key: &AccessKeyId,
         secret: &SecretString,
     ) -> PortResult<()> {
+        self.put(h, key, secret, true).await
+    }
+}
+
+impl Fakes {
+    /// A PUT of new credentials; `read_first`: `set_credentials`, which GETs right before.
+    async fn put(
+        &self,
+        h: &EndpointHandle,
+        key: &AccessKeyId,
+        secret: &SecretString,
+        read_first: bool,
+    ) -> PortResult<()> {
         self.call(|s| {
+            s.ado_reads.put += 1;
+            if read_first {
+                s.ado_reads.get_before_put += 1;
+            }
             if let Some(Some(e)) = s.ado_put_script.pop_front() {
                 return Err(e);
             }
@@ -870,5 +1004,46 @@ impl Scenario {
     /// The world as the invariants see it.
     pub fn world(&self) -> World {
         self.fakes.world("pipeline", "pipeline-key")
+    }
+
+    /// Another target in the same world, like the first: its own user (`pipeline-{n}`), secret
+    /// (`pipeline-{n}-key`) and `endpoints` connections in project `project`, holding a
+    /// 10-day-old key.
+    pub fn add_target(&self, n: usize, project: &str, endpoints: usize) -> Target {
+        let user = format!("pipeline-{n}");
+        let secret = format!("{user}-key");
+        let key = self.fakes.add_key(&user, Duration::from_secs(10 * 86400));
+        let refs = (0..endpoints)
+            .map(|i| {
+                let name = format!("aws-{n}-{i}");
+                self.fakes
+                    .add_endpoint(ORG, project, &name, Some((&key.0, &key.1)));
+                EndpointRef {
+                    project: ProjectName::parse(project).unwrap(),
+                    by: EndpointSelector::Name(name),
+                }
+            })
+            .collect();
+        let created = {
+            let mut st = self.fakes.state();
+            let now = st.now();
+            let k = &mut st.users.get_mut(&user).expect("just added")[0];
+            k.used = Some(now - Duration::from_secs(3600));
+            k.created
+        };
+        let json = keyrotor_core::secret_value::key_value(
+            &AccessKeyId::parse(&key.0).unwrap(),
+            &SecretString::from(key.1.clone()),
+            &user,
+            created,
+        );
+        self.fakes.set_secret(&secret, json.expose_secret());
+        Target {
+            name: keyrotor_core::domain::TargetName::parse(&format!("t{n}")).unwrap(),
+            iam_user: IamUserName::parse(&user).unwrap(),
+            secret: SecretName::parse(&secret).unwrap(),
+            organization: OrgUrl::parse(ORG).unwrap(),
+            endpoints: refs,
+        }
     }
 }

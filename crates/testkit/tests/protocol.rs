@@ -1286,3 +1286,261 @@ async fn the_old_key_is_not_retired_when_its_successor_was_switched_off() {
     );
     assert!(is_active(&sc, &old), "the old key stays Active");
 }
+
+// ---- Azure DevOps' request budget: endpoint ids between steps, reads shared in a run ----
+
+/// Counts Azure DevOps requests per step (as the real client sends them, see
+/// `fakes::AdoCalls`) while one target runs.
+type PerStep = Arc<std::sync::Mutex<Vec<(Step, u32)>>>;
+
+fn ado_per_step(sc: &Scenario) -> (Observer, PerStep) {
+    let per_step = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (fakes, out) = (sc.fakes.clone(), per_step.clone());
+    let started = std::sync::Mutex::new(0);
+    let observer: Observer = Arc::new(move |e: &engine::Event| {
+        let now = fakes.state().ado_reads.requests();
+        match e.phase {
+            engine::Phase::Started => *started.lock().unwrap() = now,
+            _ => out
+                .lock()
+                .unwrap()
+                .push((e.step, now - *started.lock().unwrap())),
+        }
+    });
+    (observer, per_step)
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_rotation_spends_the_pinned_azure_devops_requests_per_step() {
+    for endpoints in [1, 2] {
+        let sc = Scenario::new(endpoints);
+        let (observer, per_step) = ado_per_step(&sc);
+        let mut o = opts();
+        o.force = true;
+        let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &observer).await;
+        assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+        sc.world().after_success().unwrap();
+        let n = endpoints as u32;
+        // inspect: one lookup per configured connection (by name: the config names them).
+        // push: one listing by `endpointIds` (its project), then one PUT per connection of the
+        //       object that listing read (no GET of its own).
+        // confirm: one listing by `endpointIds`: the read-back (and the report's view).
+        // retire: the organization-wide holder scan: the project list, one listing per project.
+        // create, verify, promote: none.
+        let expected = vec![
+            (Step::Inspect, n),
+            (Step::Create, 0),
+            (Step::Verify, 0),
+            (Step::Push, 1 + n),
+            (Step::Confirm, 1),
+            (Step::Promote, 0),
+            (Step::Retire, 2),
+        ];
+        assert_eq!(
+            *per_step.lock().unwrap(),
+            expected,
+            "{endpoints} connection(s)"
+        );
+        let calls = sc.fakes.state().ado_reads;
+        assert_eq!(calls.requests(), 2 * n + 4, "{calls:?}");
+        assert_eq!(calls.find, n, "found by name once, at inspect: {calls:?}");
+        assert_eq!(
+            calls.get + calls.get_before_put,
+            0,
+            "no connection read on its own: {calls:?}"
+        );
+        assert_eq!(calls.put, n);
+        println!(
+            "{endpoints} connection(s): {} Azure DevOps requests, {calls:?}",
+            calls.requests()
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_targets_shares_inspects_listing_and_spends_the_pinned_requests() {
+    let sc = Scenario::new(1);
+    let mut targets = vec![sc.target.clone()];
+    for n in 1..10 {
+        targets.push(sc.add_target(n, "Platform", 1));
+    }
+    let mut o = opts();
+    o.force = true;
+    let r = engine::run(&sc.fakes.ports(), &sc.policy, &targets, &o, None, &quiet()).await;
+    for t in &r.targets {
+        assert_eq!(t.outcome, Outcome::Rotated, "{t:?}");
+    }
+    assert!(sc.fakes.state().violations.is_empty());
+    let calls = sc.fakes.state().ado_reads;
+    // Inspect: ONE listing of the project serves all ten targets (none found on its own).
+    assert_eq!(calls.list_project, 1, "{calls:?}");
+    assert_eq!(calls.find, 0, "{calls:?}");
+    // Per target: push's listing by id and its PUT, confirm's listing by id.
+    assert_eq!(calls.list_ids, 20, "{calls:?}");
+    assert_eq!(calls.put, 10, "{calls:?}");
+    assert_eq!(calls.get + calls.get_before_put, 0, "{calls:?}");
+    // Retire: a holder scan per target. The fakes' clock stands still, so no scan started after
+    // another target's confirm and none is shared (sharing needs a later start, strictly).
+    assert_eq!(calls.scans, 10, "{calls:?}");
+    assert_eq!(calls.requests(), 1 + 20 + 10 + 20, "{calls:?}");
+    println!(
+        "10 targets: {} Azure DevOps requests ({:.1} per target), {calls:?}",
+        calls.requests(),
+        f64::from(calls.requests()) / 10.0
+    );
+}
+
+/// Runs one forced target through the machine step by step, calling `between` after inspect.
+async fn forced_with(sc: &Scenario, between: impl FnOnce(&Scenario)) -> TargetState {
+    let ports = sc.fakes.ports();
+    let cx = Context {
+        ports: &ports,
+        policy: &sc.policy,
+        target: &sc.target,
+        verify_budget: sc.policy.verify_timeout,
+        waits_for_drain: false,
+    };
+    let mut state = TargetState::new(&sc.target, RunId::new(), true);
+    let mut between = Some(between);
+    while let Some(step) = state.next {
+        if let Err(e) = machine::advance(&cx, &mut state).await {
+            machine::fail(&mut state, e);
+        }
+        if step == Step::Inspect
+            && let Some(f) = between.take()
+        {
+            assert_eq!(state.progress.endpoints.len(), 1, "inspect carries the id");
+            f(sc);
+        }
+    }
+    state
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_renamed_after_inspect_is_still_rotated_by_its_id() {
+    let sc = Scenario::new(1);
+    let state = forced_with(&sc, |sc| {
+        sc.fakes.state().endpoints[0].name = "renamed".into();
+    })
+    .await;
+    assert_eq!(state.outcome, Some(Outcome::Rotated), "{state:?}");
+    sc.world().after_success().unwrap();
+    let st = sc.fakes.state();
+    assert_eq!(
+        st.endpoints[0].username.as_deref(),
+        state.progress.new_key.as_ref().map(|k| k.as_str())
+    );
+    assert_eq!(st.ado_reads.find, 1, "not looked up by name again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_deleted_after_inspect_fails_push_and_the_new_key_is_compensated() {
+    let sc = Scenario::new(1);
+    let old = sc.initial_key.0.clone();
+    let state = forced_with(&sc, |sc| {
+        sc.fakes.state().endpoints.clear();
+    })
+    .await;
+    assert_eq!(state.outcome, Some(Outcome::Failed), "{state:?}");
+    let f = state.failure.as_ref().expect("a failure");
+    assert_eq!(f.step, Step::Push, "{f:?}");
+    assert!(f.message.contains("any more"), "{f:?}");
+    assert!(
+        state
+            .compensation
+            .as_deref()
+            .is_some_and(|c| c.contains("was deleted")),
+        "{state:?}"
+    );
+    let st = sc.fakes.state();
+    assert_eq!(
+        st.ado_reads.put, 0,
+        "nothing sent to a connection gone by id"
+    );
+    assert_eq!(st.users["pipeline"].len(), 1, "the new key is gone");
+    drop(st);
+    assert!(is_active(&sc, &old), "the old key is kept Active");
+}
+
+#[test]
+fn endpoint_ids_travel_in_the_payload_and_old_payloads_still_read() {
+    let sc = Scenario::new(1);
+    let mut state = TargetState::new(&sc.target, RunId::new(), false);
+    state
+        .progress
+        .endpoints
+        .push(keyrotor_core::ports::EndpointHandle {
+            org: sc.target.organization.clone(),
+            project: keyrotor_core::domain::ProjectName::parse("Platform").unwrap(),
+            id: keyrotor_core::domain::EndpointId::parse("00000000-0000-0000-0000-000000000001")
+                .unwrap(),
+        });
+    let json = serde_json::to_value(&state).unwrap();
+    assert_eq!(
+        json["progress"]["endpoints"][0]["id"], "00000000-0000-0000-0000-000000000001",
+        "{json}"
+    );
+    let back: TargetState = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, state);
+    let mut old = json;
+    old["progress"].as_object_mut().unwrap().remove("endpoints");
+    let back: TargetState = serde_json::from_value(old).unwrap();
+    assert!(
+        back.progress.endpoints.is_empty(),
+        "a payload from before: names resolve as before"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_scan_is_shared_only_if_it_started_after_the_callers_moment_and_is_recent() {
+    use keyrotor_core::ports::ServiceConnections;
+    use keyrotor_core::shared::SharedReads;
+    let sc = Scenario::new(1);
+    let ports = sc.fakes.ports();
+    let shared = SharedReads::new(ports.ado.clone(), ports.clock.clone());
+    let org = &sc.target.organization;
+    let scans = || sc.fakes.state().ado_reads.scans;
+    let t0 = ports.clock.now();
+    sc.fakes.advance(Duration::from_secs(1));
+    shared.list_aws(org).await.unwrap(); // started at t0 + 1 s
+    assert_eq!(scans(), 1);
+    shared.list_aws_since(org, t0).await.unwrap();
+    assert_eq!(scans(), 1, "started after the caller's moment: shared");
+    shared
+        .list_aws_since(org, t0 + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(scans(), 2, "not strictly after: a scan of its own");
+    sc.fakes
+        .advance(SharedReads::MAX_AGE + Duration::from_secs(1));
+    shared.list_aws_since(org, t0).await.unwrap();
+    assert_eq!(scans(), 3, "too old: a scan of its own");
+    shared.list_aws(org).await.unwrap();
+    assert_eq!(scans(), 4, "list_aws is never shared");
+}
+
+#[tokio::test(start_paused = true)]
+async fn inspects_shared_listing_falls_back_to_a_lookup_for_a_name_it_does_not_show() {
+    use keyrotor_core::domain::{EndpointRef, EndpointSelector, ProjectName};
+    use keyrotor_core::ports::ServiceConnections;
+    use keyrotor_core::shared::SharedReads;
+    let sc = Scenario::new(2);
+    let ports = sc.fakes.ports();
+    let shared = SharedReads::new(ports.ado.clone(), ports.clock.clone());
+    let org = &sc.target.organization;
+    for r in &sc.target.endpoints {
+        shared.find(org, r).await.unwrap();
+    }
+    let calls = sc.fakes.state().ado_reads;
+    assert_eq!((calls.list_project, calls.find), (1, 0), "{calls:?}");
+    // Created after the listing: not in it, found on its own.
+    sc.fakes
+        .add_endpoint(keyrotor_testkit::fakes::ORG, "Platform", "late", None);
+    let late = EndpointRef {
+        project: ProjectName::parse("Platform").unwrap(),
+        by: EndpointSelector::Name("late".into()),
+    };
+    assert_eq!(shared.find(org, &late).await.unwrap().name, "late");
+    let calls = sc.fakes.state().ado_reads;
+    assert_eq!((calls.list_project, calls.find), (1, 1), "{calls:?}");
+}

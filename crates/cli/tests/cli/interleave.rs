@@ -218,7 +218,11 @@ async fn a_cli_run_killed_inside_every_step_then_an_execution_leave_everyone_a_k
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_whose_push_fails_for_good_while_a_cli_run_goes_in_between() {
-    let env = spawn_env().await;
+    // The default leases: the execution owns its rotation however slow the machine is.
+    let env = crate::setup()
+        .policy("verify_consecutive = 2")
+        .start()
+        .await;
     let mut x = Execution::new(&env, "execution-push-refused").await;
     while x.next() != "push" {
         x.task().await;

@@ -87,7 +87,7 @@ pub async fn cleanup(
         }
     }
     if let Some(r) = &tidy.make_room {
-        retire_key(ports, target, r, step).await?;
+        retire_key(ports, target, r, step, None).await?;
         done.push(format!("deleted the retired key {} to make room", r.key));
     }
     Ok(done)

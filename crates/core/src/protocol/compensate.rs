@@ -112,7 +112,7 @@ async fn compensate_inner(
     // Invariant 1, every connection of the organization counted: the new key is deleted only
     // when no AWS connection holds it, listed in the config or not (another run may have
     // pushed it).
-    match holders_of(ports, target, new, step).await {
+    match holders_of(ports, target, new, step, None).await {
         Ok(h) if !h.is_empty() => {
             let names: Vec<String> = h
                 .iter()

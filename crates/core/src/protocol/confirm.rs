@@ -2,8 +2,13 @@
 
 use super::*;
 
-/// **confirm**: every endpoint, read back, holds the new key and is ready.
-pub async fn confirm(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
+/// **confirm**: every endpoint, read back (by id, one listing per project), holds the new key
+/// and is ready. Returns the connections as read, for the report.
+pub async fn confirm(
+    ports: &Ports,
+    target: &Target,
+    progress: &Progress,
+) -> Result<Vec<Endpoint>, StepError> {
     let step = Step::Confirm;
     ensure_key_live(ports, target, progress, step).await?;
     let new = progress.new_key.clone().ok_or_else(|| {
@@ -13,26 +18,15 @@ pub async fn confirm(ports: &Ports, target: &Target, progress: &Progress) -> Res
             "no new key in this run's progress",
         )
     })?;
-    for e in run_endpoints(ports, target, progress, step).await? {
-        let now = ports
-            .ado
-            .get(&e.handle)
-            .await
-            .map_err(at(step, "reading a service connection back"))?;
-        let Some(now) = now else {
-            return Err(StepError::new(
-                step,
-                StepErrorKind::Failed,
-                format!("service connection '{}' is gone", e.name),
-            ));
-        };
+    let read = run_endpoints(ports, target, progress, step).await?;
+    for now in &read {
         if now.key_id().as_ref() != Some(&new) {
             return Err(StepError::new(
                 step,
                 StepErrorKind::Failed,
                 format!(
                     "service connection '{}' does not hold the new key after the update",
-                    e.name
+                    now.name
                 ),
             ));
         }
@@ -42,10 +36,10 @@ pub async fn confirm(ports: &Ports, target: &Target, progress: &Progress) -> Res
                 StepErrorKind::Failed,
                 format!(
                     "service connection '{}' is not ready after the update",
-                    e.name
+                    now.name
                 ),
             ));
         }
     }
-    Ok(())
+    Ok(read)
 }

@@ -25,7 +25,7 @@ pub use create::{create, release};
 pub use inspect::inspect;
 pub use promote::promote;
 pub use push::push;
-pub use retire::retire;
+pub use retire::{retire, retire_confirmed};
 pub use verify::verify;
 
 use std::collections::HashSet;
@@ -41,8 +41,8 @@ use crate::domain::{
 };
 use crate::plan::{Retirement, Snapshot, StageInfo, Tidy};
 use crate::ports::{
-    CallerIdentity, Clock, Endpoint, KeyStore, PortError, PortErrorKind, SecretStore,
-    ServiceConnections, Stage,
+    CallerIdentity, Clock, Endpoint, EndpointHandle, KeyStore, PortError, PortErrorKind,
+    SecretStore, ServiceConnections, Stage,
 };
 use crate::report::Step;
 use crate::secret_value::{self, Content};
@@ -153,6 +153,12 @@ pub struct Progress {
     /// updates too (`policy.update_unlisted_connections`), by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unlisted: Vec<EndpointRef>,
+    /// The connections this run rotates, by id, as `inspect` resolved them from the config (and
+    /// `push` added the unlisted ones): later steps read them by id, in one request per project,
+    /// instead of finding each by name again. Ids only, never a secret. Empty in a payload from
+    /// before this field existed: the steps then resolve the config's names as they used to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointHandle>,
 }
 
 impl Progress {
@@ -169,6 +175,7 @@ impl Progress {
             put_attempted: false,
             confirmed_at: None,
             unlisted: Vec::new(),
+            endpoints: Vec::new(),
         }
     }
 }
@@ -213,6 +220,9 @@ pub(crate) async fn run_endpoints(
     progress: &Progress,
     step: Step,
 ) -> Result<Vec<Endpoint>, StepError> {
+    if !progress.endpoints.is_empty() {
+        return read_handles(ports, &progress.endpoints, step).await;
+    }
     let refs: Vec<EndpointRef> = target
         .endpoints
         .iter()
@@ -220,6 +230,52 @@ pub(crate) async fn run_endpoints(
         .cloned()
         .collect();
     resolve_refs(ports, target, &refs, step).await
+}
+
+/// The connections behind `handles`, as they are now, read by id (one listing per project). A
+/// connection the service no longer knows by its id (deleted, or no longer shared into the
+/// project) is the same error a lookup by name gives for a missing one: `NotFound`. A rename
+/// changes nothing: the id is the connection.
+pub async fn read_handles(
+    ports: &Ports,
+    handles: &[EndpointHandle],
+    step: Step,
+) -> Result<Vec<Endpoint>, StepError> {
+    let read = ports
+        .ado
+        .get_many(handles)
+        .await
+        .map_err(at(step, "reading the service connections"))?;
+    handles
+        .iter()
+        .zip(read)
+        .map(|(h, e)| {
+            e.ok_or_else(|| {
+                let gone = PortError::new(
+                    PortErrorKind::NotFound,
+                    format!(
+                        "no service connection with id {} in project '{}' of {} any more",
+                        h.id, h.project, h.org
+                    ),
+                );
+                StepError::port(step, &format!("service connection {}", h.id), gone)
+            })
+        })
+        .collect()
+}
+
+/// The handles of resolved connections, each once.
+pub fn handles_of(endpoints: &[Endpoint]) -> Vec<EndpointHandle> {
+    let mut out: Vec<EndpointHandle> = Vec::new();
+    for e in endpoints {
+        if !out
+            .iter()
+            .any(|h| h.org == e.handle.org && h.id == e.handle.id)
+        {
+            out.push(e.handle.clone());
+        }
+    }
+    out
 }
 
 async fn resolve_refs(
@@ -469,14 +525,22 @@ pub(crate) async fn taken_over_by(
 }
 
 /// Every AWS service connection of the target's organization (all projects, listed in the
-/// config or not) that holds `id`.
+/// config or not) that holds `id`. With `since`, a scan another target of this run started at or
+/// after that moment may answer ([`ServiceConnections::list_aws_since`]); without, the scan is
+/// this caller's own.
 pub(crate) async fn holders_of(
     ports: &Ports,
     target: &Target,
     id: &AccessKeyId,
     step: Step,
+    since: Option<std::time::SystemTime>,
 ) -> Result<Vec<crate::ports::AwsConnection>, StepError> {
-    let all = ports.ado.list_aws(&target.organization).await.map_err(at(
+    let org = &target.organization;
+    let all = match since {
+        Some(t) => ports.ado.list_aws_since(org, t).await,
+        None => ports.ado.list_aws(org).await,
+    }
+    .map_err(at(
         step,
         "listing the organization's AWS service connections",
     ))?;

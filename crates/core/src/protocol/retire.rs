@@ -3,9 +3,22 @@
 use super::*;
 
 /// **retire**: the previous key becomes Inactive, and is deleted when `r.delete` (no grace
-/// period, or a later run finishing a retirement whose grace is over).
+/// period, or a later run finishing a retirement whose grace is over). The organization-wide
+/// holder scan is this call's own.
 pub async fn retire(ports: &Ports, target: &Target, r: &Retirement) -> Result<(), StepError> {
-    retire_key(ports, target, r, Step::Retire).await
+    retire_key(ports, target, r, Step::Retire, None).await
+}
+
+/// [`retire`] in the run whose confirm saw every connection of the target on the new key at
+/// `confirmed_at`: the organization-wide holder scan may be one another target of the run started
+/// after that moment ([`ServiceConnections::list_aws_since`](crate::ports::ServiceConnections::list_aws_since)).
+pub async fn retire_confirmed(
+    ports: &Ports,
+    target: &Target,
+    r: &Retirement,
+    confirmed_at: Option<std::time::SystemTime>,
+) -> Result<(), StepError> {
+    retire_key(ports, target, r, Step::Retire, confirmed_at).await
 }
 
 /// Deactivates a key (if Active) and deletes it when `r.delete`. Invariant 1 (pipelines never
@@ -17,9 +30,10 @@ pub(super) async fn retire_key(
     target: &Target,
     r: &Retirement,
     step: Step,
+    since: Option<std::time::SystemTime>,
 ) -> Result<(), StepError> {
     let (id, delete) = (&r.key, r.delete);
-    let holders = holders_of(ports, target, id, step).await?;
+    let holders = holders_of(ports, target, id, step, since).await?;
     if !holders.is_empty() {
         let listed = resolve_endpoints(ports, target, step)
             .await

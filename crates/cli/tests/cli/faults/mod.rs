@@ -121,8 +121,8 @@ const INVALID_POST_NAMES_NO_STEP: &str = "inspect: ADO GET list 203 x1";
 
 const REFUSED_PAT_AFTER_CHANGES: [&str; 3] = [
     "push: ADO GET list #3 203 x1",
-    "confirm: ADO GET list #5 203 x1",
-    "retire: ADO GET list #7 203 x1",
+    "confirm: ADO GET list #4 203 x1",
+    "retire: ADO GET list #5 203 x1",
 ];
 
 /// Runs these cases of the full matrix, by name.

@@ -1,5 +1,6 @@
 //! A crash at every step of `--apply` and `--rollback` (SIGKILL right after each step's log
-//! line), and a failing Azure DevOps update: after each, every connection works (checked from
+//! line), a crash inside `--finish` (as it deactivates, and as it deletes the key), and a failing
+//! Azure DevOps update: after each, every connection works (checked from
 //! outside), and a rerun of the same command converges.
 
 use std::sync::Arc;
@@ -123,4 +124,33 @@ async fn a_partial_apply_can_be_rolled_back_and_then_finish_is_refused() {
         vec![env.initial_key.as_str()]
     );
     env.stop().await;
+}
+
+#[tokio::test]
+async fn a_crash_inside_finish_leaves_every_connection_working_and_a_rerun_finishes() {
+    let moto = Arc::new(Moto::start().expect("moto starts"));
+    // The AWS SDK's trace line as each of finish's two writes starts.
+    for op in [
+        "rpc.method=\"UpdateAccessKey\"",
+        "rpc.method=\"DeleteAccessKey\"",
+    ] {
+        let env = crate::setup()
+            .moto(moto.clone())
+            .connections(Connections::Separate)
+            .start()
+            .await;
+        migrate_exits(&env, &["--apply"], 0).await;
+        pipeline_assumes(&env, &own_role_arn()).await;
+        killed_after(&env, "--finish", op).await;
+        // Every connection is on its role, which does not need the key.
+        assert_eq!(assert_every_connection_works(&env).await, 2, "{op}");
+        let o = migrate_exits(&env, &["--finish"], 0).await;
+        assert!(
+            env.aws_state().await.keys.is_empty(),
+            "{op}: a rerun deletes the key: {}",
+            o.show()
+        );
+        assert_eq!(assert_every_connection_works(&env).await, 2, "{op}");
+        env.stop().await;
+    }
 }

@@ -390,6 +390,36 @@ impl AdoClient {
         Ok(items)
     }
 
+    /// PUTs `object` back to its own id — the update in place: same id, so pipeline
+    /// authorizations, approvals and checks stay. `scrub` is kept out of errors. Returns the
+    /// answer and whether it names the same id.
+    pub(crate) async fn put_in_place(
+        &self,
+        handle: &EndpointHandle,
+        object: Value,
+        scrub: &[&str],
+    ) -> PortResult<(Value, bool)> {
+        let body = serde_json::to_vec(&object).map_err(|_| {
+            PortError::new(
+                PortErrorKind::Failed,
+                "could not encode the service connection",
+            )
+        })?;
+        drop(object);
+        let url = api_url(
+            &handle.org,
+            &["_apis", "serviceendpoint", "endpoints", handle.id.as_str()],
+            &[],
+        )?;
+        let answer = self
+            .transport
+            .send(Method::PUT, &url, Some(&body), scrub)
+            .await?;
+        let same_id = endpoint::id_of(&answer.body)
+            .is_ok_and(|id| id.eq_ignore_ascii_case(handle.id.as_str()));
+        Ok((answer.body, same_id))
+    }
+
     /// PUTs `object` (as read) back with the new key: the update in place.
     async fn put_with_key(
         &self,
@@ -404,26 +434,10 @@ impl AdoClient {
         }
         // The new key, and `sessionToken: ""`: a stale token must not outlive the old key.
         endpoint::put_credentials(&mut object, key, secret)?;
-        let body = serde_json::to_vec(&object).map_err(|_| {
-            PortError::new(
-                PortErrorKind::Failed,
-                "could not encode the service connection",
-            )
-        })?;
-        drop(object);
-        // The update in place: same id, so pipeline authorizations, approvals and checks stay.
-        let url = api_url(
-            &handle.org,
-            &["_apis", "serviceendpoint", "endpoints", handle.id.as_str()],
-            &[],
-        )?;
-        let answer = self
-            .transport
-            .send(Method::PUT, &url, Some(&body), &[secret.expose_secret()])
+        let (answer, same_id) = self
+            .put_in_place(handle, object, &[secret.expose_secret()])
             .await?;
-        let same_id = endpoint::id_of(&answer.body)
-            .is_ok_and(|id| id.eq_ignore_ascii_case(handle.id.as_str()));
-        let holds_key = endpoint::parameter(&answer.body, "username") == Some(key.as_str());
+        let holds_key = endpoint::parameter(&answer, "username") == Some(key.as_str());
         if !same_id || !holds_key {
             return Err(PortError::new(
                 PortErrorKind::Failed,

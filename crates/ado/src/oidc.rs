@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use keyrotor_core::domain::OrgUrl;
 use keyrotor_core::oidc_ports::{BackOnKey, ConnectionAuth, OidcConnections};
 use keyrotor_core::ports::{EndpointHandle, PortError, PortErrorKind, PortResult};
-use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
@@ -59,26 +58,9 @@ impl AdoClient {
                 )
             })?;
         edit(params);
-        let body = serde_json::to_vec(&object).map_err(|_| {
-            PortError::new(
-                PortErrorKind::Failed,
-                "could not encode the service connection",
-            )
-        })?;
-        drop(object);
-        let url = api_url(
-            &handle.org,
-            &["_apis", "serviceendpoint", "endpoints", handle.id.as_str()],
-            &[],
-        )?;
         let scrub: Vec<&str> = secret.into_iter().collect();
-        let answer = self
-            .transport
-            .send(Method::PUT, &url, Some(&body), &scrub)
-            .await?;
-        let same_id = endpoint::id_of(&answer.body)
-            .is_ok_and(|id| id.eq_ignore_ascii_case(handle.id.as_str()));
-        if !same_id || !check(&answer.body) {
+        let (answer, same_id) = self.put_in_place(handle, object, &scrub).await?;
+        if !same_id || !check(&answer) {
             return Err(PortError::new(
                 PortErrorKind::Failed,
                 format!(

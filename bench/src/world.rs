@@ -36,12 +36,16 @@ pub struct TargetSeed {
     pub user: String,
     pub secret: String,
     pub endpoint: String,
+    /// The project its connection is in.
+    pub project: String,
 }
 
 /// How a world is set up.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub targets: usize,
+    /// Projects the targets are spread over, round robin (1: all in `PROJECT`).
+    pub projects: usize,
     /// `policy.concurrency` in the config.
     pub concurrency: usize,
 }
@@ -93,6 +97,15 @@ pub struct Mark {
     slack: usize,
 }
 
+/// Project `p` of a world: `PROJECT`, then `PROJECT-2`, `PROJECT-3`, ….
+pub fn project_name(p: usize) -> String {
+    if p == 0 {
+        PROJECT.to_owned()
+    } else {
+        format!("{PROJECT}-{}", p + 1)
+    }
+}
+
 pub fn target_name(i: usize) -> String {
     format!("bench-{i:04}")
 }
@@ -113,17 +126,19 @@ impl World {
         let seeded: Vec<Result<(TargetSeed, Value)>> = futures::stream::iter(0..opts.targets)
             .map(|i| {
                 let sdk = sdk.clone();
+                let project = project_name(i % opts.projects.max(1));
                 async move {
                     let name = target_name(i);
                     let t = TargetSeed {
                         user: format!("{name}-user"),
                         secret: format!("/bench/{name}/accesskey"),
                         endpoint: format!("aws-{name}"),
+                        project,
                         name,
                     };
                     let (id, secret) =
                         aws_seed::user_with_key_in_secret(&sdk, &t.user, &t.secret).await?;
-                    let mut ep = aws_endpoint(&t.endpoint, &id, &secret, &[PROJECT]);
+                    let mut ep = aws_endpoint(&t.endpoint, &id, &secret, &[t.project.as_str()]);
                     ep["id"] = json!(uuid::Uuid::new_v4().to_string());
                     ep["description"] = json!("Deploys from Azure Pipelines");
                     ep["data"] = json!({"region": "eu-west-1"});
@@ -133,7 +148,10 @@ impl World {
             .buffered(16)
             .collect()
             .await;
-        let mut org = OrgSeed::new(ORG).pat(PAT, Scope::Manage).project(PROJECT);
+        let mut org = OrgSeed::new(ORG).pat(PAT, Scope::Manage);
+        for p in 0..opts.projects.max(1) {
+            org = org.project(&project_name(p));
+        }
         let mut targets = Vec::with_capacity(opts.targets);
         for r in seeded {
             let (t, ep) = r?;
@@ -170,8 +188,8 @@ concurrency = {concurrency}
         );
         for t in &targets {
             text.push_str(&format!(
-                "\n[[target]]\nname = \"{}\"\niam_user = \"{}\"\nsecret = \"{}\"\nendpoints = [ {{ project = \"{PROJECT}\", name = \"{}\" }} ]\n",
-                t.name, t.user, t.secret, t.endpoint
+                "\n[[target]]\nname = \"{}\"\niam_user = \"{}\"\nsecret = \"{}\"\nendpoints = [ {{ project = \"{}\", name = \"{}\" }} ]\n",
+                t.name, t.user, t.secret, t.project, t.endpoint
             ));
         }
         let config = dir.join("keyrotor.toml");

@@ -373,8 +373,7 @@ impl AdoClient {
         ids: &[&str],
     ) -> PortResult<Vec<Value>> {
         let mut items = Vec::new();
-        // Kept well under URL length limits: 50 GUIDs are ~1,850 characters.
-        for chunk in ids.chunks(50) {
+        for chunk in ids.chunks(keyrotor_core::ports::IDS_PER_LISTING) {
             let joined = chunk.join(",");
             let url = api_url(
                 org,

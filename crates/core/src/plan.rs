@@ -72,6 +72,24 @@ impl Snapshot {
     pub fn previous_key(&self) -> Option<&AccessKeyId> {
         Self::staged(&self.previous)
     }
+
+    /// The keys no connection holds and no stage names: the only keys whose last use the
+    /// planner reads (it decides whether such a key is adopted, deleted or left alone), so the
+    /// only ones `inspect` asks IAM about.
+    pub fn unaccounted(&self) -> Vec<AccessKeyId> {
+        let staged = [self.current_key(), self.pending_key(), self.previous_key()];
+        self.keys
+            .iter()
+            .filter(|k| {
+                !staged.contains(&Some(&k.id))
+                    && !self
+                        .endpoints
+                        .iter()
+                        .any(|e| e.key_id().as_ref() == Some(&k.id))
+            })
+            .map(|k| k.id.clone())
+            .collect()
+    }
 }
 
 /// What the run does.

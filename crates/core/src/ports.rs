@@ -367,6 +367,10 @@ impl Endpoint {
     }
 }
 
+/// How many connection ids one listing by `endpointIds` names at most: 50 GUIDs keep its URL
+/// near 1,850 characters, well under the service's URL length limits.
+pub const IDS_PER_LISTING: usize = 50;
+
 /// Azure DevOps service connections.
 #[async_trait]
 pub trait ServiceConnections: Send + Sync {
@@ -377,7 +381,8 @@ pub trait ServiceConnections: Send + Sync {
     async fn get(&self, handle: &EndpointHandle) -> PortResult<Option<Endpoint>>;
     /// The connections behind these handles, as they are now, in the same order; `None` for
     /// one the service does not know (any more). Adapters that can read several connections in
-    /// one request do so (Azure DevOps: one listing filtered by `endpointIds` per project).
+    /// one request do so (Azure DevOps: one listing filtered by `endpointIds` per project and
+    /// [`IDS_PER_LISTING`] ids).
     async fn get_many(&self, handles: &[EndpointHandle]) -> PortResult<Vec<Option<Endpoint>>> {
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {

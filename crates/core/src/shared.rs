@@ -2,7 +2,7 @@
 //! [`engine::run`](crate::engine::run)), so that a fleet spends Azure DevOps' request budget on
 //! what each target needs alone (its PUT, its read-back) and not on the same listing again.
 //!
-//! [`SharedReads`] wraps the run's [`ServiceConnections`] and shares two reads, each only where
+//! [`SharedReads`] wraps the run's [`ServiceConnections`] and shares three reads, each only where
 //! a shared answer is as safe as a fresh one:
 //!
 //! - **inspect's lookups by name (or id)**: one listing of a project's connections serves the
@@ -13,13 +13,27 @@
 //! - **the organization-wide holder scan** ([`ServiceConnections::list_aws_since`]): a scan
 //!   serves a caller only if it *started* after the moment the caller names (retire: when
 //!   confirm saw every connection of the target on the new key) and is at most
-//!   [`SharedReads::MAX_AGE`] old. Such a scan saw every change made before the target's
+//!   [`SharedReads::MAX_AGE`] old. In a batch, every confirm ends before the retire step
+//!   begins, so one scan made during that step serves all of its retires. Such a scan saw every change made before the target's
 //!   connections left the old key, as the caller's own scan would have; it misses only what
 //!   changes between its start and the caller's action, which a scan of the caller's own misses
 //!   for the time of its requests too. Callers that need a scan of their own (compensation, push,
 //!   cleanup) call `list_aws`, which is never shared.
+//! - **push's and confirm's reads by id** ([`ServiceConnections::get_many`]): the engine moves a
+//!   batch of targets through each step together and says, as a step begins, which connections
+//!   its targets will read ([`SharedReads::begin_step`]). The first read of the step reads them
+//!   all (one listing per project, by `endpointIds`) and serves every target of the step while it
+//!   is at most [`SharedReads::MAX_AGE`] old; a target whose connections the read does not show,
+//!   or that asks later, gets a new read of its own connections and of every connection still to
+//!   be read. Every such read was made after the step began, so after every PUT of the batch's
+//!   push (confirm reads back what push wrote) — the same guarantee a read of the target's own
+//!   gives. For push, the read is the object each PUT sends back: a shared read is older by at
+//!   most `MAX_AGE` at its PUT than a read of the target's own would be, so a concurrent edit
+//!   made in that window would be overwritten; `MAX_AGE` bounds that window, and outside a
+//!   step's group (compensation, the report, a step no batch announced) every read goes straight
+//!   through.
 //!
-//! Everything else (GET by id, listings by `endpointIds`, PUTs) goes straight through.
+//! Everything else (GET by id, PUTs) goes straight through.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +62,24 @@ pub struct SharedReads {
     projects: Mutex<HashMap<ProjectKey, Dated<Endpoint>>>,
     /// Per organization: when the last holder scan started, and what it found.
     scans: Mutex<HashMap<String, Dated<AwsConnection>>>,
+    /// The reads by id of the step the engine runs now (see [`SharedReads::begin_step`]).
+    step: Mutex<StepReads>,
+}
+
+/// The connections a step's targets will read by id, and what has been read of them.
+#[derive(Default)]
+struct StepReads {
+    /// When the step began (`None`: no step announced).
+    began: Option<SystemTime>,
+    /// Announced and not read yet.
+    expected: Vec<EndpointHandle>,
+    /// Read since the step began: by lower-cased id, when the read was made and what it held
+    /// (`None`: the service no longer knows the id).
+    read: HashMap<String, (SystemTime, Option<Endpoint>)>,
+}
+
+fn id_key(h: &EndpointHandle) -> String {
+    h.id.as_str().to_ascii_lowercase()
 }
 
 impl SharedReads {
@@ -63,7 +95,21 @@ impl SharedReads {
             clock,
             projects: Mutex::new(HashMap::new()),
             scans: Mutex::new(HashMap::new()),
+            step: Mutex::new(StepReads::default()),
         }
+    }
+
+    /// A step begins for a group of targets, which will read `expected` by id (empty: the step
+    /// reads nothing by id, or its reads are not to be shared). Forgets every read of the step
+    /// before.
+    pub async fn begin_step(&self, expected: Vec<EndpointHandle>) {
+        let mut scans = self.scans.lock().await;
+        scans.clear();
+        *self.step.lock().await = StepReads {
+            began: Some(self.clock.now()),
+            expected,
+            read: HashMap::new(),
+        };
     }
 
     fn fresh(&self, read_at: SystemTime) -> bool {
@@ -127,7 +173,48 @@ impl ServiceConnections for SharedReads {
     }
 
     async fn get_many(&self, handles: &[EndpointHandle]) -> PortResult<Vec<Option<Endpoint>>> {
-        self.inner.get_many(handles).await
+        // The lock is held through the read: a target waits for the read in flight and is
+        // served by it instead of reading beside it.
+        let mut step = self.step.lock().await;
+        if step.expected.is_empty() && step.read.is_empty() {
+            drop(step);
+            return self.inner.get_many(handles).await;
+        }
+        let served = |step: &StepReads| -> Option<Vec<Option<Endpoint>>> {
+            handles
+                .iter()
+                .map(|h| match step.read.get(&id_key(h)) {
+                    Some((at, e)) if self.fresh(*at) => Some(e.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        if let Some(out) = served(&step) {
+            return Ok(out);
+        }
+        // This target's connections, and every one announced and not read yet, in one read.
+        let mut want: Vec<EndpointHandle> = handles.to_vec();
+        for h in std::mem::take(&mut step.expected) {
+            if !want.iter().any(|w| id_key(w) == id_key(&h)) {
+                want.push(h);
+            }
+        }
+        let at = self.clock.now();
+        let got = match self.inner.get_many(&want).await {
+            Ok(got) => got,
+            Err(e) => {
+                // Still to be read, by the next target that asks.
+                step.expected = want;
+                return Err(e);
+            }
+        };
+        for (h, e) in want.iter().zip(got) {
+            step.read.insert(id_key(h), (at, e));
+        }
+        Ok(handles
+            .iter()
+            .map(|h| step.read.get(&id_key(h)).and_then(|(_, e)| e.clone()))
+            .collect())
     }
 
     async fn list_project(
@@ -153,9 +240,15 @@ impl ServiceConnections for SharedReads {
         org: &OrgUrl,
         since: SystemTime,
     ) -> PortResult<Vec<AwsConnection>> {
+        let began = self.step.lock().await.began;
         let mut scans = self.scans.lock().await;
+        // A scan serves if it started after `since`, or if it was made during the step now
+        // running (the map is emptied as each step begins) and `since` is no later than the
+        // step's beginning: the caller's moment is then from an earlier step of the batch (steps
+        // only move forward), which ended before this step began and so before the scan started
+        // — even when the clock did not move in between.
         if let Some((started, all)) = scans.get(org.as_str())
-            && *started > since
+            && (*started > since || began.is_some_and(|b| since <= b))
             && self.fresh(*started)
         {
             return Ok(all.as_ref().clone());

@@ -26,9 +26,9 @@ use keyrotor_core::domain::{
 };
 use keyrotor_core::invariants::{World, WorldEndpoint, WorldKey};
 use keyrotor_core::ports::{
-    AwsConnection, CallerIdentity, Clock, Endpoint, EndpointHandle, KeyInfo, KeyOwner, KeyStore,
-    NewKey, Notifier, Parameters, PortError, PortErrorKind, PortResult, SecretStore, SecretVersion,
-    ServiceConnections, Stage,
+    AwsConnection, CallerIdentity, Clock, Endpoint, EndpointHandle, IDS_PER_LISTING, KeyInfo,
+    KeyOwner, KeyStore, NewKey, Notifier, Parameters, PortError, PortErrorKind, PortResult,
+    SecretStore, SecretVersion, ServiceConnections, Stage,
 };
 use keyrotor_core::protocol::Ports;
 use keyrotor_core::report::RunReport;
@@ -838,19 +838,24 @@ impl ServiceConnections for Fakes {
         .await
     }
 
-    /// One call (one listing by `endpointIds`) per project, as the real client.
+    /// One call per project, counted as the real client sends it: one listing by
+    /// `endpointIds` per [`IDS_PER_LISTING`] ids.
     async fn get_many(&self, handles: &[EndpointHandle]) -> PortResult<Vec<Option<Endpoint>>> {
         let mut out = vec![None; handles.len()];
-        let mut groups: Vec<(&OrgUrl, &ProjectName)> = Vec::new();
+        let mut groups: Vec<(&OrgUrl, &ProjectName, usize)> = Vec::new();
         for h in handles {
-            if !groups.iter().any(|(o, p)| *o == &h.org && *p == &h.project) {
-                groups.push((&h.org, &h.project));
+            match groups
+                .iter_mut()
+                .find(|(o, p, _)| *o == &h.org && *p == &h.project)
+            {
+                Some((_, _, n)) => *n += 1,
+                None => groups.push((&h.org, &h.project, 1)),
             }
         }
-        for (org, project) in groups {
+        for (org, project, n) in groups {
             let read = self
                 .call(|s| {
-                    s.ado_reads.list_ids += 1;
+                    s.ado_reads.list_ids += n.div_ceil(IDS_PER_LISTING) as u32;
                     Ok(handles
                         .iter()
                         .map(|h| {

@@ -1375,19 +1375,116 @@ async fn a_batch_of_targets_shares_inspects_listing_and_spends_the_pinned_reques
     // Inspect: ONE listing of the project serves all ten targets (none found on its own).
     assert_eq!(calls.list_project, 1, "{calls:?}");
     assert_eq!(calls.find, 0, "{calls:?}");
-    // Per target: push's listing by id and its PUT, confirm's listing by id.
-    assert_eq!(calls.list_ids, 20, "{calls:?}");
+    // The ten move step by step together: ONE listing by id serves every push, ONE every
+    // confirm; then a PUT per target.
+    assert_eq!(calls.list_ids, 2, "{calls:?}");
     assert_eq!(calls.put, 10, "{calls:?}");
     assert_eq!(calls.get + calls.get_before_put, 0, "{calls:?}");
-    // Retire: a holder scan per target. The fakes' clock stands still, so no scan started after
-    // another target's confirm and none is shared (sharing needs a later start, strictly).
-    assert_eq!(calls.scans, 10, "{calls:?}");
-    assert_eq!(calls.requests(), 1 + 20 + 10 + 20, "{calls:?}");
+    // Retire: ONE holder scan (the project list and the project's listing) serves all ten: it
+    // was made during the retire step, after every confirm of the batch.
+    assert_eq!(calls.scans, 1, "{calls:?}");
+    assert_eq!(calls.requests(), 1 + 2 + 10 + 2, "{calls:?}");
     println!(
         "10 targets: {} Azure DevOps requests ({:.1} per target), {calls:?}",
         calls.requests(),
         f64::from(calls.requests()) / 10.0
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_in_two_projects_goes_in_batches_by_project_and_spends_the_pinned_requests() {
+    let sc = Scenario::new(1);
+    // 120 targets, the two projects alternating in the config: the run puts each project's
+    // targets side by side (60 of A and 40 of B, then B's last 20) and reports in config order.
+    let mut targets = vec![sc.target.clone()];
+    for n in 1..120 {
+        let project = if n % 2 == 0 { "Platform" } else { "Data" };
+        targets.push(sc.add_target(n, project, 1));
+    }
+    let mut o = opts();
+    o.force = true;
+    let r = engine::run(&sc.fakes.ports(), &sc.policy, &targets, &o, None, &quiet()).await;
+    assert_eq!(r.targets.len(), 120);
+    for (t, want) in r.targets.iter().zip(&targets) {
+        assert_eq!(t.name, want.name.as_str(), "reports in config order");
+        assert_eq!(t.outcome, Outcome::Rotated, "{t:?}");
+    }
+    assert!(sc.fakes.state().violations.is_empty());
+    let calls = sc.fakes.state().ado_reads;
+    assert_eq!(engine::BATCH, 100);
+    // Inspect: one listing per project (the fakes' clock stands still: still fresh in batch 2).
+    assert_eq!(calls.list_project, 2, "{calls:?}");
+    // Push and confirm, each: batch 1 reads Platform's 60 ids in two listings (50 ids each at
+    // most) and Data's 40 in one; batch 2 Data's last 20 in one.
+    assert_eq!(calls.list_ids, 2 * (3 + 1), "{calls:?}");
+    assert_eq!(calls.put, 120, "{calls:?}");
+    // One holder scan per batch, each the project list and both projects' listings.
+    assert_eq!(calls.scans, 2, "{calls:?}");
+    assert_eq!(calls.scan_requests, 2 * 3, "{calls:?}");
+    assert_eq!(calls.requests(), 2 + 8 + 120 + 6, "{calls:?}");
+    assert_eq!(
+        calls.find + calls.get + calls.get_before_put,
+        0,
+        "{calls:?}"
+    );
+}
+
+/// The batch reads of [`SharedReads`] from outside: what serves whom, and what does not.
+#[tokio::test(start_paused = true)]
+async fn a_shared_read_serves_its_step_while_young_and_never_the_next_step() {
+    use keyrotor_core::ports::ServiceConnections;
+    use keyrotor_core::shared::SharedReads;
+
+    let sc = Scenario::new(1);
+    let other = sc.add_target(1, "Platform", 1);
+    let ports = sc.fakes.ports();
+    let mut handles = Vec::new();
+    for t in [&sc.target, &other] {
+        let found = ports.ado.find(&t.organization, &t.endpoints[0]).await;
+        handles.push(found.unwrap().handle);
+    }
+    let (a, b) = (handles[0].clone(), handles[1].clone());
+    let shared = SharedReads::new(ports.ado.clone(), ports.clock.clone());
+    let reads = || sc.fakes.state().ado_reads.list_ids;
+    let before = reads();
+    // Not announced: straight through, every time.
+    shared.get_many(std::slice::from_ref(&a)).await.unwrap();
+    shared.get_many(std::slice::from_ref(&a)).await.unwrap();
+    assert_eq!(reads(), before + 2);
+    // Announced: the first read reads both, the second target is served by it.
+    shared.begin_step(vec![a.clone(), b.clone()]).await;
+    let got_a = shared.get_many(std::slice::from_ref(&a)).await.unwrap();
+    let got_b = shared.get_many(std::slice::from_ref(&b)).await.unwrap();
+    assert_eq!(reads(), before + 3);
+    assert_eq!(got_a[0].as_ref().unwrap().handle.id, a.id);
+    assert_eq!(got_b[0].as_ref().unwrap().handle.id, b.id);
+    // Older than MAX_AGE: read again (a PUT never sends back an old read).
+    sc.fakes
+        .advance(SharedReads::MAX_AGE + Duration::from_secs(1));
+    shared.get_many(std::slice::from_ref(&b)).await.unwrap();
+    assert_eq!(reads(), before + 4);
+    // A new step forgets the reads of the one before (confirm never sees a read from before
+    // the PUTs).
+    shared.begin_step(vec![a.clone(), b.clone()]).await;
+    let now_b = shared.get_many(std::slice::from_ref(&b)).await.unwrap();
+    assert_eq!(reads(), before + 5);
+    assert_eq!(now_b[0].as_ref().unwrap().handle.id, b.id);
+    let org = sc.target.organization.clone();
+    shared.begin_step(Vec::new()).await;
+    let scan_at = ports.clock.now();
+    let scans = || sc.fakes.state().ado_reads.scans;
+    let s0 = scans();
+    // The holder scan: a scan made during the step serves callers whose moment is no later
+    // than the step's beginning, and not one whose moment came after it.
+    shared.list_aws_since(&org, scan_at).await.unwrap();
+    shared.list_aws_since(&org, scan_at).await.unwrap();
+    assert_eq!(scans(), s0 + 1);
+    sc.fakes.advance(Duration::from_secs(1));
+    shared
+        .list_aws_since(&org, ports.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(scans(), s0 + 2);
 }
 
 /// Runs one forced target through the machine step by step, calling `between` after inspect.

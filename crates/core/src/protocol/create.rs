@@ -28,7 +28,9 @@ pub async fn create(
         .await
         .map_err(at(step, "reading the secret"))?;
     let exists = versions.is_some();
-    if exists {
+    // AWSPENDING on no version (steady state): nothing to resume or respect, and nothing to
+    // read. A run that writes its intent after this read is caught by the read-back below.
+    if labelled(&versions, Stage::Pending) {
         if let Some(info) = stage_info(ports, target, Stage::Pending)
             .await
             .map_err(at(step, "reading AWSPENDING"))?

@@ -185,6 +185,15 @@ pub(crate) fn at(step: Step, context: &'static str) -> impl Fn(PortError) -> Ste
     move |e| StepError::port(step, context, e)
 }
 
+/// Whether DescribeSecret's answer shows `stage` on any version: a stage on none is not read
+/// (GetSecretValue would only say it is missing).
+pub(crate) fn labelled(versions: &Option<Vec<crate::ports::SecretVersion>>, stage: Stage) -> bool {
+    versions
+        .iter()
+        .flatten()
+        .any(|v| v.stages.iter().any(|l| l == stage.label()))
+}
+
 /// Reads one stage's content, without keeping the secret.
 pub(crate) async fn stage_info(
     ports: &Ports,

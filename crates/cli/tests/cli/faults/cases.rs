@@ -67,15 +67,15 @@ const fn aws(op: &'static str, skip: u32, step: &'static str) -> AwsTarget {
 
 /// Every AWS operation of a rotation, at the step that calls it. `skip` counts the requests of
 /// the same operation made before (a rotation of a user with one key and a JSON secret):
-/// `prepare` reads the PAT and the webhook from SSM; inspect lists the keys (and the last use of
-/// each) and reads the secret; create lists them again, writes the intent record, creates the
-/// key and stores it; verify calls STS with the new key; promote describes the secret and moves
-/// the labels; retire lists the keys, deactivates and deletes the old one.
+/// `prepare` reads the PAT and the webhook from SSM; inspect lists the keys (no last use: every
+/// key is held by the connection or named by a stage) and reads the secret's labelled stages;
+/// create lists them again, writes the intent record, creates the key and stores it; verify
+/// calls STS with the new key; promote describes the secret and moves the labels; retire lists
+/// the keys, asks IAM when the old key was last used, deactivates and deletes it.
 fn aws_targets() -> Vec<AwsTarget> {
     vec![
         aws("GetParameter", 0, "prepare"),
         aws("ListAccessKeys", 0, "inspect"),
-        aws("GetAccessKeyLastUsed", 0, "inspect"),
         aws("DescribeSecret", 0, "inspect"),
         aws("GetSecretValue", 0, "inspect"),
         aws("ListAccessKeys", 1, "create"),
@@ -88,6 +88,7 @@ fn aws_targets() -> Vec<AwsTarget> {
         // Push, confirm and promote each list keys first (is the new key still Active?).
         aws("ListAccessKeys", 2, "push"),
         aws("ListAccessKeys", 5, "retire"),
+        aws("GetAccessKeyLastUsed", 0, "retire"),
         aws("UpdateAccessKey", 0, "retire"),
         aws("DeleteAccessKey", 0, "retire"),
     ]
@@ -241,7 +242,7 @@ const SAMPLE: [&str; 20] = [
     "prepare: GetParameter throttle x2",
     "prepare: GetParameter 503 forever",
     "inspect: ListAccessKeys throttle x2",
-    "inspect: GetAccessKeyLastUsed 503 forever",
+    "inspect: GetSecretValue 503 forever",
     "inspect: ADO GET list 429 x2",
     "inspect: ADO GET list 203 x1",
     "create: CreateAccessKey drop x2",

@@ -354,3 +354,44 @@ async fn audit_refuses_a_literal_pat_without_echoing_it() {
     assert!(o.stderr.starts_with("error: --pat: "), "{}", o.stderr);
     env.stop().await;
 }
+
+/// The AWS calls of one rotation, counted by the proxy (every HTTP request to moto), pinned: a
+/// call added to the happy path shows here, not only in the benchmark. Above the protocol's
+/// minimum (IAM 4, Secrets Manager 6) each extra is a safety rule, named in bench/RESULTS.md.
+#[tokio::test]
+async fn one_rotation_makes_the_pinned_aws_calls() {
+    let env = spawn_env(SecretStart::Json).await;
+    env.proxy().clear_seen();
+    let o = env.run(&["rotate", "--force"]).await;
+    assert_eq!(o.code, 0, "{}", o.show());
+    let mut calls: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for s in env.proxy().seen() {
+        let service = s.service.clone().unwrap_or_default();
+        if service == "iam" || service == "secretsmanager" {
+            *calls.entry((service, s.op.clone())).or_default() += 1;
+        }
+    }
+    let want: Vec<((&str, &str), usize)> = vec![
+        // Inspect, create, push, confirm, promote and retire each list the keys once.
+        (("iam", "CreateAccessKey"), 1),
+        (("iam", "DeleteAccessKey"), 1),
+        // Retire only: the old key's last use, right before it is deactivated. Inspect asks
+        // about no key (each is held by a connection or named by a stage).
+        (("iam", "GetAccessKeyLastUsed"), 1),
+        (("iam", "ListAccessKeys"), 6),
+        (("iam", "UpdateAccessKey"), 1),
+        // Inspect, create and promote.
+        (("secretsmanager", "DescribeSecret"), 3),
+        // Inspect AWSCURRENT (the only labelled stage of this secret); create AWSCURRENT and
+        // AWSPENDING read back after the intent; verify and push AWSPENDING.
+        (("secretsmanager", "GetSecretValue"), 5),
+        (("secretsmanager", "PutSecretValue"), 2),
+        (("secretsmanager", "UpdateSecretVersionStage"), 3),
+    ];
+    let want: std::collections::BTreeMap<(String, String), usize> = want
+        .into_iter()
+        .map(|((s, op), n)| ((s.to_owned(), op.to_owned()), n))
+        .collect();
+    assert_eq!(calls, want);
+    env.stop().await;
+}

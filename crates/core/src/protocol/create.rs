@@ -30,10 +30,11 @@ pub async fn create(
     let exists = versions.is_some();
     // AWSPENDING on no version (steady state): nothing to resume or respect, and nothing to
     // read. A run that writes its intent after this read is caught by the read-back below.
-    if labelled(&versions, Stage::Pending) {
-        if let Some(info) = stage_info(ports, target, Stage::Pending)
-            .await
-            .map_err(at(step, "reading AWSPENDING"))?
+    if exists {
+        if labelled(&versions, Stage::Pending)
+            && let Some(info) = stage_info(ports, target, Stage::Pending)
+                .await
+                .map_err(at(step, "reading AWSPENDING"))?
         {
             match info.content.clone() {
                 Content::Key { id, .. } if keys.iter().any(|k| k.id == id) => {

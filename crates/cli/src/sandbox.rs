@@ -14,16 +14,13 @@ use keyrotor_aws::Aws;
 use keyrotor_standins::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
 use keyrotor_standins::aws_seed;
 use keyrotor_standins::moto::Moto;
+use keyrotor_standins::names::{PAT_PARAM, SECRET, USER, WEBHOOK_PARAM};
 use keyrotor_standins::slack::SlackSink;
 use serde_json::{Value, json};
 
 use crate::Io;
 use crate::backend::RealBackend;
 
-const USER: &str = "azure-devops-pipeline";
-const SECRET: &str = "/azure/devops/agent/iam/accesskey";
-const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
-const WEBHOOK_PARAM: &str = "/slack/webhook/url/alarm-access-keys-rotate";
 const ENDPOINT_ID: &str = "5e2b7c1d-0a4f-4c3e-9d8b-aa51c0ffee01";
 
 /// Options of `keyrotor sandbox`.

@@ -13,15 +13,13 @@ use anyhow::{Context, Result};
 use keyrotor_aws::Aws;
 use keyrotor_standins::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
 use keyrotor_standins::moto::Moto;
+use keyrotor_standins::names::{PAT_PARAM, SECRET, USER};
 use keyrotor_standins::{aws_seed, pipeline};
 use serde_json::{Value, json};
 
 use crate::Io;
 use crate::backend::RealBackend;
 
-const USER: &str = "azure-devops-pipeline";
-const SECRET: &str = "/azure/devops/agent/iam/accesskey";
-const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
 const ENDPOINT_ID: &str = "5e2b7c1d-0a4f-4c3e-9d8b-aa51c0ffee01";
 const ORG_ID: &str = "7d4c1f0a-5b6e-4a3d-9c2b-0123456789ab";
 const ROLE: &str = "keyrotor-oidc-platform-prod";

@@ -384,7 +384,6 @@ impl World {
         let moto = Moto::start_authorizing_resources().expect("moto starts");
         let template = Template::load();
         let admin = moto.sdk_config().await;
-        let ssm = aws_sdk_ssm::Client::new(&admin);
 
         let user = template.param("IamUserName").to_owned();
         let secret = template.param("SecretName").to_owned();
@@ -431,7 +430,7 @@ impl World {
                 "\n[[target]]\nname = \"intruder\"\niam_user = \"{OTHER_USER}\"\nsecret = \"{OTHER_SECRET}\"\nendpoints = [ {{ project = \"{project}\", name = \"{endpoint}\" }} ]\n"
             ));
         }
-        for (name, value, kind) in [
+        let parameters = [
             (
                 template.param("PatParameterName"),
                 PAT.to_owned(),
@@ -448,15 +447,8 @@ impl World {
                 OTHER_PARAM_VALUE.to_owned(),
                 ParameterType::SecureString,
             ),
-        ] {
-            ssm.put_parameter()
-                .name(name)
-                .value(value)
-                .r#type(kind)
-                .send()
-                .await
-                .unwrap();
-        }
+        ];
+        aws_seed::parameters(&admin, &parameters).await.unwrap();
 
         let roles = create_roles(&template, &admin).await;
 

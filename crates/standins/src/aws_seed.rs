@@ -59,12 +59,21 @@ pub async fn user_with_key_in_secret(sdk: &SdkConfig, user: &str, secret: &str) 
 
 /// Puts each `(name, value)` as a SecureString parameter.
 pub async fn secure_parameters(sdk: &SdkConfig, params: &[(&str, String)]) -> Result<()> {
+    let typed: Vec<_> = params
+        .iter()
+        .map(|(name, value)| (*name, value.clone(), ParameterType::SecureString))
+        .collect();
+    parameters(sdk, &typed).await
+}
+
+/// Puts each `(name, value, type)` as a parameter.
+pub async fn parameters(sdk: &SdkConfig, params: &[(&str, String, ParameterType)]) -> Result<()> {
     let ssm = aws_sdk_ssm::Client::new(sdk);
-    for (name, value) in params {
+    for (name, value, kind) in params {
         ssm.put_parameter()
             .name(*name)
             .value(value)
-            .r#type(ParameterType::SecureString)
+            .r#type(kind.clone())
             .send()
             .await
             .with_context(|| format!("putting the parameter {name}"))?;

@@ -15,6 +15,7 @@
 //! - [`ado`]: an emulator of Azure DevOps' service-endpoint API (library and `ado-emulator`).
 //! - [`slack`]: a Slack incoming-webhook sink (library and `slack-sink`).
 //! - [`aws_seed`]: seeds moto: a user whose key a secret keeps, parameters.
+//! - [`names`]: the organization, user, secret and parameter names the worlds start from.
 //! - [`pipeline`]: what a pipeline job on an OIDC connection does with STS (for `migrate-oidc`).
 //!
 //! The `keyrotor-tools install-moto` binary installs moto ahead of time (`scripts/test`).
@@ -24,5 +25,6 @@
 pub mod ado;
 pub mod aws_seed;
 pub mod moto;
+pub mod names;
 pub mod pipeline;
 pub mod slack;

@@ -53,20 +53,13 @@ use crate::aws_seed;
 use crate::moto::Moto;
 use crate::slack::{Post, SlackSink};
 
-/// The emulated organization.
-pub const ORG: &str = "contoso";
+// The emulated organization, the first target's IAM user and secret, and the SSM parameters that
+// hold the PAT and the Slack webhook URL: the names every stand-in world starts from.
+pub use keyrotor_standins::names::{ORG, PAT_PARAM, SECRET, USER, WEBHOOK_PARAM};
 /// The first target's name.
 pub const TARGET: &str = "platform-prod";
-/// The first target's IAM user.
-pub const USER: &str = "azure-devops-pipeline";
-/// The first target's secret.
-pub const SECRET: &str = "/azure/devops/agent/iam/accesskey";
 /// The PAT (shaped like a real one: 52 characters), seeded with the manage scope.
 pub const PAT: &str = "kq7xtestenvpat000123456789abcdefghijklmnopqrstuvwxyz";
-/// The SSM parameter that holds the PAT.
-pub const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
-/// The SSM parameter that holds the Slack webhook URL.
-pub const WEBHOOK_PARAM: &str = "/slack/webhook/url/alarm-access-keys-rotate";
 /// The shared connection's id (fixed, so tests can look it up).
 pub const EP_ID: &str = "5e1a0c3b-7d2f-4c8e-9b61-2f0d9a4e7c15";
 /// The connection's name (in both projects with [`Connections::Shared`], in Platform with

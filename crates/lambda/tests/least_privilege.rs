@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::process::Stdio;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -542,30 +541,19 @@ impl World {
             let api = LambdaApi::start().await.unwrap();
             let c = &self.roles[role];
             let name = format!("{STACK}-{}", role.trim_end_matches("Role").to_lowercase());
-            let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-                .env_clear()
+            let child = api
+                .function(env!("CARGO_BIN_EXE_bootstrap"), &name, &self.dir)
                 .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
                 .env("AWS_REGION", REGION)
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .env("AWS_ACCESS_KEY_ID", &c.id)
                 .env("AWS_SECRET_ACCESS_KEY", &c.secret)
                 .env("AWS_SESSION_TOKEN", &c.token)
-                .env("AWS_LAMBDA_RUNTIME_API", api.address())
-                .env("AWS_LAMBDA_FUNCTION_NAME", &name)
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
                 .env(
                     "KEYROTOR_CONFIG_PARAMETER",
                     self.template.config_parameter(),
                 )
                 .env("RUST_LOG", "trace")
-                .env("HOME", &self.dir)
-                .env("AWS_CONFIG_FILE", self.dir.join("none"))
-                .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.join("none"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
                 .spawn()
                 .expect("bootstrap starts");
             // Drained as it comes: at RUST_LOG=trace a full pipe would stall the function.

@@ -2,7 +2,6 @@
 //! (`keyrotor_testkit::lambda_api`), against moto (IAM, Secrets Manager, SSM: the config and the
 //! PAT) and the Azure DevOps emulator. No fake in the binary: the same adapters as in AWS.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_ssm::types::ParameterType;
@@ -81,21 +80,10 @@ endpoints = [ {{ project = "Platform", name = "aws-prod" }} ]
 fn bootstrap(moto: &Moto, api: &LambdaApi) -> (tokio::process::Child, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-        .env_clear()
+    let child = api
+        .function(env!("CARGO_BIN_EXE_bootstrap"), "keyrotor-rotator", &dir)
         .envs(moto.env())
-        .env("AWS_LAMBDA_RUNTIME_API", api.address())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "keyrotor-rotator")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("KEYROTOR_CONFIG_PARAMETER", CONFIG_PARAM)
-        .env("HOME", &dir)
-        .env("AWS_CONFIG_FILE", dir.join("none"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("bootstrap starts");
     (child, dir)

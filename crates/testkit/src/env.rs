@@ -431,6 +431,30 @@ pub fn shared_endpoint(key_id: &str, secret: &str) -> Value {
     ep
 }
 
+/// Switches a connection (one [`Setup::edit_connections`] edits, or one of an [`OrgSeed`]'s) to
+/// OIDC: `useOIDC`, username and password cleared, assuming [`ROLE_ARN`].
+pub fn on_oidc(ep: &mut Value) {
+    let p = &mut ep["authorization"]["parameters"];
+    p["useOIDC"] = json!("true");
+    p["username"] = json!("");
+    p["password"] = json!("");
+    p["assumeRoleArn"] = json!(ROLE_ARN);
+}
+
+/// Gives a child `dir` as its `HOME`, with no AWS config or credentials file there: nothing of
+/// the machine's own AWS setup reaches the binary.
+pub fn isolated_home<'c>(
+    cmd: &'c mut tokio::process::Command,
+    dir: &std::path::Path,
+) -> &'c mut tokio::process::Command {
+    cmd.env("HOME", dir)
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials"),
+        )
+}
+
 /// The pipeline permissions seeded for the shared connection.
 pub fn permissions() -> Value {
     json!({

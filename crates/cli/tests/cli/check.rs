@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 
 use aws_sdk_ssm::types::ParameterType;
 use keyrotor_testkit::ado::{Scope, aws_endpoint};
-use keyrotor_testkit::env::{EP_NAME, Output, ROLE_ARN, Snapshot, TestEnv, USER, WEBHOOK_PARAM};
+use keyrotor_testkit::env::{
+    EP_NAME, Output, Snapshot, TestEnv, USER, WEBHOOK_PARAM, isolated_home, on_oidc,
+};
 use serde_json::{Value, json};
 
 use crate::badinput::assert_one_sentence;
@@ -413,13 +415,8 @@ async fn spawn(env: &TestEnv, args: &[&str], set: &[(&str, &str)], unset: &[&str
         .env_clear()
         .envs(env.moto.env())
         .env("AWS_ENDPOINT_URL", env.proxy().endpoint())
-        .env("RUST_LOG", "trace")
-        .env("HOME", &env.dir)
-        .env("AWS_CONFIG_FILE", env.dir.join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.dir.join("no-aws-credentials"),
-        )
+        .env("RUST_LOG", "trace");
+    isolated_home(&mut cmd, &env.dir)
         .envs(set.iter().copied())
         .current_dir(&env.dir);
     for k in unset {
@@ -499,11 +496,7 @@ async fn a_refused_pat_is_named_once() {
 async fn an_oidc_connection_is_refused_as_unsafe() {
     let mut env = spawn_env().await;
     let mut org = env.org_seed(Scope::Manage);
-    let p = &mut org.endpoints[0]["authorization"]["parameters"];
-    p["useOIDC"] = json!("true");
-    p["username"] = json!("");
-    p["password"] = json!("");
-    p["assumeRoleArn"] = json!(ROLE_ARN);
+    on_oidc(&mut org.endpoints[0]);
     env.reseed(org).await;
     let before = env.snapshot().await;
     let c = check(&env, &[]).await;

@@ -9,7 +9,7 @@ use keyrotor_testkit::ado::{Scope, aws_endpoint};
 use serde_json::{Value, json};
 
 use keyrotor_testkit::env::{
-    EP_NAME, Output, PAT_PARAM, ROLE_ARN, SECRET, Snapshot, TestEnv as Env, USER, masked,
+    EP_NAME, Output, PAT_PARAM, SECRET, Snapshot, TestEnv as Env, USER, masked, on_oidc,
 };
 
 use super::{
@@ -315,11 +315,7 @@ fn azurerm_endpoint(env: &mut Env) -> Fut<'_> {
 fn oidc_endpoint(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         let mut org = env.org_seed(Scope::Manage);
-        let p = &mut org.endpoints[0]["authorization"]["parameters"];
-        p["useOIDC"] = json!("true");
-        p["username"] = json!("");
-        p["password"] = json!("");
-        p["assumeRoleArn"] = json!(ROLE_ARN);
+        on_oidc(&mut org.endpoints[0]);
         env.reseed(org).await;
         Expect::names(&[EP_NAME, "OIDC"])
     })

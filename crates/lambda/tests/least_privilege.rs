@@ -1207,7 +1207,6 @@ async fn a_fleet_stack_reaches_the_users_under_its_path_and_the_secrets_under_it
     ]);
     let admin = moto.sdk_config().await;
     let iam = aws_sdk_iam::Client::new(&admin);
-    let sm = aws_sdk_secretsmanager::Client::new(&admin);
     // (name, path, in the fleet)
     let users = [
         ("fleet-a", "/keyrotor/", true),
@@ -1240,12 +1239,7 @@ async fn a_fleet_stack_reaches_the_users_under_its_path_and_the_secrets_under_it
         ("keyrotorx/similar", false),
     ];
     for (name, _) in secrets {
-        sm.create_secret()
-            .name(name)
-            .secret_string("{}")
-            .send()
-            .await
-            .unwrap();
+        aws_seed::secret(&admin, name, "{}").await.unwrap();
     }
     let roles = create_roles(&template, &admin).await;
     moto.enforce_iam(true).await.unwrap();

@@ -47,14 +47,20 @@ pub fn key_json(user: &str, key: &Key) -> String {
 /// Creates `user` with one access key, and the secret `secret` holding it as keyrotor writes it.
 pub async fn user_with_key_in_secret(sdk: &SdkConfig, user: &str, secret: &str) -> Result<Key> {
     let key = user_with_key(sdk, user).await?;
+    self::secret(sdk, secret, &key_json(user, &key)).await?;
+    Ok(key)
+}
+
+/// Creates the secret `name` holding the string `value`.
+pub async fn secret(sdk: &SdkConfig, name: &str, value: &str) -> Result<()> {
     aws_sdk_secretsmanager::Client::new(sdk)
         .create_secret()
-        .name(secret)
-        .secret_string(key_json(user, &key))
+        .name(name)
+        .secret_string(value)
         .send()
         .await
-        .with_context(|| format!("creating the secret {secret}"))?;
-    Ok(key)
+        .with_context(|| format!("creating the secret {name}"))?;
+    Ok(())
 }
 
 /// Puts each `(name, value)` as a SecureString parameter.

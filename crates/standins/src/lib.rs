@@ -22,6 +22,30 @@
 
 #![warn(missing_docs)]
 
+/// The fault-injection methods of a stand-in (`inject`, `faults`, `clear_faults`), for an
+/// `impl` whose `self.shared.lock()` holds the faults as `faults: Vec<$fault>`, tried in the
+/// order they were added. The Azure DevOps emulator and the test kit's AWS proxy share them.
+#[macro_export]
+macro_rules! fault_accessors {
+    ($fault:ty) => {
+        /// Adds a fault (faults are tried in the order they were added: the first that applies
+        /// to a request wins).
+        pub fn inject(&self, fault: $fault) {
+            self.shared.lock().faults.push(fault);
+        }
+
+        /// The faults that can still hit (not expired yet).
+        pub fn faults(&self) -> Vec<$fault> {
+            self.shared.lock().faults.clone()
+        }
+
+        /// Removes every fault.
+        pub fn clear_faults(&self) {
+            self.shared.lock().faults.clear();
+        }
+    };
+}
+
 pub mod ado;
 pub mod aws_seed;
 pub mod moto;

@@ -60,6 +60,8 @@ pub use keyrotor_standins::names::{ORG, PAT_PARAM, SECRET, USER, WEBHOOK_PARAM};
 pub const TARGET: &str = "platform-prod";
 /// The PAT (shaped like a real one: 52 characters), seeded with the manage scope.
 pub const PAT: &str = "kq7xtestenvpat000123456789abcdefghijklmnopqrstuvwxyz";
+/// A PAT the emulator does not know (shaped like a real one), for [`TestEnv::set_pat_parameter`].
+pub const WRONG_PAT: &str = "wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg";
 /// The shared connection's id (fixed, so tests can look it up).
 pub const EP_ID: &str = "5e1a0c3b-7d2f-4c8e-9b61-2f0d9a4e7c15";
 /// The connection's name (in both projects with [`Connections::Shared`], in Platform with
@@ -252,14 +254,7 @@ impl Setup {
         let (key_id, key_secret) = match self.secret {
             SecretStart::Json => aws_seed::user_with_key_in_secret(&sdk, USER, SECRET).await,
             SecretStart::Legacy => match aws_seed::user_with_key(&sdk, USER).await {
-                Ok(key) => sm
-                    .create_secret()
-                    .name(SECRET)
-                    .secret_string(&key.1)
-                    .send()
-                    .await
-                    .map(|_| key)
-                    .map_err(Into::into),
+                Ok(key) => aws_seed::secret(&sdk, SECRET, &key.1).await.map(|()| key),
                 Err(e) => Err(e),
             },
             SecretStart::Absent => aws_seed::user_with_key(&sdk, USER).await,
@@ -561,6 +556,18 @@ impl TestEnv {
         old.shutdown().await;
         self.replace_in_config(&old_url, &new_url);
         self.learn().await;
+    }
+
+    /// Adds a connection `name` in Platform holding `key` (reseeding the emulator with the
+    /// manage scope), and lists it first in the target's endpoints.
+    pub async fn add_listed_connection(&mut self, name: &str, key: (&str, &str)) {
+        let added = aws_endpoint(name, key.0, key.1, &["Platform"]);
+        let org = self.org_seed(Scope::Manage).endpoint(added);
+        self.reseed(org).await;
+        self.replace_in_config(
+            "endpoints = [ ",
+            &format!("endpoints = [ {{ project = \"Platform\", name = \"{name}\" }}, "),
+        );
     }
 
     /// Rewrites the config file; the edit must change it.

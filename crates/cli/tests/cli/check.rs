@@ -11,9 +11,9 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_ssm::types::ParameterType;
-use keyrotor_testkit::ado::{Scope, aws_endpoint};
+use keyrotor_testkit::ado::Scope;
 use keyrotor_testkit::env::{
-    EP_NAME, Output, Snapshot, TestEnv, USER, WEBHOOK_PARAM, isolated_home, on_oidc,
+    EP_NAME, Output, Snapshot, TestEnv, USER, WEBHOOK_PARAM, WRONG_PAT, isolated_home, on_oidc,
 };
 use serde_json::{Value, json};
 
@@ -475,8 +475,7 @@ async fn an_unknown_connection_is_named() {
 #[tokio::test]
 async fn a_refused_pat_is_named_once() {
     let env = spawn_env().await;
-    env.set_pat_parameter("wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg")
-        .await;
+    env.set_pat_parameter(WRONG_PAT).await;
     let before = env.snapshot().await;
     let c = check(&env, &[]).await;
     let msg = c.the_failure(2, "Azure DevOps PAT");
@@ -523,13 +522,8 @@ async fn a_connection_holding_another_users_key_is_named() {
     let other = "someone-else";
     env.iam.create_user().user_name(other).send().await.unwrap();
     let (id, secret) = key_of(&env, other).await;
-    let theirs = aws_endpoint("aws-theirs", &id, &secret, &["Platform"]);
-    let org = env.org_seed(Scope::Manage).endpoint(theirs);
-    env.reseed(org).await;
-    env.replace_in_config(
-        "endpoints = [ ",
-        "endpoints = [ { project = \"Platform\", name = \"aws-theirs\" }, ",
-    );
+    env.add_listed_connection("aws-theirs", (&id, &secret))
+        .await;
     let before = env.snapshot().await;
     let masked = keyrotor_testkit::env::masked(&id);
     let expected = format!(

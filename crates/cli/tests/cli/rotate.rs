@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use keyrotor_testkit::env::{
     EP_ID, EXTERNAL_ID, ORG, Output, ROLE_ARN, SESSION_NAME, TARGET, TestEnv as Env, USER,
-    all_text, masked, on_oidc, permissions, without_credentials,
+    WRONG_PAT, all_text, masked, on_oidc, permissions, without_credentials,
 };
 
 use crate::{setup, spawn_env};
@@ -210,8 +210,7 @@ async fn a_rerun_right_after_a_rotation_does_nothing() {
 #[tokio::test]
 async fn a_refused_pat_exits_2_and_changes_nothing() {
     let env = spawn_env().await;
-    env.set_pat_parameter("wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg")
-        .await;
+    env.set_pat_parameter(WRONG_PAT).await;
     let before = env.snapshot().await;
 
     let (o, t) = forced_json(&env, 2, "invalid").await;

@@ -5,13 +5,20 @@ use aws_sdk_secretsmanager::primitives::Blob;
 use keyrotor_aws::Aws;
 use keyrotor_core::domain::SecretName;
 use keyrotor_core::ports::{PortErrorKind, SecretStore, Stage};
+use keyrotor_standins::aws_seed;
 use keyrotor_standins::moto::Moto;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_binary_secret_is_refused_naming_it_not_read_as_no_value() {
+/// A fresh moto, its SDK config and a Secrets Manager client.
+async fn moto() -> (Moto, aws_config::SdkConfig, aws_sdk_secretsmanager::Client) {
     let moto = Moto::start().expect("moto starts");
     let sdk = moto.sdk_config().await;
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    (moto, sdk, sm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_secret_is_refused_naming_it_not_read_as_no_value() {
+    let (_moto, sdk, sm) = moto().await;
     sm.create_secret()
         .name("binary-one")
         .secret_binary(Blob::new(b"\x00\x01not text".to_vec()))
@@ -48,25 +55,15 @@ async fn a_binary_secret_is_refused_naming_it_not_read_as_no_value() {
         .expect_err("refused");
     assert_eq!(e.kind, PortErrorKind::Invalid);
     // A string secret still reads.
-    sm.create_secret()
-        .name("text-one")
-        .secret_string("{}")
-        .send()
-        .await
-        .unwrap();
+    aws_seed::secret(&sdk, "text-one", "{}").await.unwrap();
     let text = SecretName::parse("text-one").unwrap();
     assert!(aws.read(&text, Stage::Current).await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_with_secrets_manager_rotation_on_is_refused() {
-    let moto = Moto::start().expect("moto starts");
-    let sdk = moto.sdk_config().await;
-    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
-    sm.create_secret()
-        .name("rotated-elsewhere")
-        .secret_string("{}")
-        .send()
+    let (moto, sdk, sm) = moto().await;
+    aws_seed::secret(&sdk, "rotated-elsewhere", "{}")
         .await
         .unwrap();
     let aws = Aws::new(&sdk);

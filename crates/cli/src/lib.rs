@@ -287,14 +287,8 @@ async fn prepare(
         .map_err(|e| format!("ado.pat: the PAT could not be read: {}", e.message))?;
     let notifier = match (&config.slack_webhook, with_notifier) {
         (Some(r), true) => {
-            let url = secrets::resolve(r, aws.params.as_ref(), aws.secrets.as_ref())
-                .await
-                .map_err(|e| {
-                    format!(
-                        "slack.webhook: the webhook URL could not be read: {}",
-                        e.message
-                    )
-                })?;
+            let url =
+                secrets::resolve_webhook(r, aws.params.as_ref(), aws.secrets.as_ref()).await?;
             Some(
                 backend
                     .notifier(url)

@@ -14,16 +14,13 @@ use keyrotor_aws::Aws;
 use keyrotor_standins::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
 use keyrotor_standins::aws_seed;
 use keyrotor_standins::moto::Moto;
+use keyrotor_standins::names::{PAT_PARAM, SECRET, USER, WEBHOOK_PARAM};
 use keyrotor_standins::slack::SlackSink;
 use serde_json::{Value, json};
 
 use crate::Io;
 use crate::backend::RealBackend;
 
-const USER: &str = "azure-devops-pipeline";
-const SECRET: &str = "/azure/devops/agent/iam/accesskey";
-const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
-const WEBHOOK_PARAM: &str = "/slack/webhook/url/alarm-access-keys-rotate";
 const ENDPOINT_ID: &str = "5e2b7c1d-0a4f-4c3e-9d8b-aa51c0ffee01";
 
 /// Options of `keyrotor sandbox`.
@@ -53,6 +50,12 @@ impl Stage<'_, '_> {
     fn check(&mut self, ok: bool, text: &str) -> bool {
         let _ = writeln!(self.io.out, "   {} {text}", if ok { "✓" } else { "✗" });
         ok
+    }
+    /// Says `title`, then runs `keyrotor ARGS` against the stand-ins; its exit code.
+    async fn run(&mut self, title: &str, args: &[&str], backend: &RealBackend) -> i32 {
+        self.title(title);
+        let _ = self.io.out.flush();
+        Box::pin(crate::run(argv(args), backend, self.io)).await
     }
 }
 
@@ -175,44 +178,30 @@ async fn body(args: &SandboxArgs, dir: &Path, io: &mut Io<'_>) -> Result<i32> {
         .context("the seeded endpoint is missing")?;
     let perms_before = permissions_of(&ado);
 
-    st.title("Before: keyrotor status");
-    let _ = st.io.out.flush();
-    Box::pin(crate::run(
-        argv(&["status", "--config", &cfg]),
-        &backend,
-        st.io,
-    ))
-    .await;
+    let status = ["status", "--config", &cfg];
+    st.run("Before: keyrotor status", &status, &backend).await;
 
-    st.title("Preflight: keyrotor check   (read-only: can a rotation run?)");
-    let _ = st.io.out.flush();
-    let checked = Box::pin(crate::run(
-        argv(&["check", "--config", &cfg]),
-        &backend,
-        st.io,
-    ))
-    .await;
+    let checked = st
+        .run(
+            "Preflight: keyrotor check   (read-only: can a rotation run?)",
+            &["check", "--config", &cfg],
+            &backend,
+        )
+        .await;
     if checked != 0 {
         st.title("Stopped: keyrotor check found a problem (see above); nothing was rotated.");
         return Ok(checked);
     }
 
-    st.title("Rotating: keyrotor rotate --force   (--force: the seeded key is minutes old, younger than min_key_age)");
-    let _ = st.io.out.flush();
-    let code = Box::pin(crate::run(
-        argv(&["rotate", "--config", &cfg, "--force"]),
-        &backend,
-        st.io,
-    ))
-    .await;
+    let code = st
+        .run(
+            "Rotating: keyrotor rotate --force   (--force: the seeded key is minutes old, younger than min_key_age)",
+            &["rotate", "--config", &cfg, "--force"],
+            &backend,
+        )
+        .await;
 
-    st.title("After: keyrotor status");
-    Box::pin(crate::run(
-        argv(&["status", "--config", &cfg]),
-        &backend,
-        st.io,
-    ))
-    .await;
+    st.run("After: keyrotor status", &status, &backend).await;
 
     st.title("Checks");
     let keys = aws.iam().list_access_keys().user_name(USER).send().await?;

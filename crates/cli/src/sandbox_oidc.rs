@@ -13,15 +13,13 @@ use anyhow::{Context, Result};
 use keyrotor_aws::Aws;
 use keyrotor_standins::ado::{AdoEmulator, OrgSeed, Scope, Seed, aws_endpoint};
 use keyrotor_standins::moto::Moto;
+use keyrotor_standins::names::{PAT_PARAM, SECRET, USER};
 use keyrotor_standins::{aws_seed, pipeline};
 use serde_json::{Value, json};
 
 use crate::Io;
 use crate::backend::RealBackend;
 
-const USER: &str = "azure-devops-pipeline";
-const SECRET: &str = "/azure/devops/agent/iam/accesskey";
-const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
 const ENDPOINT_ID: &str = "5e2b7c1d-0a4f-4c3e-9d8b-aa51c0ffee01";
 const ORG_ID: &str = "7d4c1f0a-5b6e-4a3d-9c2b-0123456789ab";
 const ROLE: &str = "keyrotor-oidc-platform-prod";
@@ -33,6 +31,17 @@ fn say(io: &mut Io<'_>, text: &str) {
 fn check(io: &mut Io<'_>, ok: bool, text: &str) -> bool {
     let _ = writeln!(io.out, "   {} {text}", if ok { "✓" } else { "✗" });
     ok
+}
+
+/// Says `title`, then runs keyrotor with `args` against the stand-ins; whether it exited 0.
+async fn titled_run(
+    io: &mut Io<'_>,
+    backend: &RealBackend,
+    title: &str,
+    args: Vec<std::ffi::OsString>,
+) -> bool {
+    say(io, title);
+    Box::pin(crate::run(args, backend, io)).await == 0
 }
 
 fn argv(args: &[&str]) -> Vec<std::ffi::OsString> {
@@ -139,17 +148,20 @@ pub(crate) async fn body(dir: &Path, io: &mut Io<'_>) -> Result<i32> {
         .context("the seeded endpoint")?;
     let mut ok = true;
 
-    say(
+    ok &= titled_run(
         io,
+        &backend,
         "\n━━ The plan: keyrotor migrate-oidc --target platform-prod   (changes nothing)",
-    );
-    ok &= Box::pin(crate::run(run(&[]), &backend, io)).await == 0;
-
-    say(
+        run(&[]),
+    )
+    .await;
+    ok &= titled_run(
         io,
+        &backend,
         "\n━━ keyrotor migrate-oidc --target platform-prod --apply",
-    );
-    ok &= Box::pin(crate::run(run(&["--apply"]), &backend, io)).await == 0;
+        run(&["--apply"]),
+    )
+    .await;
     let ep = ado.endpoint("contoso", ENDPOINT_ID).unwrap_or(Value::Null);
     ok &= check(
         io,
@@ -174,11 +186,13 @@ pub(crate) async fn body(dir: &Path, io: &mut Io<'_>) -> Result<i32> {
         "the key stays Active for a rollback",
     );
 
-    say(
+    ok &= titled_run(
         io,
+        &backend,
         "\n━━ keyrotor migrate-oidc --target platform-prod --rollback",
-    );
-    ok &= Box::pin(crate::run(run(&["--rollback"]), &backend, io)).await == 0;
+        run(&["--rollback"]),
+    )
+    .await;
     let ep = ado.endpoint("contoso", ENDPOINT_ID).unwrap_or(Value::Null);
     ok &= check(
         io,
@@ -188,11 +202,13 @@ pub(crate) async fn body(dir: &Path, io: &mut Io<'_>) -> Result<i32> {
         "the connection is back on the key, its secret stored again",
     );
 
-    say(
+    ok &= titled_run(
         io,
+        &backend,
         "\n━━ --apply again, a pipeline job on OIDC, then --finish",
-    );
-    ok &= Box::pin(crate::run(run(&["--apply"]), &backend, io)).await == 0;
+        run(&["--apply"]),
+    )
+    .await;
     let role_arn = format!("arn:aws:iam::123456789012:role/{ROLE}");
     let as_whom = pipeline::assume_with_web_identity(&sdk, &role_arn).await?;
     say(

@@ -190,14 +190,20 @@ macro_rules! plain_newtype {
     };
 }
 
+/// Whether `raw` is `len` bytes long and made of ASCII letters, digits and the characters of
+/// `others`.
+fn letters_digits_or(raw: &str, len: std::ops::RangeInclusive<usize>, others: &str) -> bool {
+    len.contains(&raw.len())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || others.contains(c))
+}
+
 plain_newtype!(
     /// An IAM user name: 1 to 64 of letters, digits and `+=,.@_-`.
     IamUserName,
     |raw| {
-        let ok = (1..=64).contains(&raw.len())
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+        let ok = letters_digits_or(raw, 1..=64, "+=,.@_-");
         if ok { Ok(()) } else { err("an IAM user name is 1 to 64 letters, digits or +=,.@_-") }
     }
 );
@@ -206,10 +212,7 @@ plain_newtype!(
     /// A Secrets Manager secret, by name or ARN.
     SecretName,
     |raw| {
-        let ok = (1..=2048).contains(&raw.len())
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-:".contains(c));
+        let ok = letters_digits_or(raw, 1..=2048, "/_+=.@-:");
         if ok { Ok(()) } else { err("a secret name is letters, digits and /_+=.@- (or an ARN)") }
     }
 );
@@ -218,8 +221,7 @@ plain_newtype!(
     /// The name of a configured target (unique within a config).
     TargetName,
     |raw| {
-        let ok = (1..=80).contains(&raw.len())
-            && raw.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        let ok = letters_digits_or(raw, 1..=80, "_-.");
         if ok { Ok(()) } else { err("a target name is 1 to 80 letters, digits, '_', '-' or '.'") }
     }
 );
@@ -253,8 +255,7 @@ plain_newtype!(
     /// Parsed leniently: 1 to 64 of `[A-Za-z0-9-]`.
     SecretVersionId,
     |raw| {
-        let ok = (1..=64).contains(&raw.len())
-            && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        let ok = letters_digits_or(raw, 1..=64, "-");
         if ok { Ok(()) } else { err("a secret version id is 1 to 64 letters, digits or '-'") }
     }
 );
@@ -476,10 +477,7 @@ impl RunId {
     /// Every Step Functions execution name made of letters, digits, `-` and `_` is accepted;
     /// the other characters execution names may hold (non-ASCII letters, `.`, …) are refused.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let ok = (1..=RUN_ID_MAX_LEN).contains(&raw.len())
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        let ok = letters_digits_or(raw, 1..=RUN_ID_MAX_LEN, "-_");
         if ok {
             Ok(Self(raw.into()))
         } else {

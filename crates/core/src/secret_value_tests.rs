@@ -27,12 +27,7 @@ fn a_key_value_names_its_owner_and_the_owner_never_carries_over() {
 #[test]
 fn a_key_round_trips_through_its_json() {
     let id = AccessKeyId::parse("AKIAIOSFODNN7EXAMPLE").unwrap();
-    let v = key_value(
-        &id,
-        &SecretString::from("s3cr3t/abc"),
-        "u",
-        SystemTime::UNIX_EPOCH,
-    );
+    let v = epoch_key_value(&id, "s3cr3t/abc", "u");
     let k = parse_key(&v).unwrap();
     assert_eq!(k.id, id);
     assert_eq!(k.secret.expose_secret(), "s3cr3t/abc");
@@ -178,12 +173,7 @@ fn a_legacy_or_non_object_base_contributes_nothing() {
         assert_eq!(v.expose_secret(), fresh.expose_secret(), "{base:?}");
     }
     let id = AccessKeyId::parse("AKIANEWNEWNEWNEW1111").unwrap();
-    let plain = key_value(
-        &id,
-        &SecretString::from("new/secret"),
-        "new-user",
-        SystemTime::UNIX_EPOCH,
-    );
+    let plain = epoch_key_value(&id, "new/secret", "new-user");
     assert_eq!(plain.expose_secret(), fresh.expose_secret());
 }
 
@@ -201,4 +191,14 @@ fn the_field_order_is_deterministic() {
     );
     // Written over its own output, a value does not change.
     assert_eq!(new_over(Some(&va)).expose_secret(), va.expose_secret());
+}
+
+/// keyrotor's JSON for a key created at the epoch.
+fn epoch_key_value(id: &AccessKeyId, secret: &str, user: &str) -> SecretString {
+    key_value(
+        id,
+        &SecretString::from(secret),
+        user,
+        SystemTime::UNIX_EPOCH,
+    )
 }

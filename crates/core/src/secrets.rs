@@ -36,3 +36,18 @@ pub async fn resolve(
         }
     }
 }
+
+/// Reads the Slack webhook URL `slack.webhook` points at; the error is the sentence both drivers
+/// report (`slack.webhook: the webhook URL could not be read: …`).
+pub async fn resolve_webhook(
+    r: &SecretRef,
+    params: &dyn Parameters,
+    secrets: &dyn SecretStore,
+) -> Result<SecretString, String> {
+    resolve(r, params, secrets).await.map_err(|e| {
+        format!(
+            "slack.webhook: the webhook URL could not be read: {}",
+            e.message
+        )
+    })
+}

@@ -279,15 +279,12 @@ impl Deps {
                 let Some(r) = &config.slack_webhook else {
                     return Ok(None);
                 };
-                let url =
-                    keyrotor_core::secrets::resolve(r, self.params.as_ref(), self.secrets.as_ref())
-                        .await
-                        .map_err(|e| {
-                            format!(
-                                "slack.webhook: the webhook URL could not be read: {}",
-                                e.message
-                            )
-                        })?;
+                let url = keyrotor_core::secrets::resolve_webhook(
+                    r,
+                    self.params.as_ref(),
+                    self.secrets.as_ref(),
+                )
+                .await?;
                 let n = keyrotor_notify::SlackNotifier::new(url)
                     .map_err(|e| format!("slack.webhook: {}", e.message))?;
                 Ok(Some(Arc::new(n) as Arc<dyn Notifier>))

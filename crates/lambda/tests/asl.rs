@@ -7,7 +7,8 @@ use keyrotor_core::protocol::StepErrorKind;
 use keyrotor_core::report::Step;
 use serde_json::Value;
 
-const ASL: &str = include_str!("../../../deploy/statemachine/rotate.asl.json");
+mod common;
+use common::{ASL, all_states};
 
 const LAMBDA_ERRORS: [&str; 4] = [
     "Lambda.ServiceException",
@@ -21,18 +22,6 @@ const ONE_AT_A_TIME: &str = "OneAtATime";
 
 fn asl() -> Value {
     serde_json::from_str(ASL).expect("rotate.asl.json is JSON")
-}
-
-/// Every state of the machine, Map iterations included, as (name, state).
-fn all_states(machine: &Value) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for (name, st) in machine["States"].as_object().unwrap() {
-        out.push((name.clone(), st.clone()));
-        if let Some(inner) = st.get("ItemProcessor").or_else(|| st.get("Iterator")) {
-            out.extend(all_states(inner));
-        }
-    }
-    out
 }
 
 /// The per-target iteration (a batch's inline Map, inside the fleet's Distributed Map): where

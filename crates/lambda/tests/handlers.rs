@@ -113,6 +113,13 @@ impl Harness {
         self.call(json!({"step": step, "state": state})).await
     }
 
+    /// The report step over one target's final state, which must succeed; its summary.
+    async fn report_one(&mut self, state: &Value) -> Value {
+        self.call(json!({"step": "report", "run_id": RUN, "results": [{"state": state}]}))
+            .await
+            .unwrap()
+    }
+
     /// Every secret the fake world holds or held: key secrets (also of deleted keys, which all
     /// start with `fakeSecret`), endpoint passwords, secret values.
     fn assert_no_secret_in_outputs(&self) {
@@ -256,10 +263,7 @@ async fn the_state_machine_s_chain_of_handlers_rotates_the_key() {
     h.scenario.world().after_success().unwrap();
     assert!(h.scenario.fakes.state().violations.is_empty());
 
-    let summary = h
-        .call(json!({"step": "report", "run_id": RUN, "results": [{"state": s}]}))
-        .await
-        .unwrap();
+    let summary = h.report_one(&s).await;
     assert_eq!(summary["rotated"], 1);
     assert_eq!(summary["needs_attention"], false);
     assert_eq!(summary["notification"], json!({"status": "sent"}));
@@ -318,10 +322,7 @@ async fn a_key_iam_never_accepts_raises_not_propagated_and_compensation_deletes_
     );
     h.scenario.world().always().unwrap();
 
-    let summary = h
-        .call(json!({"step": "report", "run_id": RUN, "results": [{"state": out_v}]}))
-        .await
-        .unwrap();
+    let summary = h.report_one(&out_v).await;
     assert_eq!(summary["failed"], 1);
     assert_eq!(summary["needs_attention"], true);
     h.assert_no_secret_in_outputs();
@@ -446,10 +447,7 @@ async fn a_run_where_nothing_happened_posts_nothing() {
     let mut s = fresh();
     s["outcome"] = json!("nothing-due");
     s["next"] = json!("done");
-    let summary = h
-        .call(json!({"step": "report", "run_id": RUN, "results": [{"state": s}]}))
-        .await
-        .unwrap();
+    let summary = h.report_one(&s).await;
     assert_eq!(summary["notification"], json!({"status": "skipped"}));
     assert_eq!(summary["needs_attention"], false);
     assert!(h.notifier.seen.lock().unwrap().is_empty());

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::process::Stdio;
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -384,7 +383,6 @@ impl World {
         let moto = Moto::start_authorizing_resources().expect("moto starts");
         let template = Template::load();
         let admin = moto.sdk_config().await;
-        let ssm = aws_sdk_ssm::Client::new(&admin);
 
         let user = template.param("IamUserName").to_owned();
         let secret = template.param("SecretName").to_owned();
@@ -431,7 +429,7 @@ impl World {
                 "\n[[target]]\nname = \"intruder\"\niam_user = \"{OTHER_USER}\"\nsecret = \"{OTHER_SECRET}\"\nendpoints = [ {{ project = \"{project}\", name = \"{endpoint}\" }} ]\n"
             ));
         }
-        for (name, value, kind) in [
+        let parameters = [
             (
                 template.param("PatParameterName"),
                 PAT.to_owned(),
@@ -448,15 +446,8 @@ impl World {
                 OTHER_PARAM_VALUE.to_owned(),
                 ParameterType::SecureString,
             ),
-        ] {
-            ssm.put_parameter()
-                .name(name)
-                .value(value)
-                .r#type(kind)
-                .send()
-                .await
-                .unwrap();
-        }
+        ];
+        aws_seed::parameters(&admin, &parameters).await.unwrap();
 
         let roles = create_roles(&template, &admin).await;
 
@@ -550,30 +541,19 @@ impl World {
             let api = LambdaApi::start().await.unwrap();
             let c = &self.roles[role];
             let name = format!("{STACK}-{}", role.trim_end_matches("Role").to_lowercase());
-            let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-                .env_clear()
+            let child = api
+                .function(env!("CARGO_BIN_EXE_bootstrap"), &name, &self.dir)
                 .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
                 .env("AWS_REGION", REGION)
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .env("AWS_ACCESS_KEY_ID", &c.id)
                 .env("AWS_SECRET_ACCESS_KEY", &c.secret)
                 .env("AWS_SESSION_TOKEN", &c.token)
-                .env("AWS_LAMBDA_RUNTIME_API", api.address())
-                .env("AWS_LAMBDA_FUNCTION_NAME", &name)
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
                 .env(
                     "KEYROTOR_CONFIG_PARAMETER",
                     self.template.config_parameter(),
                 )
                 .env("RUST_LOG", "trace")
-                .env("HOME", &self.dir)
-                .env("AWS_CONFIG_FILE", self.dir.join("none"))
-                .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.join("none"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
                 .spawn()
                 .expect("bootstrap starts");
             // Drained as it comes: at RUST_LOG=trace a full pipe would stall the function.
@@ -1227,7 +1207,6 @@ async fn a_fleet_stack_reaches_the_users_under_its_path_and_the_secrets_under_it
     ]);
     let admin = moto.sdk_config().await;
     let iam = aws_sdk_iam::Client::new(&admin);
-    let sm = aws_sdk_secretsmanager::Client::new(&admin);
     // (name, path, in the fleet)
     let users = [
         ("fleet-a", "/keyrotor/", true),
@@ -1260,12 +1239,7 @@ async fn a_fleet_stack_reaches_the_users_under_its_path_and_the_secrets_under_it
         ("keyrotorx/similar", false),
     ];
     for (name, _) in secrets {
-        sm.create_secret()
-            .name(name)
-            .secret_string("{}")
-            .send()
-            .await
-            .unwrap();
+        aws_seed::secret(&admin, name, "{}").await.unwrap();
     }
     let roles = create_roles(&template, &admin).await;
     moto.enforce_iam(true).await.unwrap();

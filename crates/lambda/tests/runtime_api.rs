@@ -2,21 +2,17 @@
 //! (`keyrotor_testkit::lambda_api`), against moto (IAM, Secrets Manager, SSM: the config and the
 //! PAT) and the Azure DevOps emulator. No fake in the binary: the same adapters as in AWS.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_ssm::types::ParameterType;
 use keyrotor_testkit::ado::{AdoEmulator, Fault, Op, OrgSeed, Scope, Seed, aws_endpoint};
 use keyrotor_testkit::aws_seed;
+use keyrotor_testkit::env::{ORG, PAT_PARAM, SECRET, USER};
 use keyrotor_testkit::lambda_api::{LambdaApi, Outcome};
 use keyrotor_testkit::moto::Moto;
 use serde_json::{Value, json};
 
-const ORG: &str = "contoso";
-const USER: &str = "azure-devops-pipeline";
-const SECRET: &str = "/azure/devops/agent/iam/accesskey";
 const PAT: &str = "kq7xlambdatestpat0123456789abcdefghijklmnopqrstuvwxy";
-const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
 const CONFIG_PARAM: &str = "/keyrotor/config";
 
 /// moto with the user (one key), the secret, the PAT and the config; the emulator with the
@@ -26,15 +22,15 @@ struct Seeded {
     ado: AdoEmulator,
     ssm: aws_sdk_ssm::Client,
     config: String,
-    key_id: String,
-    key_secret: String,
+    /// The user's key: (id, secret).
+    key: aws_seed::Key,
 }
 
 async fn seeded() -> Seeded {
     let moto = Moto::start().expect("moto starts");
     let sdk = moto.sdk_config().await;
     let ssm = aws_sdk_ssm::Client::new(&sdk);
-    let (key_id, key_secret) = aws_seed::user_with_key_in_secret(&sdk, USER, SECRET)
+    let key = aws_seed::user_with_key_in_secret(&sdk, USER, SECRET)
         .await
         .unwrap();
     let ado = AdoEmulator::start(
@@ -42,12 +38,7 @@ async fn seeded() -> Seeded {
             OrgSeed::new(ORG)
                 .pat(PAT, Scope::Manage)
                 .project("Platform")
-                .endpoint(aws_endpoint(
-                    "aws-prod",
-                    &key_id,
-                    &key_secret,
-                    &["Platform"],
-                )),
+                .endpoint(aws_endpoint("aws-prod", &key.0, &key.1, &["Platform"])),
         ),
     )
     .await
@@ -65,48 +56,49 @@ endpoints = [ {{ project = "Platform", name = "aws-prod" }} ]
 "#,
         ado.org_url(ORG)
     );
-    for (name, value, kind) in [
-        (PAT_PARAM, PAT.to_owned(), ParameterType::SecureString),
-        (CONFIG_PARAM, config.clone(), ParameterType::String),
-    ] {
-        ssm.put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(kind)
-            .send()
-            .await
-            .unwrap();
-    }
+    aws_seed::parameters(
+        &sdk,
+        &[
+            (PAT_PARAM, PAT.to_owned(), ParameterType::SecureString),
+            (CONFIG_PARAM, config.clone(), ParameterType::String),
+        ],
+    )
+    .await
+    .unwrap();
 
     Seeded {
         moto,
         ado,
         ssm,
         config,
-        key_id,
-        key_secret,
+        key,
     }
 }
 
-/// The real `bootstrap`, served by `api`, with moto's environment.
-fn bootstrap(moto: &Moto, api: &LambdaApi, dir: &std::path::Path) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-        .env_clear()
+/// The real `bootstrap`, served by `api`, with moto's environment and a fresh home directory
+/// (returned, for the test to remove).
+fn bootstrap(moto: &Moto, api: &LambdaApi) -> (tokio::process::Child, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = api
+        .function(env!("CARGO_BIN_EXE_bootstrap"), "keyrotor-rotator", &dir)
         .envs(moto.env())
-        .env("AWS_LAMBDA_RUNTIME_API", api.address())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "keyrotor-rotator")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("KEYROTOR_CONFIG_PARAMETER", CONFIG_PARAM)
-        .env("HOME", dir)
-        .env("AWS_CONFIG_FILE", dir.join("none"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
-        .expect("bootstrap starts")
+        .expect("bootstrap starts");
+    (child, dir)
+}
+
+/// Overwrites the config parameter (the next invocation reads it).
+async fn set_config(ssm: &aws_sdk_ssm::Client, text: String) {
+    ssm.put_parameter()
+        .name(CONFIG_PARAM)
+        .value(text)
+        .r#type(ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,13 +108,10 @@ async fn bootstrap_serves_invocations_from_the_runtime_api() {
         ado,
         ssm,
         config,
-        key_id,
-        key_secret,
+        key: (key_id, key_secret),
     } = seeded().await;
     let api = LambdaApi::start().await.unwrap();
-    let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = bootstrap(&moto, &api, &dir);
+    let (child, dir) = bootstrap(&moto, &api);
 
     let run_id = uuid::Uuid::new_v4().to_string();
     let wait = Duration::from_secs(60);
@@ -157,14 +146,7 @@ async fn bootstrap_serves_invocations_from_the_runtime_api() {
     let two = format!(
         "{config}\n[[target]]\nname = \"second\"\niam_user = \"second-user\"\nsecret = \"other\"\nendpoints = [ {{ project = \"Platform\", name = \"aws-prod\" }} ]\n"
     );
-    ssm.put_parameter()
-        .name(CONFIG_PARAM)
-        .value(two)
-        .r#type(ParameterType::String)
-        .overwrite(true)
-        .send()
-        .await
-        .unwrap();
+    set_config(&ssm, two).await;
     let listed = api.invoke(json!({"step": "targets", "run_id": run_id, "input": {}}));
     let Outcome::Response(listed) = api.outcome(&listed, wait).await.unwrap() else {
         panic!("targets failed")
@@ -189,16 +171,11 @@ async fn bootstrap_serves_invocations_from_the_runtime_api() {
     }
 
     // A Slack message that cannot be sent counts in the metric the stack alarms on (EMF).
-    ssm.put_parameter()
-        .name(CONFIG_PARAM)
-        .value(format!(
-            "{config}\n[slack]\nwebhook = \"ssm:/keyrotor-test/no-such-webhook\"\n"
-        ))
-        .r#type(ParameterType::String)
-        .overwrite(true)
-        .send()
-        .await
-        .unwrap();
+    set_config(
+        &ssm,
+        format!("{config}\n[slack]\nwebhook = \"ssm:/keyrotor-test/no-such-webhook\"\n"),
+    )
+    .await;
     let mut rotated = state.clone();
     rotated["outcome"] = json!("rotated");
     rotated["next"] = json!("done");
@@ -277,14 +254,12 @@ async fn a_rate_limit_wait_past_the_invocations_deadline_is_not_started() {
     let Seeded {
         moto,
         ado,
-        key_secret,
+        key: (_, key_secret),
         ..
     } = seeded().await;
     ado.inject(Fault::status(Op::List, 429).retry_after(300).forever());
     let api = LambdaApi::start().await.unwrap();
-    let dir = std::env::temp_dir().join(format!("keyrotor-lambda-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = bootstrap(&moto, &api, &dir);
+    let (child, dir) = bootstrap(&moto, &api);
     let run_id = uuid::Uuid::new_v4().to_string();
     let inspected = api.invoke(json!({"step": "inspect",
         "state": {"progress": {"target": "platform-prod", "run_id": run_id}, "next": "inspect", "force": true}}));

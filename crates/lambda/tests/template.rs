@@ -16,7 +16,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-const ASL: &str = include_str!("../../../deploy/statemachine/rotate.asl.json");
+mod common;
+use common::{ASL, all_states};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -150,18 +151,6 @@ fn every_function_is_packaged_from_its_own_code_uri() {
 /// code first (its cold start, throttling and the answer's trip come on top), so a Task's
 /// `States.Timeout`, and the compensation it leads to, never overlap a step still running.
 const TASK_MARGIN_SECONDS: u64 = 20;
-
-/// Every state of a definition, Map iterations included, as (name, state).
-fn all_states(machine: &Value) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for (name, st) in machine["States"].as_object().unwrap() {
-        out.push((name.clone(), st.clone()));
-        if let Some(inner) = st.get("ItemProcessor").or_else(|| st.get("Iterator")) {
-            out.extend(all_states(inner));
-        }
-    }
-    out
-}
 
 /// The logical id a `Ref` or `Fn::GetAtt` names.
 fn referenced(v: &Value) -> String {

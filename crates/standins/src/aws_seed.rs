@@ -47,24 +47,39 @@ pub fn key_json(user: &str, key: &Key) -> String {
 /// Creates `user` with one access key, and the secret `secret` holding it as keyrotor writes it.
 pub async fn user_with_key_in_secret(sdk: &SdkConfig, user: &str, secret: &str) -> Result<Key> {
     let key = user_with_key(sdk, user).await?;
+    self::secret(sdk, secret, &key_json(user, &key)).await?;
+    Ok(key)
+}
+
+/// Creates the secret `name` holding the string `value`.
+pub async fn secret(sdk: &SdkConfig, name: &str, value: &str) -> Result<()> {
     aws_sdk_secretsmanager::Client::new(sdk)
         .create_secret()
-        .name(secret)
-        .secret_string(key_json(user, &key))
+        .name(name)
+        .secret_string(value)
         .send()
         .await
-        .with_context(|| format!("creating the secret {secret}"))?;
-    Ok(key)
+        .with_context(|| format!("creating the secret {name}"))?;
+    Ok(())
 }
 
 /// Puts each `(name, value)` as a SecureString parameter.
 pub async fn secure_parameters(sdk: &SdkConfig, params: &[(&str, String)]) -> Result<()> {
+    let typed: Vec<_> = params
+        .iter()
+        .map(|(name, value)| (*name, value.clone(), ParameterType::SecureString))
+        .collect();
+    parameters(sdk, &typed).await
+}
+
+/// Puts each `(name, value, type)` as a parameter.
+pub async fn parameters(sdk: &SdkConfig, params: &[(&str, String, ParameterType)]) -> Result<()> {
     let ssm = aws_sdk_ssm::Client::new(sdk);
-    for (name, value) in params {
+    for (name, value, kind) in params {
         ssm.put_parameter()
             .name(*name)
             .value(value)
-            .r#type(ParameterType::SecureString)
+            .r#type(kind.clone())
             .send()
             .await
             .with_context(|| format!("putting the parameter {name}"))?;

@@ -53,20 +53,15 @@ use crate::aws_seed;
 use crate::moto::Moto;
 use crate::slack::{Post, SlackSink};
 
-/// The emulated organization.
-pub const ORG: &str = "contoso";
+// The emulated organization, the first target's IAM user and secret, and the SSM parameters that
+// hold the PAT and the Slack webhook URL: the names every stand-in world starts from.
+pub use keyrotor_standins::names::{ORG, PAT_PARAM, SECRET, USER, WEBHOOK_PARAM};
 /// The first target's name.
 pub const TARGET: &str = "platform-prod";
-/// The first target's IAM user.
-pub const USER: &str = "azure-devops-pipeline";
-/// The first target's secret.
-pub const SECRET: &str = "/azure/devops/agent/iam/accesskey";
 /// The PAT (shaped like a real one: 52 characters), seeded with the manage scope.
 pub const PAT: &str = "kq7xtestenvpat000123456789abcdefghijklmnopqrstuvwxyz";
-/// The SSM parameter that holds the PAT.
-pub const PAT_PARAM: &str = "/azuredevops/service/connection/pat";
-/// The SSM parameter that holds the Slack webhook URL.
-pub const WEBHOOK_PARAM: &str = "/slack/webhook/url/alarm-access-keys-rotate";
+/// A PAT the emulator does not know (shaped like a real one), for [`TestEnv::set_pat_parameter`].
+pub const WRONG_PAT: &str = "wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg";
 /// The shared connection's id (fixed, so tests can look it up).
 pub const EP_ID: &str = "5e1a0c3b-7d2f-4c8e-9b61-2f0d9a4e7c15";
 /// The connection's name (in both projects with [`Connections::Shared`], in Platform with
@@ -259,14 +254,7 @@ impl Setup {
         let (key_id, key_secret) = match self.secret {
             SecretStart::Json => aws_seed::user_with_key_in_secret(&sdk, USER, SECRET).await,
             SecretStart::Legacy => match aws_seed::user_with_key(&sdk, USER).await {
-                Ok(key) => sm
-                    .create_secret()
-                    .name(SECRET)
-                    .secret_string(&key.1)
-                    .send()
-                    .await
-                    .map(|_| key)
-                    .map_err(Into::into),
+                Ok(key) => aws_seed::secret(&sdk, SECRET, &key.1).await.map(|()| key),
                 Err(e) => Err(e),
             },
             SecretStart::Absent => aws_seed::user_with_key(&sdk, USER).await,
@@ -438,6 +426,30 @@ pub fn shared_endpoint(key_id: &str, secret: &str) -> Value {
     ep
 }
 
+/// Switches a connection (one [`Setup::edit_connections`] edits, or one of an [`OrgSeed`]'s) to
+/// OIDC: `useOIDC`, username and password cleared, assuming [`ROLE_ARN`].
+pub fn on_oidc(ep: &mut Value) {
+    let p = &mut ep["authorization"]["parameters"];
+    p["useOIDC"] = json!("true");
+    p["username"] = json!("");
+    p["password"] = json!("");
+    p["assumeRoleArn"] = json!(ROLE_ARN);
+}
+
+/// Gives a child `dir` as its `HOME`, with no AWS config or credentials file there: nothing of
+/// the machine's own AWS setup reaches the binary.
+pub fn isolated_home<'c>(
+    cmd: &'c mut tokio::process::Command,
+    dir: &std::path::Path,
+) -> &'c mut tokio::process::Command {
+    cmd.env("HOME", dir)
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials"),
+        )
+}
+
 /// The pipeline permissions seeded for the shared connection.
 pub fn permissions() -> Value {
     json!({
@@ -544,6 +556,18 @@ impl TestEnv {
         old.shutdown().await;
         self.replace_in_config(&old_url, &new_url);
         self.learn().await;
+    }
+
+    /// Adds a connection `name` in Platform holding `key` (reseeding the emulator with the
+    /// manage scope), and lists it first in the target's endpoints.
+    pub async fn add_listed_connection(&mut self, name: &str, key: (&str, &str)) {
+        let added = aws_endpoint(name, key.0, key.1, &["Platform"]);
+        let org = self.org_seed(Scope::Manage).endpoint(added);
+        self.reseed(org).await;
+        self.replace_in_config(
+            "endpoints = [ ",
+            &format!("endpoints = [ {{ project = \"Platform\", name = \"{name}\" }}, "),
+        );
     }
 
     /// Rewrites the config file; the edit must change it.

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -64,6 +66,35 @@ impl Shared {
     }
 }
 
+/// The Runtime API's routes (`invocation/next`, an invocation's `response` and `error`,
+/// `init/error`), served by these handlers.
+pub fn routes<S, N, R, E, I, TN, TR, TE, TI>(
+    next: N,
+    response: R,
+    error: E,
+    init_error: I,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    N: Handler<TN, S>,
+    R: Handler<TR, S>,
+    E: Handler<TE, S>,
+    I: Handler<TI, S>,
+    TN: 'static,
+    TR: 'static,
+    TE: 'static,
+    TI: 'static,
+{
+    Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
+        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+        .route("/2018-06-01/runtime/init/error", post(init_error))
+}
+
 /// The invoked function's ARN the API announces.
 pub const FUNCTION_ARN: &str = "arn:aws:lambda:us-east-1:123456789012:function:keyrotor-test";
 
@@ -79,15 +110,7 @@ impl LambdaApi {
     /// Starts the API on a free loopback port.
     pub async fn start() -> Result<Self> {
         let shared = Shared::default();
-        let app = Router::new()
-            .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(response),
-            )
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-            .route("/2018-06-01/runtime/init/error", post(init_error))
-            .with_state(shared.clone());
+        let app = routes(next, response, error, init_error).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the Lambda Runtime API")?;
@@ -111,6 +134,32 @@ impl LambdaApi {
     /// `127.0.0.1:PORT`: the value of `AWS_LAMBDA_RUNTIME_API`.
     pub fn address(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `program` as a Lambda function named `name` that this API serves: a clean environment
+    /// with the API's address and the function's name, memory size and version, `home` as its
+    /// `HOME` with no AWS config or credentials file, stdin closed, stdout and stderr piped,
+    /// killed when dropped. The caller adds the rest of the function's environment.
+    pub fn function(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        name: &str,
+        home: &std::path::Path,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", self.address())
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("HOME", home)
+            .env("AWS_CONFIG_FILE", home.join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", home.join("none"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
     }
 
     /// Queues an event; returns its request id.

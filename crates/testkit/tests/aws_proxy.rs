@@ -11,6 +11,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use keyrotor_testkit::aws_proxy::StrictRule::{DeletedKey, InactiveKey, VersionExists};
 use keyrotor_testkit::aws_proxy::{AwsProxy, Fault, FaultKind, Seen, StrictOptions, StrictRule};
 use keyrotor_testkit::moto::Moto;
 
@@ -528,14 +529,7 @@ async fn strict_sts_refuses_inactive_and_deleted_keys() {
 
     assert_eq!(
         strict_rules(&p, "GetCallerIdentity"),
-        vec![
-            None,
-            None,
-            None,
-            Some(StrictRule::InactiveKey),
-            None,
-            Some(StrictRule::DeletedKey)
-        ]
+        vec![None, None, None, Some(InactiveKey), None, Some(DeletedKey)]
     );
 }
 
@@ -665,14 +659,7 @@ async fn strict_put_secret_value_refuses_a_token_reused_with_another_value() {
 
     assert_eq!(
         strict_rules(&p, "PutSecretValue"),
-        vec![
-            None,
-            None,
-            None,
-            Some(StrictRule::VersionExists),
-            None,
-            None
-        ]
+        vec![None, None, None, Some(VersionExists), None, None]
     );
 }
 

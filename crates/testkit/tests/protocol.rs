@@ -49,6 +49,54 @@ async fn run(sc: &Scenario) -> TargetReport {
     engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &opts(), &quiet()).await
 }
 
+/// A whole run over the scenario's one target, with the fakes as its notifier.
+async fn run_notifying(sc: &Scenario) -> keyrotor_core::report::RunReport {
+    let targets = [sc.target.clone()];
+    let notifier: &dyn keyrotor_core::ports::Notifier = &sc.fakes;
+    engine::run(
+        &sc.fakes.ports(),
+        &sc.policy,
+        &targets,
+        &opts(),
+        Some(notifier),
+        &quiet(),
+    )
+    .await
+}
+
+/// Adds a connection outside the config (organization `ORG`, `project`/`name`) holding the
+/// scenario's initial key; returns that key's id.
+fn holder_outside_config(sc: &Scenario, project: &str, name: &str) -> String {
+    let (old, secret) = &sc.initial_key;
+    sc.fakes.add_endpoint(
+        keyrotor_testkit::fakes::ORG,
+        project,
+        name,
+        Some((old, secret)),
+    );
+    old.clone()
+}
+
+/// A one-connection scenario with a drain of `drain`, rotated once by a forced run: the
+/// scenario, the old key's id and the run's report.
+async fn rotated_with_drain(drain: Duration) -> (Scenario, String, TargetReport) {
+    let mut sc = Scenario::new(1);
+    sc.policy.drain = drain;
+    let old = sc.initial_key.0.clone();
+    let r = forced(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    (sc, old, r)
+}
+
+/// Past the drain (and the verify budget), a run retires the old key `old`.
+async fn a_run_after_the_drain_retires(sc: &Scenario, old: &str) {
+    sc.fakes
+        .advance(sc.policy.drain + sc.policy.verify_timeout + Duration::from_secs(1));
+    let r = run(sc).await;
+    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
+    assert!(!has_key(sc, old), "retired after the drain");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_due_key_is_rotated_and_every_invariant_holds() {
     let sc = Scenario::new(2);
@@ -527,29 +575,10 @@ async fn two_runs_racing_never_both_create_a_key() {
 async fn slack_hears_of_a_rotation_but_not_of_a_run_with_nothing_due() {
     use keyrotor_core::report::NotificationStatus;
     let sc = Scenario::new(1);
-    let ports = sc.fakes.ports();
-    let notifier = sc.fakes.clone();
-    let targets = [sc.target.clone()];
-    let r = engine::run(
-        &ports,
-        &sc.policy,
-        &targets,
-        &opts(),
-        Some(&notifier),
-        &quiet(),
-    )
-    .await;
+    let r = run_notifying(&sc).await;
     assert_eq!(r.notification, NotificationStatus::Sent);
     assert_eq!(sc.fakes.state().notifications.len(), 1);
-    let r = engine::run(
-        &ports,
-        &sc.policy,
-        &targets,
-        &opts(),
-        Some(&notifier),
-        &quiet(),
-    )
-    .await;
+    let r = run_notifying(&sc).await;
     assert_eq!(r.targets[0].outcome, Outcome::NothingDue);
     assert_eq!(r.notification, NotificationStatus::Skipped);
     assert_eq!(
@@ -579,9 +608,7 @@ async fn fields_other_readers_rely_on_survive_every_rotation() {
         v.value = j.to_string();
     }
     for round in 0..2 {
-        let mut o = opts();
-        o.force = true;
-        let r = engine::run_target(&sc.fakes.ports(), &sc.policy, &sc.target, &o, &quiet()).await;
+        let r = forced(&sc).await;
         assert_eq!(r.outcome, Outcome::Rotated, "round {round}: {r:?}");
         let st = sc.fakes.state();
         let current = st.secrets["pipeline-key"]
@@ -726,13 +753,7 @@ async fn a_key_that_a_connection_outside_the_config_holds_is_not_retired() {
     // "Safe among others", case 2: another project's AWS connection, not in the config, holds
     // the same key; the rotation used to delete the key under it.
     let sc = Scenario::new(1);
-    let (old, secret) = sc.initial_key.clone();
-    sc.fakes.add_endpoint(
-        keyrotor_testkit::fakes::ORG,
-        "Billing",
-        "aws-shared",
-        Some((&old, &secret)),
-    );
+    let old = holder_outside_config(&sc, "Billing", "aws-shared");
     let r = forced(&sc).await;
     assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
     assert_eq!(r.failed_step, Some(Step::Retire));
@@ -814,33 +835,31 @@ async fn two_runs_interleaved_at_every_step_with_a_failure_or_a_death_leave_ever
                             .collect();
                         }
                     };
+                    // One step of `who`'s run, then the check from outside.
+                    let step = async |s: &mut TargetState, who: &str, driver: Driver| {
+                        refuse_next_put(&sc, s, who);
+                        step_once(&sc, s, driver).await;
+                        nobody_is_left_without_a_key(&sc, &label);
+                    };
                     for _ in 0..i {
                         if a.next.is_none() {
                             break;
                         }
-                        refuse_next_put(&sc, &a, "a");
-                        step_once(&sc, &mut a, da).await;
-                        nobody_is_left_without_a_key(&sc, &label);
+                        step(&mut a, "a", da).await;
                     }
                     for _ in 0..j {
                         if b.next.is_none() {
                             break;
                         }
-                        refuse_next_put(&sc, &b, "b");
-                        step_once(&sc, &mut b, db).await;
-                        nobody_is_left_without_a_key(&sc, &label);
+                        step(&mut b, "b", db).await;
                     }
                     if trouble != "a-dies" {
                         while a.next.is_some() {
-                            refuse_next_put(&sc, &a, "a");
-                            step_once(&sc, &mut a, da).await;
-                            nobody_is_left_without_a_key(&sc, &label);
+                            step(&mut a, "a", da).await;
                         }
                     }
                     while b.next.is_some() {
-                        refuse_next_put(&sc, &b, "b");
-                        step_once(&sc, &mut b, db).await;
-                        nobody_is_left_without_a_key(&sc, &label);
+                        step(&mut b, "b", db).await;
                     }
                     sc.fakes.state().ado_put_script.clear();
                     assert!(
@@ -862,13 +881,8 @@ async fn running_jobs_keep_the_old_key_for_the_drain_on_both_drivers() {
     // "Safe among others", case 5: with the old key deleted seconds after the push, a job that
     // started a minute before the rotation failed at its next AWS call.
     let drain = Duration::from_secs(3600);
-    let mut sc = Scenario::new(1);
-    sc.policy.drain = drain;
-    let old = sc.initial_key.0.clone();
-
     // The CLI, not waiting: the rotation ends with the old key Active and its due time.
-    let r = forced(&sc).await;
-    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    let (sc, old, r) = rotated_with_drain(drain).await;
     assert!(
         r.reason.as_deref().unwrap().contains("stays Active until"),
         "{r:?}"
@@ -889,11 +903,7 @@ async fn running_jobs_keep_the_old_key_for_the_drain_on_both_drivers() {
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
     assert!(is_active(&sc, &old));
-    sc.fakes
-        .advance(drain + sc.policy.verify_timeout + Duration::from_secs(1));
-    let r = run(&sc).await;
-    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
-    assert!(!has_key(&sc, &old), "retired after the drain");
+    a_run_after_the_drain_retires(&sc, &old).await;
     sc.world().after_success().unwrap();
 
     // Step Functions: the machine goes on to retire at `retire_at`, which the Wait state waits
@@ -978,27 +988,14 @@ async fn a_previous_key_an_operator_reactivated_for_another_connection_is_not_sw
     // deactivate it again.
     let mut sc = Scenario::new(1);
     sc.policy.delete_old_key_after = Duration::from_secs(86_400);
-    let (old, secret) = sc.initial_key.clone();
     let r = forced(&sc).await;
     assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
-    {
-        let mut st = sc.fakes.state();
-        let k = st
-            .users
-            .get_mut("pipeline")
-            .unwrap()
-            .iter_mut()
-            .find(|k| k.id == old)
-            .unwrap();
+    let old = sc.initial_key.0.clone();
+    edit_key(&sc, &old, |k| {
         assert!(!k.active, "retired into its grace period");
         k.active = true;
-    }
-    sc.fakes.add_endpoint(
-        keyrotor_testkit::fakes::ORG,
-        "Ops",
-        "aws-repair",
-        Some((&old, &secret)),
-    );
+    });
+    holder_outside_config(&sc, "Ops", "aws-repair");
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
     assert!(
@@ -1106,8 +1103,13 @@ async fn a_retried_create_deletes_the_key_its_crashed_attempt_made() {
 
 /// Marks `id` as used by IAM at the fake clock's now.
 fn used_now(sc: &Scenario, id: &str) {
+    let now = sc.fakes.state().now.unwrap();
+    edit_key(sc, id, |k| k.used = Some(now));
+}
+
+/// Changes the user's key `id` (which must exist) in place.
+fn edit_key(sc: &Scenario, id: &str, edit: impl FnOnce(&mut keyrotor_testkit::fakes::FakeKey)) {
     let mut st = sc.fakes.state();
-    let now = st.now.unwrap();
     let k = st
         .users
         .get_mut("pipeline")
@@ -1115,7 +1117,31 @@ fn used_now(sc: &Scenario, id: &str) {
         .iter_mut()
         .find(|k| k.id == id)
         .unwrap();
-    k.used = Some(now);
+    edit(k);
+}
+
+/// A one-connection scenario whose run (`run_id`) was driven up to retire: the scenario, the
+/// old key's id and the run's state.
+async fn at_retire(run_id: &str) -> (Scenario, String, TargetState) {
+    let sc = Scenario::new(1);
+    let old = sc.initial_key.0.clone();
+    let mut s = run_state(&sc, run_id);
+    drive_until(&sc, &mut s, Some(Step::Retire)).await;
+    (sc, old, s)
+}
+
+/// Runs the state's next step, which must be refused; returns the refusal's message.
+async fn refused_step(sc: &Scenario, s: &mut TargetState) -> String {
+    let ports = sc.fakes.ports();
+    let e = machine::advance(&context(sc, &ports, false), s)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.kind,
+        keyrotor_core::protocol::StepErrorKind::Refused,
+        "{e:?}"
+    );
+    e.message
 }
 
 #[tokio::test(start_paused = true)]
@@ -1124,21 +1150,11 @@ async fn an_old_key_iam_saw_in_use_after_the_push_and_the_drain_is_not_retired()
     // organization's connections do not show (a script, another organization) signs with the
     // old key after every connection moved: the key stays Active, on the run that rotated and
     // on every later run while the use goes on, and is retired once it stops.
-    let sc = Scenario::new(1);
-    let old = sc.initial_key.0.clone();
-    let ports = sc.fakes.ports();
-    let cx = context(&sc, &ports, false);
-    let mut s = run_state(&sc, "run-meets-a-hidden-consumer");
-    drive_until(&sc, &mut s, Some(Step::Retire)).await;
+    let (sc, old, mut s) = at_retire("run-meets-a-hidden-consumer").await;
     sc.fakes.advance(Duration::from_secs(120));
     used_now(&sc, &old);
-    let e = machine::advance(&cx, &mut s).await.unwrap_err();
-    assert_eq!(
-        e.kind,
-        keyrotor_core::protocol::StepErrorKind::Refused,
-        "{e:?}"
-    );
-    assert!(e.message.contains("still uses it"), "{}", e.message);
+    let message = refused_step(&sc, &mut s).await;
+    assert!(message.contains("still uses it"), "{message}");
     assert!(is_active(&sc, &old), "the old key stays Active");
     nobody_is_left_without_a_key(&sc, "hidden consumer");
 
@@ -1159,18 +1175,10 @@ async fn a_use_of_the_old_key_during_the_drain_does_not_keep_it() {
     // Jobs that started before the push use the old key during the drain: that is what the
     // drain is for, not a sign of a hidden consumer.
     let drain = Duration::from_secs(3600);
-    let mut sc = Scenario::new(1);
-    sc.policy.drain = drain;
-    let old = sc.initial_key.0.clone();
-    let r = forced(&sc).await;
-    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    let (sc, old, _) = rotated_with_drain(drain).await;
     sc.fakes.advance(drain / 2);
     used_now(&sc, &old);
-    sc.fakes
-        .advance(drain + sc.policy.verify_timeout + Duration::from_secs(1));
-    let r = run(&sc).await;
-    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
-    assert!(!has_key(&sc, &old), "retired after the drain");
+    a_run_after_the_drain_retires(&sc, &old).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -1180,13 +1188,7 @@ async fn with_the_opt_in_an_unlisted_holder_is_updated_too_on_both_drivers() {
     for driver in [Driver::Cli, Driver::Lambda] {
         let mut sc = Scenario::new(1);
         sc.policy.update_unlisted_connections = true;
-        let (old, secret) = sc.initial_key.clone();
-        sc.fakes.add_endpoint(
-            keyrotor_testkit::fakes::ORG,
-            "Billing",
-            "aws-shared",
-            Some((&old, &secret)),
-        );
+        let old = holder_outside_config(&sc, "Billing", "aws-shared");
         let mut s = run_state(&sc, "run-with-the-opt-in");
         while s.next.is_some() {
             step_once(&sc, &mut s, driver).await;
@@ -1257,32 +1259,13 @@ async fn a_slow_run_renews_its_lease_and_is_not_taken_over() {
 async fn the_old_key_is_not_retired_when_its_successor_was_switched_off() {
     // Invariant 7 before retire: the new key must still exist and be Active, read from the same
     // listing retire makes anyway (no extra call).
-    let sc = Scenario::new(1);
-    let old = sc.initial_key.0.clone();
-    let ports = sc.fakes.ports();
-    let cx = context(&sc, &ports, false);
-    let mut s = run_state(&sc, "run-whose-new-key-was-switched-off");
-    drive_until(&sc, &mut s, Some(Step::Retire)).await;
+    let (sc, old, mut s) = at_retire("run-whose-new-key-was-switched-off").await;
     let new = s.progress.new_key.clone().unwrap();
-    sc.fakes
-        .state()
-        .users
-        .get_mut("pipeline")
-        .unwrap()
-        .iter_mut()
-        .find(|k| k.id == new.as_str())
-        .unwrap()
-        .active = false;
-    let e = machine::advance(&cx, &mut s).await.unwrap_err();
-    assert_eq!(
-        e.kind,
-        keyrotor_core::protocol::StepErrorKind::Refused,
-        "{e:?}"
-    );
+    edit_key(&sc, new.as_str(), |k| k.active = false);
+    let message = refused_step(&sc, &mut s).await;
     assert!(
-        e.message.contains("was deactivated by someone else"),
-        "{}",
-        e.message
+        message.contains("was deactivated by someone else"),
+        "{message}"
     );
     assert!(is_active(&sc, &old), "the old key stays Active");
 }
@@ -1593,8 +1576,7 @@ async fn a_holder_scan_is_shared_only_if_it_started_after_the_callers_moment_and
     use keyrotor_core::ports::ServiceConnections;
     use keyrotor_core::shared::SharedReads;
     let sc = Scenario::new(1);
-    let ports = sc.fakes.ports();
-    let shared = SharedReads::new(ports.ado.clone(), ports.clock.clone());
+    let (ports, shared) = shared_reads(&sc);
     let org = &sc.target.organization;
     let scans = || sc.fakes.state().ado_reads.scans;
     let t0 = ports.clock.now();
@@ -1620,10 +1602,8 @@ async fn a_holder_scan_is_shared_only_if_it_started_after_the_callers_moment_and
 async fn inspects_shared_listing_falls_back_to_a_lookup_for_a_name_it_does_not_show() {
     use keyrotor_core::domain::{EndpointRef, EndpointSelector, ProjectName};
     use keyrotor_core::ports::ServiceConnections;
-    use keyrotor_core::shared::SharedReads;
     let sc = Scenario::new(2);
-    let ports = sc.fakes.ports();
-    let shared = SharedReads::new(ports.ado.clone(), ports.clock.clone());
+    let (_, shared) = shared_reads(&sc);
     let org = &sc.target.organization;
     for r in &sc.target.endpoints {
         shared.find(org, r).await.unwrap();
@@ -1640,4 +1620,11 @@ async fn inspects_shared_listing_falls_back_to_a_lookup_for_a_name_it_does_not_s
     assert_eq!(shared.find(org, &late).await.unwrap().name, "late");
     let calls = sc.fakes.state().ado_reads;
     assert_eq!((calls.list_project, calls.find), (1, 1), "{calls:?}");
+}
+
+/// The scenario's ports and reads shared over them (as a run shares them between its targets).
+fn shared_reads(sc: &Scenario) -> (Ports, keyrotor_core::shared::SharedReads) {
+    let ports = sc.fakes.ports();
+    let shared = keyrotor_core::shared::SharedReads::new(ports.ado.clone(), ports.clock.clone());
+    (ports, shared)
 }

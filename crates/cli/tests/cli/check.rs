@@ -11,8 +11,10 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_ssm::types::ParameterType;
-use keyrotor_testkit::ado::{Scope, aws_endpoint};
-use keyrotor_testkit::env::{EP_NAME, Output, ROLE_ARN, Snapshot, TestEnv, USER, WEBHOOK_PARAM};
+use keyrotor_testkit::ado::Scope;
+use keyrotor_testkit::env::{
+    EP_NAME, Output, Snapshot, TestEnv, USER, WEBHOOK_PARAM, WRONG_PAT, isolated_home, on_oidc,
+};
 use serde_json::{Value, json};
 
 use crate::badinput::assert_one_sentence;
@@ -413,13 +415,8 @@ async fn spawn(env: &TestEnv, args: &[&str], set: &[(&str, &str)], unset: &[&str
         .env_clear()
         .envs(env.moto.env())
         .env("AWS_ENDPOINT_URL", env.proxy().endpoint())
-        .env("RUST_LOG", "trace")
-        .env("HOME", &env.dir)
-        .env("AWS_CONFIG_FILE", env.dir.join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            env.dir.join("no-aws-credentials"),
-        )
+        .env("RUST_LOG", "trace");
+    isolated_home(&mut cmd, &env.dir)
         .envs(set.iter().copied())
         .current_dir(&env.dir);
     for k in unset {
@@ -478,8 +475,7 @@ async fn an_unknown_connection_is_named() {
 #[tokio::test]
 async fn a_refused_pat_is_named_once() {
     let env = spawn_env().await;
-    env.set_pat_parameter("wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg")
-        .await;
+    env.set_pat_parameter(WRONG_PAT).await;
     let before = env.snapshot().await;
     let c = check(&env, &[]).await;
     let msg = c.the_failure(2, "Azure DevOps PAT");
@@ -499,11 +495,7 @@ async fn a_refused_pat_is_named_once() {
 async fn an_oidc_connection_is_refused_as_unsafe() {
     let mut env = spawn_env().await;
     let mut org = env.org_seed(Scope::Manage);
-    let p = &mut org.endpoints[0]["authorization"]["parameters"];
-    p["useOIDC"] = json!("true");
-    p["username"] = json!("");
-    p["password"] = json!("");
-    p["assumeRoleArn"] = json!(ROLE_ARN);
+    on_oidc(&mut org.endpoints[0]);
     env.reseed(org).await;
     let before = env.snapshot().await;
     let c = check(&env, &[]).await;
@@ -530,13 +522,8 @@ async fn a_connection_holding_another_users_key_is_named() {
     let other = "someone-else";
     env.iam.create_user().user_name(other).send().await.unwrap();
     let (id, secret) = key_of(&env, other).await;
-    let theirs = aws_endpoint("aws-theirs", &id, &secret, &["Platform"]);
-    let org = env.org_seed(Scope::Manage).endpoint(theirs);
-    env.reseed(org).await;
-    env.replace_in_config(
-        "endpoints = [ ",
-        "endpoints = [ { project = \"Platform\", name = \"aws-theirs\" }, ",
-    );
+    env.add_listed_connection("aws-theirs", (&id, &secret))
+        .await;
     let before = env.snapshot().await;
     let masked = keyrotor_testkit::env::masked(&id);
     let expected = format!(

@@ -3,11 +3,11 @@
 
 use keyrotor_testkit::ado::{Fault, Op, RateLimit};
 use keyrotor_testkit::slack::Reply;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use keyrotor_testkit::env::{
     EP_ID, EXTERNAL_ID, ORG, Output, ROLE_ARN, SESSION_NAME, TARGET, TestEnv as Env, USER,
-    all_text, masked, permissions, without_credentials,
+    WRONG_PAT, all_text, masked, on_oidc, permissions, without_credentials,
 };
 
 use crate::{setup, spawn_env};
@@ -210,8 +210,7 @@ async fn a_rerun_right_after_a_rotation_does_nothing() {
 #[tokio::test]
 async fn a_refused_pat_exits_2_and_changes_nothing() {
     let env = spawn_env().await;
-    env.set_pat_parameter("wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg")
-        .await;
+    env.set_pat_parameter(WRONG_PAT).await;
     let before = env.snapshot().await;
 
     let (o, t) = forced_json(&env, 2, "invalid").await;
@@ -371,13 +370,7 @@ async fn a_fleet_rides_out_the_rate_limit_with_no_failed_target() {
 #[tokio::test]
 async fn an_oidc_connection_is_refused_with_exit_3_and_nothing_changes() {
     let env = setup()
-        .edit_connections(|eps| {
-            let p = &mut eps[0]["authorization"]["parameters"];
-            p["useOIDC"] = json!("true");
-            p["username"] = json!("");
-            p["password"] = json!("");
-            p["assumeRoleArn"] = json!(ROLE_ARN);
-        })
+        .edit_connections(|eps| on_oidc(&mut eps[0]))
         .start()
         .await;
     let before = env.snapshot().await;

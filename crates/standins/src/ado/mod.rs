@@ -239,20 +239,7 @@ impl AdoEmulator {
         self.shared.lock().state.endpoint(org, id).cloned()
     }
 
-    /// Adds a fault (faults are tried in the order they were added).
-    pub fn inject(&self, fault: Fault) {
-        self.shared.lock().faults.push(fault);
-    }
-
-    /// The faults that have not expired yet.
-    pub fn faults(&self) -> Vec<Fault> {
-        self.shared.lock().faults.clone()
-    }
-
-    /// Removes every fault.
-    pub fn clear_faults(&self) {
-        self.shared.lock().faults.clear();
-    }
+    crate::fault_accessors!(Fault);
 
     /// The request log, oldest first.
     pub fn requests(&self) -> Vec<RequestRecord> {

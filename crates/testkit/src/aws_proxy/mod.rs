@@ -358,20 +358,7 @@ impl AwsProxy {
         &self.shared.upstream
     }
 
-    /// Adds a fault (the first that applies to a request wins).
-    pub fn inject(&self, fault: Fault) {
-        self.shared.lock().faults.push(fault);
-    }
-
-    /// The faults that can still hit.
-    pub fn faults(&self) -> Vec<Fault> {
-        self.shared.lock().faults.clone()
-    }
-
-    /// Removes every fault.
-    pub fn clear_faults(&self) {
-        self.shared.lock().faults.clear();
-    }
+    keyrotor_standins::fault_accessors!(Fault);
 
     /// Every request seen, oldest first.
     pub fn seen(&self) -> Vec<Seen> {

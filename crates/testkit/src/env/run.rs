@@ -213,13 +213,8 @@ impl<'a> Run<'a> {
         if let Some(p) = &env.proxy {
             cmd.env("AWS_ENDPOINT_URL", p.endpoint());
         }
-        cmd.env("RUST_LOG", "trace")
-            .env("HOME", dir)
-            .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                dir.join("no-aws-credentials"),
-            )
+        cmd.env("RUST_LOG", "trace");
+        super::isolated_home(&mut cmd, dir)
             .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(dir)
             .stdin(if self.stdin.is_some() {

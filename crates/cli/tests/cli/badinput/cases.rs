@@ -9,7 +9,7 @@ use keyrotor_testkit::ado::{Scope, aws_endpoint};
 use serde_json::{Value, json};
 
 use keyrotor_testkit::env::{
-    EP_NAME, Output, PAT_PARAM, ROLE_ARN, SECRET, Snapshot, TestEnv as Env, USER, masked,
+    EP_NAME, Output, PAT_PARAM, SECRET, Snapshot, TestEnv as Env, USER, WRONG_PAT, masked, on_oidc,
 };
 
 use super::{
@@ -242,8 +242,7 @@ fn foreign_secret(env: &mut Env) -> Fut<'_> {
 
 fn wrong_pat(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
-        env.set_pat_parameter("wrongpat0123456789abcdefghijklmnopqrstuvwxyzabcdefg")
-            .await;
+        env.set_pat_parameter(WRONG_PAT).await;
         Expect::names(&["Azure DevOps", "PAT"])
     })
 }
@@ -315,11 +314,7 @@ fn azurerm_endpoint(env: &mut Env) -> Fut<'_> {
 fn oidc_endpoint(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         let mut org = env.org_seed(Scope::Manage);
-        let p = &mut org.endpoints[0]["authorization"]["parameters"];
-        p["useOIDC"] = json!("true");
-        p["username"] = json!("");
-        p["password"] = json!("");
-        p["assumeRoleArn"] = json!(ROLE_ARN);
+        on_oidc(&mut org.endpoints[0]);
         env.reseed(org).await;
         Expect::names(&[EP_NAME, "OIDC"])
     })
@@ -328,13 +323,8 @@ fn oidc_endpoint(env: &mut Env) -> Fut<'_> {
 fn two_keys_in_use(env: &mut Env) -> Fut<'_> {
     Box::pin(async move {
         let (id, secret) = env.add_key().await;
-        let second = aws_endpoint("aws-prod-2", &id, &secret, &["Platform"]);
-        let org = env.org_seed(Scope::Manage).endpoint(second);
-        env.reseed(org).await;
-        env.replace_in_config(
-            "endpoints = [ ",
-            "endpoints = [ { project = \"Platform\", name = \"aws-prod-2\" }, ",
-        );
+        env.add_listed_connection("aws-prod-2", (&id, &secret))
+            .await;
         let mut e = Expect::names(&["two active keys"]);
         e.names.push(masked(&env.initial_key));
         e.names.push(masked(&id));

@@ -107,26 +107,24 @@ fn parse_args() -> Result<Plan> {
         None if tiny => 1,
         None => 10,
     };
-    let fleet = match get("--fleet") {
-        Some(s) => s
-            .split(',')
+    // `A,B,…`, each `N` or `N{sep}M` (M = 1 when left out).
+    let pairs = |s: &str, sep: char| -> Result<Vec<(usize, usize)>> {
+        s.split(',')
             .map(|p| {
-                let (n, r) = p.split_once(':').unwrap_or((p, "1"));
-                Ok((n.parse()?, r.parse()?))
+                let (n, m) = p.split_once(sep).unwrap_or((p, "1"));
+                Ok((n.parse()?, m.parse()?))
             })
-            .collect::<Result<Vec<_>>>()?,
+            .collect()
+    };
+    // `N:R`: N targets, R repeats.
+    let fleet = match get("--fleet") {
+        Some(s) => pairs(&s, ':')?,
         None if tiny => vec![(1, 1), (3, 1)],
         None => vec![(1, 5), (10, 5), (100, 3), (1000, 3)],
     };
     // `N` or `NxP`: N targets spread over P projects.
     let limited = match get("--limited") {
-        Some(s) => s
-            .split(',')
-            .map(|p| {
-                let (n, projects) = p.split_once('x').unwrap_or((p, "1"));
-                Ok((n.parse()?, projects.parse()?))
-            })
-            .collect::<Result<Vec<(usize, usize)>>>()?,
+        Some(s) => pairs(&s, 'x')?,
         None if tiny => vec![(3, 1), (4, 2)],
         // The sizes: 1,000 targets in one project, and in ten.
         None => vec![(1000, 1), (1000, 10)],

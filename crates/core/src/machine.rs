@@ -603,18 +603,14 @@ pub fn target_report(state: &TargetState) -> TargetReport {
     let outcome = state.outcome.unwrap_or(Outcome::Failed);
     let mut t = TargetReport::new(state.target(), outcome);
     let plan = state.plan.as_ref();
-    t.old_key = state
-        .progress
-        .old_key
-        .as_ref()
-        .or(plan.and_then(Plan::old_key))
-        .map(AccessKeyId::masked);
-    t.new_key = state
-        .progress
-        .new_key
-        .as_ref()
-        .or(plan.and_then(Plan::new_key))
-        .map(AccessKeyId::masked);
+    // The run's own key ids, else the plan's (a target that ended before create), masked.
+    let masked = |own: &Option<AccessKeyId>, planned: fn(&Plan) -> Option<&AccessKeyId>| {
+        own.as_ref()
+            .or(plan.and_then(planned))
+            .map(AccessKeyId::masked)
+    };
+    t.old_key = masked(&state.progress.old_key, Plan::old_key);
+    t.new_key = masked(&state.progress.new_key, Plan::new_key);
     t.reason = state.reason.clone();
     t.compensation = state.compensation.clone();
     t.endpoints = state.endpoints.clone();

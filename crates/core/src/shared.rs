@@ -119,6 +119,18 @@ impl SharedReads {
             .is_ok_and(|age| age <= Self::MAX_AGE)
     }
 
+    /// A holder scan of `org` of its own, kept in `scans` with the moment it started.
+    async fn scan(
+        &self,
+        scans: &mut HashMap<String, Dated<AwsConnection>>,
+        org: &OrgUrl,
+    ) -> PortResult<Vec<AwsConnection>> {
+        let started = self.clock.now();
+        let all = self.inner.list_aws(org).await?;
+        scans.insert(org.as_str().to_owned(), (started, Arc::new(all.clone())));
+        Ok(all)
+    }
+
     /// The project's connections, from a listing at most `MAX_AGE` old; `None` when the adapter
     /// cannot list a project.
     async fn project(
@@ -229,10 +241,7 @@ impl ServiceConnections for SharedReads {
         // The lock is held through the scan: a caller that may share one waits for the scan in
         // flight and then decides, instead of starting its own beside it.
         let mut scans = self.scans.lock().await;
-        let started = self.clock.now();
-        let all = self.inner.list_aws(org).await?;
-        scans.insert(org.as_str().to_owned(), (started, Arc::new(all.clone())));
-        Ok(all)
+        self.scan(&mut scans, org).await
     }
 
     async fn list_aws_since(
@@ -253,10 +262,7 @@ impl ServiceConnections for SharedReads {
         {
             return Ok(all.as_ref().clone());
         }
-        let started = self.clock.now();
-        let all = self.inner.list_aws(org).await?;
-        scans.insert(org.as_str().to_owned(), (started, Arc::new(all.clone())));
-        Ok(all)
+        self.scan(&mut scans, org).await
     }
 
     async fn set_credentials(

@@ -59,11 +59,7 @@ pub async fn cleanup(
         }
     }
     if tidy.clear_pending {
-        let keys = ports
-            .iam
-            .list_keys_brief(&target.iam_user)
-            .await
-            .map_err(at(step, "listing keys"))?;
+        let keys = keys_of(ports, target, step, "listing keys").await?;
         if let Some(info) = stage_info(ports, target, Stage::Pending)
             .await
             .map_err(at(step, "reading AWSPENDING"))?

@@ -67,11 +67,7 @@ async fn compensate_inner(
             }
             None => None,
         };
-        let keys = ports
-            .iam
-            .list_keys_brief(&target.iam_user)
-            .await
-            .map_err(at(step, "listing keys"))?;
+        let keys = keys_of(ports, target, step, "listing keys").await?;
         let old_active = old.as_ref().is_some_and(|o| {
             keys.iter()
                 .any(|k| k.id == o.id && k.status == KeyStatus::Active)

@@ -11,13 +11,7 @@ pub async fn confirm(
 ) -> Result<Vec<Endpoint>, StepError> {
     let step = Step::Confirm;
     ensure_key_live(ports, target, progress, step).await?;
-    let new = progress.new_key.clone().ok_or_else(|| {
-        StepError::new(
-            step,
-            StepErrorKind::Failed,
-            "no new key in this run's progress",
-        )
-    })?;
+    let new = carried(&progress.new_key, step, "new key")?;
     let read = run_endpoints(ports, target, progress, step).await?;
     for now in &read {
         if now.key_id().as_ref() != Some(&new) {

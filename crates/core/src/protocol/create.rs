@@ -17,11 +17,7 @@ pub async fn create(
     let step = Step::Create;
     let now = ports.clock.now();
     let mut own_intent = None;
-    let keys = ports
-        .iam
-        .list_keys_brief(&target.iam_user)
-        .await
-        .map_err(at(step, "listing keys"))?;
+    let keys = keys_of(ports, target, step, "listing keys").await?;
     let versions = ports
         .secrets
         .versions(&target.secret)
@@ -367,11 +363,8 @@ async fn create_key(
         match ports.iam.create_key(&target.iam_user).await {
             Ok(new) => {
                 if new.after_lost_answer {
-                    let keys = ports
-                        .iam
-                        .list_keys_brief(&target.iam_user)
-                        .await
-                        .map_err(at(step, "listing keys after a lost answer"))?;
+                    let keys =
+                        keys_of(ports, target, step, "listing keys after a lost answer").await?;
                     let lost = appeared(keys, Some(&new.info.id));
                     if !lost.is_empty() {
                         // Best effort: a key left here is the next run's orphan (same window).
@@ -382,11 +375,7 @@ async fn create_key(
             }
             Err(e) if e.kind == PortErrorKind::LostAnswer && !retried => {
                 retried = true;
-                let keys = ports
-                    .iam
-                    .list_keys_brief(&target.iam_user)
-                    .await
-                    .map_err(at(step, "listing keys after a lost answer"))?;
+                let keys = keys_of(ports, target, step, "listing keys after a lost answer").await?;
                 let lost = appeared(keys, None);
                 if delete_lost(ports, target, &lost).await?.is_empty() {
                     return Err(StepError::new(

@@ -185,6 +185,32 @@ pub(crate) fn at(step: Step, context: &'static str) -> impl Fn(PortError) -> Ste
     move |e| StepError::port(step, context, e)
 }
 
+/// A value this run's progress must carry by `step` (an earlier step put it there).
+pub(crate) fn carried<T: Clone>(v: &Option<T>, step: Step, what: &str) -> Result<T, StepError> {
+    v.clone().ok_or_else(|| {
+        StepError::new(
+            step,
+            StepErrorKind::Failed,
+            format!("no {what} in this run's progress"),
+        )
+    })
+}
+
+/// The user's keys and their status (one `ListAccessKeys`), as `step` reads them; `why` names
+/// the read in the error.
+pub(crate) async fn keys_of(
+    ports: &Ports,
+    target: &Target,
+    step: Step,
+    why: &'static str,
+) -> Result<Vec<crate::ports::KeyInfo>, StepError> {
+    ports
+        .iam
+        .list_keys_brief(&target.iam_user)
+        .await
+        .map_err(at(step, why))
+}
+
 /// Whether DescribeSecret's answer shows `stage` on any version: a stage on none is not read
 /// (GetSecretValue would only say it is missing).
 pub(crate) fn labelled(versions: &Option<Vec<crate::ports::SecretVersion>>, stage: Stage) -> bool {
@@ -359,14 +385,8 @@ pub(crate) async fn pending_secret(
     step: Step,
 ) -> Result<(AccessKeyId, SecretString), StepError> {
     let fail = |m: String| StepError::new(step, StepErrorKind::Failed, m);
-    let new = progress
-        .new_key
-        .clone()
-        .ok_or_else(|| fail("no new key in this run's progress".into()))?;
-    let mine = progress
-        .pending_version
-        .clone()
-        .ok_or_else(|| fail("no pending version in this run's progress".into()))?;
+    let new = carried(&progress.new_key, step, "new key")?;
+    let mine = carried(&progress.pending_version, step, "pending version")?;
     let holder = ports
         .secrets
         .read(&target.secret, Stage::Pending)
@@ -475,19 +495,9 @@ pub(crate) async fn ensure_key_live(
     progress: &Progress,
     step: Step,
 ) -> Result<(), StepError> {
-    let new = progress.new_key.as_ref().ok_or_else(|| {
-        StepError::new(
-            step,
-            StepErrorKind::Failed,
-            "no new key in this run's progress",
-        )
-    })?;
-    let keys = ports
-        .iam
-        .list_keys_brief(&target.iam_user)
-        .await
-        .map_err(at(step, "listing keys"))?;
-    match keys.iter().find(|k| &k.id == new) {
+    let new = carried(&progress.new_key, step, "new key")?;
+    let keys = keys_of(ports, target, step, "listing keys").await?;
+    match keys.iter().find(|k| k.id == new) {
         Some(k) if k.status == KeyStatus::Active => Ok(()),
         Some(_) => Err(StepError::new(
             step,

@@ -7,13 +7,7 @@ use super::*;
 pub async fn promote(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
     let step = Step::Promote;
     ensure_key_live(ports, target, progress, step).await?;
-    let new_version = progress.pending_version.clone().ok_or_else(|| {
-        StepError::new(
-            step,
-            StepErrorKind::Failed,
-            "no pending version in this run's progress",
-        )
-    })?;
+    let new_version = carried(&progress.pending_version, step, "pending version")?;
     // A concurrent run finishing the same rotation may move a label between our read and our
     // move; the move then fails, and a fresh read shows whether the work is done.
     let mut attempts = 0;

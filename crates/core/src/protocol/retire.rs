@@ -60,11 +60,7 @@ pub(super) async fn retire_key(
         };
         return Err(StepError::new(step, StepErrorKind::Refused, message));
     }
-    let keys = ports
-        .iam
-        .list_keys_brief(&target.iam_user)
-        .await
-        .map_err(at(step, "listing keys"))?;
+    let keys = keys_of(ports, target, step, "listing keys").await?;
     if let Some(new) = &r.successor {
         match keys.iter().find(|k| &k.id == new) {
             Some(k) if k.status == KeyStatus::Active => {}

@@ -603,7 +603,10 @@ fn lambda_env(w: &World, cmd: &mut Command, api: &lambda::RuntimeApi) {
 /// one rotation; then SIGKILL and `wait4` for the peak RSS.
 async fn cold_bootstrap(w: &World, bootstrap: &Path, i: usize, c: &mut Cold) -> Result<()> {
     let mut api = lambda::RuntimeApi::start().await?;
-    api.invoke(json!({"step": "targets", "input": {}}));
+    // As the state machine sends it: the execution's name is the run id.
+    api.invoke(
+        json!({"step": "targets", "run_id": format!("bench-cold-{i}"), "input": {"force": true}}),
+    );
     let mut cmd = Command::new(bootstrap);
     lambda_env(w, &mut cmd, &api);
     let running = measure::Running::spawn(
@@ -620,34 +623,35 @@ async fn cold_bootstrap(w: &World, bootstrap: &Path, i: usize, c: &mut Cold) -> 
             bail!("the targets step failed: {e}");
         }
         let (to_next, to_resp) = (ms(next_at - t0), ms(first.at - t0));
-        let target = w.targets[0].name.clone();
-        let run_id = uuid::Uuid::new_v4().to_string();
-        let mut state = json!({"target": target, "run_id": run_id, "force": true});
-        for step in [
-            "inspect", "cleanup", "create", "verify", "push", "confirm", "promote", "retire",
-        ] {
-            let mut tries = 0;
-            loop {
-                let a = api
-                    .call(
-                        json!({"step": step, "state": state}),
-                        Duration::from_secs(60),
-                    )
-                    .await?;
-                match a.result {
-                    Ok(v) => {
-                        state = v;
-                        break;
-                    }
-                    Err(e)
-                        if step == "verify"
-                            && tries < 20
-                            && e["errorType"] == "Rotation.NotPropagated" =>
-                    {
-                        tries += 1;
-                    }
-                    Err(e) => bail!("{step} failed: {e}"),
+        // Then the target's steps as the state machine runs them: each the step its state
+        // names as next, until done.
+        let run_id = format!("bench-cold-{i}");
+        let mut state = first
+            .result
+            .as_ref()
+            .map_or(Value::Null, |v| v["targets"][0].clone());
+        let mut tries = 0;
+        while let Some(step) = state["next"]
+            .as_str()
+            .filter(|s| *s != "done")
+            .map(str::to_owned)
+        {
+            let a = api
+                .call(
+                    json!({"step": step, "state": state}),
+                    Duration::from_secs(60),
+                )
+                .await?;
+            match a.result {
+                Ok(v) => state = v,
+                Err(e)
+                    if step == "verify"
+                        && tries < 20
+                        && e["errorType"] == "Rotation.NotPropagated" =>
+                {
+                    tries += 1;
                 }
+                Err(e) => bail!("{step} failed: {e}"),
             }
         }
         let a = api

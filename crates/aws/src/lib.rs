@@ -14,6 +14,11 @@
 //!
 //! [`oidc`]: what `keyrotor migrate-oidc` needs of IAM and SSM (providers, roles, the user's
 //! policies, the migration record).
+//!
+//! (One file on purpose: the four port implementations share one [`SdkConfig`], one error
+//! mapping (`Aws::map_err`, which names the fix for a missing region, credentials or
+//! permission) and the same parsing of SDK answers into domain types; each `impl` is a thin
+//! translation of one core trait, read next to the others.)
 
 #![warn(missing_docs)]
 

@@ -1,5 +1,10 @@
 //! `keyrotor check`: a read-only preflight before the first rotation.
 //!
+//! (One file on purpose: the checks are one ordered list, each reading what the one before
+//! established — config, credentials, permissions, the secret, the PAT, the connections, Slack —
+//! and the exit code is decided over all of them; split, the order and the precedence of the
+//! exit codes would live in several places.)
+//!
 //! One line per check, `✓` or `✗` (or `–` for what cannot be checked from here), each failure
 //! one sentence that names its fix; the exit code says whether a rotation can run. It reads and
 //! never writes: the AWS calls are `sts:GetCallerIdentity`, `iam:SimulatePrincipalPolicy`,

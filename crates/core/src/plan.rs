@@ -4,6 +4,11 @@
 //! in the snapshot, which `inspect` reads from the systems themselves: IAM's keys (read first),
 //! the secret's stages (read second, so an intent written before a key was created is always
 //! seen when the key is), and each endpoint's username.
+//!
+//! (One file on purpose: the planner's rules refer to each other — what the connections hold,
+//! what the stages name, which keys are unaccounted for, what an intent covers — and every
+//! refusal is read against the others; `Plan` and its accessors sit next to the rules that
+//! build it.)
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};

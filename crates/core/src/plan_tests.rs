@@ -1,5 +1,8 @@
 //! Table-driven tests of the planner.
 //!
+//! (Long on purpose: one row per scenario of the planner, each a few lines; the rows are read
+//! as one table, next to the helpers that build them.)
+//!
 //! Each row is a scenario built with [`snap`] (keys, the connections that hold them, the secret's
 //! stages, the policy) and the plan expected of it, built with [`rotate`], [`resume`],
 //! [`nothing_due`], [`busy`], [`refuse`] or [`invalid`]. Every field of the plan is compared (a

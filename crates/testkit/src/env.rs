@@ -1,5 +1,8 @@
 //! One environment for the end-to-end tests of the real `keyrotor` binary: [`TestEnv`].
 //!
+//! (One file on purpose: it is the one harness — start, seed, config, run, observe, scan for
+//! leaks — that issue #11 asked for instead of five; its parts share the environment's state.)
+//!
 //! [`Setup`] starts, on loopback ports:
 //!
 //! - moto (its own, or a shared one it resets), behind the fault-injecting [`AwsProxy`] in

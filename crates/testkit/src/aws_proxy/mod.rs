@@ -2,6 +2,9 @@
 //! every request to moto, except those of the AWS operations it was told to fail, which get the
 //! answer the real service gives (throttling, 500, 503), a slow answer, or no answer at all.
 //!
+//! (One file on purpose: the proxy's request parsing, its faults and its strict mode act on
+//! the same request in one pass, and a fault's effect depends on which of them saw it first.)
+//!
 //! [`AwsProxy::start`] binds `127.0.0.1:0`. The operation of a request is read from
 //! `X-Amz-Target` (JSON protocols: `secretsmanager.PutSecretValue`, `AmazonSSM.GetParameter`) or
 //! from the form body's `Action=` (query protocols: IAM `CreateAccessKey`, STS

@@ -1412,6 +1412,65 @@ async fn a_fleet_in_two_projects_goes_in_batches_by_project_and_spends_the_pinne
     );
 }
 
+/// Hands off within a batch: a person switches one target's connection to OIDC as the batch's
+/// push step begins (after inspect, before the step's one shared read). The shared read sees it:
+/// that target is refused and its connection is left as the person made it, while the other
+/// nine rotate. (A change made after the shared read, within its 10 s, would be overwritten by
+/// that target's PUT: the window `SharedReads` documents, as a read of the target's own has for
+/// the time between its read and its PUT.)
+#[tokio::test(start_paused = true)]
+async fn a_change_made_as_a_batch_reaches_push_is_seen_by_the_shared_read() {
+    let sc = Scenario::new(1);
+    let mut targets = vec![sc.target.clone()];
+    for n in 1..10 {
+        targets.push(sc.add_target(n, "Platform", 1));
+    }
+    let fakes = sc.fakes.clone();
+    let switched = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = switched.clone();
+    let observer: Observer = Arc::new(move |e| {
+        if e.step == Step::Push
+            && e.phase == engine::Phase::Started
+            && !once.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let mut st = fakes.state();
+            let ep = st
+                .endpoints
+                .iter_mut()
+                .find(|e| e.name == "aws-5-0")
+                .unwrap();
+            ep.oidc = true;
+        }
+    });
+    let mut o = opts();
+    o.force = true;
+    let r = engine::run(&sc.fakes.ports(), &sc.policy, &targets, &o, None, &observer).await;
+    assert!(switched.load(std::sync::atomic::Ordering::SeqCst));
+    for t in &r.targets {
+        if t.name == "t5" {
+            assert_ne!(t.outcome, Outcome::Rotated, "{t:?}");
+            assert!(
+                t.error.as_deref().unwrap_or_default().contains("OIDC"),
+                "{t:?}"
+            );
+        } else {
+            assert_eq!(t.outcome, Outcome::Rotated, "{t:?}");
+        }
+    }
+    let st = sc.fakes.state();
+    let ep = st.endpoints.iter().find(|e| e.name == "aws-5-0").unwrap();
+    assert!(ep.oidc, "the person's switch to OIDC stays");
+    let user5 = &st.users["pipeline-5"];
+    assert_eq!(
+        ep.username.as_deref(),
+        user5.iter().find(|k| k.active).map(|k| k.id.as_str()),
+        "its key is untouched and Active"
+    );
+    assert!(st.violations.is_empty(), "{:?}", st.violations);
+    // One shared read still served the batch's pushes.
+    assert_eq!(st.ado_reads.put, 9);
+}
+
 /// The batch reads of [`SharedReads`] from outside: what serves whom, and what does not.
 #[tokio::test(start_paused = true)]
 async fn a_shared_read_serves_its_step_while_young_and_never_the_next_step() {

@@ -181,6 +181,7 @@ webhook = "ssm:{WEBHOOK_PARAM}"
 verify_interval = "1ms"
 verify_consecutive = 1
 drain = "0s"
+delete_old_key_after = "0s"
 concurrency = {concurrency}
 "#,
             org = ado.org_url(ORG),

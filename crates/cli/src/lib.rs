@@ -51,11 +51,13 @@ mod sandbox_oidc;
 
 const EXIT_CODES: &str = "\
 Exit codes (check: the code the failed checks stand for, 0 when a rotation can run):
-  0  every target rotated, had nothing due, or stood aside for a concurrent run
+  0  every target rotated or had nothing due
   1  a rotation failed (it was compensated or left safe: see the report); check: a service could not be reached
   2  bad usage or configuration (a name that does not exist, a missing parameter or permission); nothing changed
   3  refused as unsafe (e.g. an OIDC connection, two active keys in use); nothing changed
-  4  every rotation is fine, but the Slack notification could not be sent; check: the webhook is not valid";
+  4  every rotation is fine, but the Slack notification could not be sent; check: the webhook is not valid
+  5  a target stood aside for another run that owns its rotation (nothing failed or was refused); its work is not done
+  130, 143  stopped by SIGINT (Ctrl-C) or SIGTERM: rotations this run owned were given up for the next run";
 
 /// keyrotor rotates the AWS access key behind Azure DevOps AWS service connections, in place.
 #[derive(Parser, Debug)]
@@ -370,15 +372,21 @@ async fn rotate(
     };
     let live = progress::Live::new(io.terminal && sel.output == Format::Text, &p.targets);
     let observer: Observer = live.observer();
-    let report = engine::run(
+    let run = engine::run(
         &p.ports,
         &p.config.policy,
         &p.targets,
         &opts,
         p.notifier.as_deref(),
         &observer,
-    )
-    .await;
+    );
+    let report = tokio::select! {
+        report = run => report,
+        signal = stop_signal() => {
+            live.finish();
+            return interrupted(&p, &opts.run_id, signal, io).await;
+        }
+    };
     live.finish();
     let code = report.exit_code();
     let printed = match sel.output {
@@ -387,6 +395,57 @@ async fn rotate(
         Format::Text => output::report_text(&report),
     };
     let _ = io.out.write_all(printed.as_bytes());
+    code
+}
+
+/// The signal that stops a run (SIGINT: Ctrl-C; SIGTERM: a scheduler or `kill`), by name and
+/// the exit code a shell gives it (128 + its number).
+async fn stop_signal() -> (&'static str, i32) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => ("SIGINT", 130),
+                _ = term.recv() => ("SIGTERM", 143),
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                ("SIGINT", 130)
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        ("SIGINT", 130)
+    }
+}
+
+/// A run stopped by a signal (#21, 2): whatever step was under way was dropped where it stood
+/// (as safe as a SIGKILL there, which the kill suites prove), and each rotation this run owns is
+/// given up at once, so the next run resumes it instead of standing aside for the lease.
+async fn interrupted(
+    p: &Prepared,
+    run_id: &RunId,
+    (name, code): (&'static str, i32),
+    io: &mut Io<'_>,
+) -> i32 {
+    let mut released = Vec::new();
+    for t in &p.targets {
+        if protocol::release_run(&p.ports, t, run_id).await {
+            released.push(t.name.to_string());
+        }
+    }
+    let what = if released.is_empty() {
+        "this run owned no rotation".to_owned()
+    } else {
+        format!(
+            "gave up this run's ownership of the rotation of {}; the next run resumes it",
+            released.join(", ")
+        )
+    };
+    let _ = writeln!(io.err, "keyrotor: stopped by {name}: {what}");
     code
 }
 

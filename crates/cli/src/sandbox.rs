@@ -227,12 +227,17 @@ async fn body(args: &SandboxArgs, dir: &Path, io: &mut Io<'_>) -> Result<i32> {
         active.len() == 1 && new_id != old_id,
         &format!("one Active key in IAM, the new one: {}", mask(&new_id)),
     );
+    // The default grace (policy.delete_old_key_after, 3 days): retired means Inactive, so a
+    // consumer nobody knew of can be given its key back (re-activate it); a later run deletes it.
     ok &= st.check(
-        !keys
-            .access_key_metadata()
-            .iter()
-            .any(|k| k.access_key_id() == Some(old_id.as_str())),
-        &format!("the old key {} is deleted", mask(&old_id)),
+        keys.access_key_metadata().iter().any(|k| {
+            k.access_key_id() == Some(old_id.as_str())
+                && k.status() == Some(&aws_sdk_iam::types::StatusType::Inactive)
+        }),
+        &format!(
+            "the old key {} is Inactive (re-activate it to undo; deleted after policy.delete_old_key_after, 3d)",
+            mask(&old_id)
+        ),
     );
     ok &= st.check(
         current["AccessKeyId"] == json!(new_id),

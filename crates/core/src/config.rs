@@ -81,7 +81,7 @@ impl Default for Policy {
             verify_timeout: Duration::from_secs(120),
             verify_consecutive: 3,
             verify_interval: Duration::from_secs(2),
-            delete_old_key_after: Duration::ZERO,
+            delete_old_key_after: Duration::from_secs(3 * 24 * 3600),
             intent_lease: Duration::from_secs(300),
             owner_lease: Duration::from_secs(30 * 60),
             drain: Duration::from_secs(60 * 60),

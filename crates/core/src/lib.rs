@@ -26,6 +26,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod invariants;
+pub mod liveness;
 pub mod machine;
 pub mod oidc;
 pub mod oidc_plan;

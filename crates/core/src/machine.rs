@@ -402,7 +402,7 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
             state.next = Some(Step::Promote);
         }
         Step::Promote => {
-            protocol::promote(ports, target, &state.progress).await?;
+            protocol::promote(ports, target, policy, &mut state.progress).await?;
             // Running jobs finish: the old key stays Active for the drain after the push.
             let now = ports.clock.now();
             let due = state.progress.confirmed_at.unwrap_or(now) + policy.drain;
@@ -451,10 +451,9 @@ pub async fn advance(cx: &Context<'_>, state: &mut TargetState) -> Result<(), St
                     let r = Retirement {
                         key: old.clone(),
                         delete: policy.delete_old_key_after.is_zero(),
-                        // A minute for the clock skew between this machine and IAM.
                         unused_after: p
                             .confirmed_at
-                            .map(|t| t + policy.drain + Duration::from_secs(60)),
+                            .map(|t| crate::plan::last_use_cutoff(t, policy)),
                         successor: p.new_key.clone(),
                     };
                     protocol::retire_confirmed(ports, target, &r, p.confirmed_at).await?;

@@ -28,6 +28,9 @@ pub struct StageInfo {
     pub content: Content,
     /// The run that owns the rotation to this key, while it is at AWSPENDING.
     pub owner: Option<crate::secret_value::Lease>,
+    /// When every connection held this key (`KeyrotorConfirmedAt`, recorded at promote when
+    /// `policy.drain` is not zero): the previous key's drain and grace count from here.
+    pub confirmed_at: Option<SystemTime>,
 }
 
 /// The state of one target, as read by `inspect`.
@@ -363,10 +366,15 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-/// Whether an intent record in the secret announced `k`: created inside the window between the
-/// intent's writing (its expiry less `intent_lease`, less a minute of clock skew) and its expiry.
+/// Whether the intent record of an **unfinished** rotation announced `k`: created inside the
+/// window between the intent's writing (its expiry less `intent_lease`, less a minute of clock
+/// skew) and its expiry. Only an intent at AWSPENDING (written before `CreateAccessKey`, and not
+/// yet replaced by the key's version) or at AWSCURRENT (the first version of a new secret, before
+/// promote) belongs to an unfinished rotation. An intent at AWSPREVIOUS is a finished
+/// rotation's: that rotation knows its key (AWSCURRENT), so after it no key is taken for its
+/// orphan — a key a person makes right after a rotation is theirs.
 fn made_by_keyrotor(s: &Snapshot, policy: &Policy, k: &KeyInfo) -> bool {
-    [&s.current, &s.pending, &s.previous]
+    [&s.current, &s.pending]
         .into_iter()
         .flatten()
         .any(|st| match &st.content {
@@ -385,13 +393,36 @@ pub(crate) fn intent_window_start(expires_at: SystemTime, policy: &Policy) -> Sy
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// When the previous key should have gone quiet, estimated from the current key's creation: the
-/// push follows it within `verify_timeout`, jobs have `drain` after that, plus ten minutes for
-/// a slow push and clock skew. A later use means a consumer nobody listed (or a job longer than
-/// the drain): the key stays Active.
-fn unused_after(current: &KeyInfo, policy: &Policy) -> SystemTime {
-    current.created + policy.verify_timeout + policy.drain + Duration::from_secs(600)
+/// When every connection held `in_use`: recorded in its version at promote
+/// (`KeyrotorConfirmedAt`, when `policy.drain` is not zero), else estimated from its creation
+/// (the push follows within `verify_timeout`, plus ten minutes for a slow push and clock skew).
+fn confirmed_at(s: &Snapshot, in_use: &KeyInfo, policy: &Policy) -> SystemTime {
+    s.current
+        .as_ref()
+        .filter(|_| s.current_key() == Some(&in_use.id))
+        .and_then(|st| st.confirmed_at)
+        .unwrap_or(in_use.created + policy.verify_timeout + Duration::from_secs(600))
 }
+
+/// Invariant 1's second signal, IAM's last use of the old key, read as a hint with margins (it has
+/// minute resolution and lags): a use later than this instant — the second half of the drain
+/// that followed `confirmed` (the moment every connection held the new key), or after it —
+/// means something the organization's connections do not show, or a job longer than the drain,
+/// still uses the key. Half the drain also covers the clock skew between this machine and IAM
+/// (a minute, for any drain of two minutes or more); with no drain the cutoff is a minute after
+/// `confirmed`, so the signal can only fire in a later run.
+pub fn last_use_cutoff(confirmed: SystemTime, policy: &Policy) -> SystemTime {
+    if policy.drain.is_zero() {
+        confirmed + Duration::from_secs(60)
+    } else {
+        confirmed + policy.drain / 2
+    }
+}
+
+/// A key IAM last saw in use longer ago than this is taken as quiet, even after the cutoff: the
+/// consumer that used it was moved (or runs less often than daily; deactivation, not deletion,
+/// is what the default grace makes of such a miss, and re-activation is the way back).
+pub const QUIET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Decides what a run does. Pure: the same inputs give the same plan.
 pub fn plan(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: bool) -> Plan {
@@ -488,7 +519,7 @@ fn decide(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: b
             // Invariant 7 (one owner at a time): a rotation another run owns is left to it
             // until its lease expires; only then is it resumed (taken over).
             let owner = s.pending.as_ref().and_then(|st| st.owner.as_ref());
-            if let Some(o) = owner.filter(|o| o.run_id != run_id && o.expires_at > now)
+            if let Some(o) = owner.filter(|o| o.run_id != run_id && o.holds(now))
                 && s.key(id).is_some()
             {
                 let mut b = Draft::new(
@@ -647,10 +678,15 @@ fn decide(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: b
             ));
         }
     }
-    let grace_over = in_use_info.as_ref().is_some_and(|k| {
-        now.duration_since(k.created).unwrap_or_default() >= policy.delete_old_key_after
-    });
+    // The previous key's drain and grace, counted from the moment every connection held the key
+    // in use (recorded at promote; estimated for a version written without it).
+    let confirmed = in_use_info.as_ref().map(|k| confirmed_at(s, k, policy));
+    let drain_end = confirmed.map(|c| c + policy.drain);
+    let grace_end = drain_end.map(|d| d + policy.delete_old_key_after);
+    let cutoff = confirmed.map(|c| last_use_cutoff(c, policy));
     let mut drain_note: Option<String> = None;
+    // Why the previous key cannot make room for a new one yet, when it cannot.
+    let mut blocked: Option<String> = None;
     if let Some(o) = &other {
         let is_previous = s.previous_key() == Some(&o.id) || adopted_old.as_ref() == Some(&o.id);
         let is_current = s.current_key() == Some(&o.id);
@@ -666,28 +702,51 @@ fn decide(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: b
                 }
             ));
         }
-        // Running jobs finish: the previous key stays Active for `drain` after the push, which
-        // follows the current key's creation within `verify_timeout`.
-        let drained_at = in_use_info
-            .as_ref()
-            .filter(|_| !policy.drain.is_zero())
-            .map(|k| k.created + policy.drain + policy.verify_timeout);
-        let draining = o.status == KeyStatus::Active && drained_at.is_some_and(|t| now < t);
-        if draining {
-            drain_note = drained_at.map(|t| {
-                format!(
-                    "the previous key {} stays Active until {} (policy.drain) so that running jobs can finish",
-                    o.id,
-                    when(t)
-                )
-            });
-        } else if o.status == KeyStatus::Active || grace_over {
-            p.finish_retire = Some(Retirement {
-                key: o.id.clone(),
-                delete: grace_over,
-                unused_after: in_use_info.as_ref().map(|k| unused_after(k, policy)),
-                successor: Some(in_use.clone()),
-            });
+        let retirement = |delete: bool| Retirement {
+            key: o.id.clone(),
+            delete,
+            unused_after: cutoff,
+            successor: Some(in_use.clone()),
+        };
+        if o.status == KeyStatus::Active {
+            // Running jobs finish: the previous key stays Active for `drain` after every
+            // connection held the new one; no path deactivates or deletes it before.
+            match drain_end.filter(|t| now < *t && !policy.drain.is_zero()) {
+                Some(t) => {
+                    let note = format!(
+                        "the previous key {} stays Active until {} (policy.drain) so that running jobs can finish",
+                        o.id,
+                        when(t)
+                    );
+                    blocked = Some(note.clone());
+                    drain_note = Some(note);
+                }
+                None if policy.delete_old_key_after.is_zero() => {
+                    p.finish_retire = Some(retirement(true));
+                }
+                None => {
+                    // Recoverable first: deactivated now, deleted once its grace is over.
+                    p.finish_retire = Some(retirement(false));
+                    blocked = Some(format!(
+                        "the previous key {} is deactivated first and deleted after policy.delete_old_key_after ({}), so that it can be re-activated if something still needs it",
+                        o.id,
+                        human(policy.delete_old_key_after)
+                    ));
+                }
+            }
+        } else {
+            // Inactive already: its drain is over; its grace counts from the drain's end (when
+            // retire deactivated it).
+            match grace_end.filter(|t| now < *t && !policy.delete_old_key_after.is_zero()) {
+                Some(t) => {
+                    blocked = Some(format!(
+                        "the previous key {} stays Inactive until {} (policy.delete_old_key_after), so that it can be re-activated if something still needs it",
+                        o.id,
+                        when(t)
+                    ));
+                }
+                None => p.finish_retire = Some(retirement(true)),
+            }
         }
     }
 
@@ -710,13 +769,26 @@ fn decide(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: b
         return p;
     }
 
-    // Rotate: any other key goes first, to make room (IAM allows two keys).
+    // Rotate: any other key goes first, to make room (IAM allows two keys). A key still in its
+    // drain or its grace is never deleted for room: the rotation waits (refused when forced).
+    if let Some(why) = blocked {
+        let reason = format!(
+            "key {in_use} is {} old, but no new key can be made yet (IAM allows two): {why}",
+            human(age)
+        );
+        if force {
+            return refuse(format!("{reason}; run keyrotor again after that"));
+        }
+        p.decision = Decision::NothingDue;
+        p.reason = format!("{reason}; the rotation follows after that");
+        return p;
+    }
     if let Some(o) = other {
         p.finish_retire = None;
         p.tidy.make_room = Some(Retirement {
             key: o.id,
             delete: true,
-            unused_after: in_use_info.as_ref().map(|k| unused_after(k, policy)),
+            unused_after: cutoff,
             successor: Some(in_use.clone()),
         });
     }

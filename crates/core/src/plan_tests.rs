@@ -138,8 +138,10 @@ fn snap() -> Given {
             endpoints: Vec::new(),
         },
         // No drain unless a row asks for one (`drain_minutes`): most rows are about other things.
+        // No grace either (`grace_days`): the old key is deleted as it is retired.
         policy: Policy {
             drain: Duration::ZERO,
+            delete_old_key_after: Duration::ZERO,
             ..Policy::default()
         },
         run_id: THIS_RUN,
@@ -176,6 +178,7 @@ impl Given {
             version: SecretVersionId::parse(version).unwrap(),
             content,
             owner: None,
+            confirmed_at: None,
         })
     }
 
@@ -204,6 +207,14 @@ impl Given {
 
     fn min_key_age_days(mut self, n: u64) -> Self {
         self.policy.min_key_age = days(n);
+        self
+    }
+
+    /// AWSCURRENT records that every connection held its key `n` minutes ago.
+    fn confirmed_minutes_ago(mut self, n: u64) -> Self {
+        if let Some(st) = self.snapshot.current.as_mut() {
+            st.confirmed_at = Some(now() - Duration::from_secs(60 * n));
+        }
         self
     }
 
@@ -729,11 +740,54 @@ plans! {
             .held_by("aws-prod", NEW).current(key_of(NEW)).previous(key_of(OLD))
         => rotate().old_key(NEW).make_room(OLD);
 
-    a_due_rotation_makes_room_even_within_the_grace_of_the_previous_key:
+    // Safe in production, second pass (#21, 5): no key is deleted before its grace ends, not
+    // even to make room; the rotation waits (and a forced one is refused, naming the grace).
+    a_due_rotation_waits_while_the_previous_key_is_in_its_grace:
         snap().key(OLD, Inactive, 20, USED).key(NEW, Active, 10, USED)
             .held_by("aws-prod", NEW).current(key_of(NEW)).previous(key_of(OLD))
             .grace_days(30)
-        => rotate().old_key(NEW).make_room(OLD);
+        => nothing_due().old_key(NEW).because("stays Inactive until").naming(OLD);
+
+    a_forced_rotation_is_refused_while_the_previous_key_is_in_its_grace:
+        snap().key(OLD, Inactive, 20, USED).key(NEW, Active, 10, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).previous(key_of(OLD))
+            .grace_days(30).forced()
+        => refuse().because("delete_old_key_after").naming(OLD);
+
+    // #21, 5: make-room never deletes a key in its drain, forced or not.
+    a_forced_rotation_is_refused_while_the_previous_key_drains:
+        snap().key(OLD, Active, 10, USED).key(NEW, Active, 0, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).previous(key_of(OLD))
+            .drain_minutes(60).forced()
+        => refuse().because("stays Active until").because("policy.drain").naming(OLD);
+
+    a_rotation_due_within_the_drain_waits_for_it:
+        snap().key(OLD, Active, 10, USED).key(NEW, Active, 0, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).previous(key_of(OLD))
+            .drain_minutes(60).min_key_age_days(0)
+        => nothing_due().old_key(NEW).because("stays Active until").naming(OLD);
+
+    // #21, 5: the drain counts from the moment every connection held the key, as recorded in
+    // its version at promote, not from the key's creation (a push may come long after).
+    a_recorded_confirmation_time_sets_the_drain_not_the_keys_creation:
+        snap().key(OLD, Active, 10, USED).key(NEW, Active, 1, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).confirmed_minutes_ago(10)
+            .previous(key_of(OLD)).drain_minutes(60)
+        => nothing_due().old_key(NEW).because("stays Active until").naming(OLD);
+
+    a_recorded_confirmation_time_past_the_drain_retires_the_previous_key:
+        snap().key(OLD, Active, 10, USED).key(NEW, Active, 1, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).confirmed_minutes_ago(61)
+            .previous(key_of(OLD)).drain_minutes(60)
+        => nothing_due().old_key(NEW).finish_retire(OLD, true);
+
+    // Recoverable first (#21, 3): an Active previous key past its drain, with a grace, is
+    // deactivated and the due rotation waits for the grace instead of deleting it for room.
+    a_due_rotation_deactivates_an_active_previous_key_first_when_there_is_a_grace:
+        snap().key(OLD, Active, 20, USED).key(NEW, Active, 10, USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).previous(key_of(OLD))
+            .grace_days(3)
+        => nothing_due().old_key(NEW).finish_retire(OLD, false).because("deactivated first");
 
     a_due_rotation_makes_room_by_deleting_an_active_previous_key:
         snap().key(OLD, Active, 20, USED).key(NEW, Active, 10, USED)
@@ -756,6 +810,19 @@ plans! {
     // "Safe among others", found by reading: a used key nobody holds that was created AFTER
     // the current one is not the legacy key that was current before the first rotation; it is
     // someone else's, and is refused, never retired as the adopted old key.
+    // Safe in production, second pass (#21, 1): a first rotation (the secret was absent) leaves
+    // its intent record at AWSPREVIOUS; a key a person makes right after that rotation finished,
+    // inside the intent's window, is the person's, never deleted as the rotation's orphan.
+    a_never_used_key_made_right_after_a_finished_rotation_is_left_alone:
+        snap().key(NEW, Active, 0, USED).key(STRAY, Active, 0, NEVER_USED)
+            .held_by("aws-prod", NEW).current(key_of(NEW)).previous(intent(OTHER_RUN, 120))
+        => nothing_due().old_key(NEW);
+
+    a_never_used_key_made_in_the_window_of_an_unpromoted_first_rotation_is_its_orphan:
+        snap().key(OLD, Active, 10, USED).key(STRAY, Active, 0, NEVER_USED)
+            .held_by("aws-prod", OLD).current(intent(OTHER_RUN, 120))
+        => rotate().old_key(OLD).orphan(STRAY);
+
     a_used_unheld_key_younger_than_the_current_one_is_not_taken_for_the_adopted_old_key:
         snap().key(NEW, Active, 3, USED).key(STRAY, Active, 1, USED)
             .held_by("aws-prod", NEW).current(key_of(NEW)).previous(Content::Legacy)

@@ -217,7 +217,7 @@ pub struct RunReport {
 
 /// The CLI's exit codes (also in the README and `--help`).
 pub mod exit {
-    /// Every target rotated, had nothing due, or stood aside for a concurrent run.
+    /// Every target rotated or had nothing due.
     pub const OK: i32 = 0;
     /// A rotation failed (and was compensated, or left safe; see the report).
     pub const FAILED: i32 = 1;
@@ -227,6 +227,10 @@ pub mod exit {
     pub const REFUSED: i32 = 3;
     /// Every rotation is fine but the notification could not be sent.
     pub const NOTIFY_FAILED: i32 = 4;
+    /// A target stood aside for another run that owns its rotation (nothing failed, nothing was
+    /// refused): this run did not do that target's work, so a script or scheduler must not read
+    /// it as done.
+    pub const BUSY: i32 = 5;
 }
 
 impl RunReport {
@@ -240,7 +244,8 @@ impl RunReport {
         })
     }
 
-    /// The exit code: failed beats refused beats invalid beats a failed notification.
+    /// The exit code: failed beats refused beats invalid beats stood aside beats a failed
+    /// notification.
     pub fn exit_code(&self) -> i32 {
         let has = |o: Outcome| self.targets.iter().any(|t| t.outcome == o);
         if has(Outcome::Failed) {
@@ -249,6 +254,8 @@ impl RunReport {
             exit::REFUSED
         } else if has(Outcome::Invalid) {
             exit::USAGE
+        } else if has(Outcome::Busy) {
+            exit::BUSY
         } else if matches!(self.notification, NotificationStatus::Failed(_)) {
             exit::NOTIFY_FAILED
         } else {

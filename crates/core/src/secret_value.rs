@@ -69,17 +69,30 @@ struct IntentJson {
 struct IntentBody {
     run_id: String,
     expires_at: String,
+    /// The owning process (see [`crate::liveness`]): `"Host"`, `"Boot"`, `"Pid"`, `"Started"`.
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    holder: Option<HolderJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HolderJson {
+    host: String,
+    boot: String,
+    pid: u32,
+    started: u64,
 }
 
 /// The fields keyrotor owns in the secret's JSON: it writes the first four and never copies
 /// the last (an intent record) from a previous value.
-pub const OWNED_FIELDS: [&str; 6] = [
+pub const OWNED_FIELDS: [&str; 7] = [
     "AccessKeyId",
     "SecretAccessKey",
     "UserName",
     "CreateDate",
     "KeyrotorIntent",
     "KeyrotorOwner",
+    "KeyrotorConfirmedAt",
 ];
 
 /// Whether keyrotor owns a field of the secret's JSON. Compared ignoring ASCII case, so that a
@@ -119,14 +132,39 @@ pub fn key_value_over(
 }
 
 /// Which run owns a rotation, and until when (invariant 7, one owner at a time): written into
-/// the new key's version while it is at AWSPENDING as `"KeyrotorOwner":{"RunId","ExpiresAt"}`.
-/// Another run resumes that rotation only once the lease has expired.
+/// the new key's version while it is at AWSPENDING as
+/// `"KeyrotorOwner":{"RunId","ExpiresAt","Host","Boot","Pid","Started"}`. Another run resumes
+/// that rotation only once the lease has expired, or at once when the owning process is seen
+/// dead on the contender's own machine ([`crate::liveness`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// The run that owns the rotation.
     pub run_id: String,
     /// When another run may take it over.
     pub expires_at: SystemTime,
+    /// The owning process, when the system could name it.
+    pub holder: Option<crate::liveness::Holder>,
+    /// Whether the reader saw the owning process dead on its own machine (set when the lease
+    /// is read from the secret, never written).
+    pub holder_dead: bool,
+}
+
+impl Lease {
+    /// A lease of `run_id` until `expires_at`, held by this process.
+    pub fn mine(run_id: &str, expires_at: SystemTime) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            expires_at,
+            holder: crate::liveness::Holder::this_process(),
+            holder_dead: false,
+        }
+    }
+
+    /// Whether the lease still holds other runs off at `now`: not expired, and its process not
+    /// seen dead.
+    pub fn holds(&self, now: SystemTime) -> bool {
+        self.expires_at > now && !self.holder_dead
+    }
 }
 
 /// [`key_value_over`], with the rotation's owner recorded in the value.
@@ -137,6 +175,22 @@ pub fn key_value_owned(
     user_name: &str,
     created: SystemTime,
     owner: Option<&Lease>,
+) -> SecretString {
+    key_value_stamped(base, id, secret, user_name, created, owner, None)
+}
+
+/// [`key_value_owned`], with the moment every connection held this key recorded as
+/// `"KeyrotorConfirmedAt"`: the old key's drain (and its grace after that) is counted from it by
+/// every later run, not estimated from the key's creation. Never copied into the next key's
+/// version (an owned field).
+pub fn key_value_stamped(
+    base: Option<&SecretString>,
+    id: &AccessKeyId,
+    secret: &SecretString,
+    user_name: &str,
+    created: SystemTime,
+    owner: Option<&Lease>,
+    confirmed_at: Option<SystemTime>,
 ) -> SecretString {
     let json = KeyJson {
         access_key_id: id.as_str(),
@@ -157,9 +211,20 @@ pub fn key_value_owned(
             let body = IntentBody {
                 run_id: o.run_id.clone(),
                 expires_at: humantime::format_rfc3339_seconds(o.expires_at).to_string(),
+                holder: o.holder.as_ref().map(|h| HolderJson {
+                    host: h.host.clone(),
+                    boot: h.boot.clone(),
+                    pid: h.pid,
+                    started: h.started,
+                }),
             };
             text.push_str(",\"KeyrotorOwner\":");
             text.push_str(&serde_json::to_string(&body).unwrap_or_default());
+        }
+        if let Some(t) = confirmed_at {
+            text.push_str(",\"KeyrotorConfirmedAt\":\"");
+            text.push_str(&humantime::format_rfc3339_seconds(t).to_string());
+            text.push('"');
         }
         for (field, value) in kept.iter().filter(|(f, _)| !owned(f)) {
             text.push(',');
@@ -178,9 +243,19 @@ pub fn intent_value(run_id: &str, expires_at: SystemTime) -> SecretString {
         keyrotor_intent: IntentBody {
             run_id: run_id.into(),
             expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
+            holder: None,
         },
     };
     SecretString::from(serde_json::to_string(&json).unwrap_or_default())
+}
+
+/// [`owner_of`], with whether its process is seen dead on this machine (an IO: it reads
+/// `/proc`), for the readers that decide whether to stand aside.
+pub fn owner_seen(value: &SecretString) -> Option<Lease> {
+    owner_of(value).map(|mut l| {
+        l.holder_dead = l.holder.as_ref().is_some_and(|h| h.is_dead_here());
+        l
+    })
 }
 
 /// The owner a key's version names, if any (see [`Lease`]).
@@ -191,9 +266,17 @@ pub fn owner_of(value: &SecretString) -> Option<Lease> {
         keyrotor_owner: IntentBody,
     }
     let o: Owned = serde_json::from_str(value.expose_secret()).ok()?;
+    let holder = o.keyrotor_owner.holder.map(|h| crate::liveness::Holder {
+        host: h.host,
+        boot: h.boot,
+        pid: h.pid,
+        started: h.started,
+    });
     Some(Lease {
         expires_at: humantime::parse_rfc3339_weak(&o.keyrotor_owner.expires_at).ok()?,
         run_id: o.keyrotor_owner.run_id,
+        holder_dead: false,
+        holder,
     })
 }
 
@@ -206,6 +289,17 @@ pub fn created_of(value: &SecretString) -> Option<SystemTime> {
     }
     let d: Dated = serde_json::from_str(value.expose_secret()).ok()?;
     humantime::parse_rfc3339_weak(&d.create_date).ok()
+}
+
+/// When every connection held the key a value holds (`KeyrotorConfirmedAt`), if recorded.
+pub fn confirmed_of(value: &SecretString) -> Option<SystemTime> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Stamped {
+        keyrotor_confirmed_at: String,
+    }
+    let d: Stamped = serde_json::from_str(value.expose_secret()).ok()?;
+    humantime::parse_rfc3339_weak(&d.keyrotor_confirmed_at).ok()
 }
 
 /// Reads a key out of a value, if it holds one.

@@ -6,10 +6,8 @@ use std::time::Duration;
 fn a_key_value_names_its_owner_and_the_owner_never_carries_over() {
     let id = AccessKeyId::parse("AKIAQQQQQQQQQQQQ0NEW").unwrap();
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let lease = Lease {
-        run_id: "run-a".into(),
-        expires_at: t,
-    };
+    let lease = Lease::mine("run-a", t);
+    assert!(lease.holder.is_some(), "a lease names this process");
     let v = key_value_owned(
         None,
         &id,

@@ -39,6 +39,7 @@ pat = "env:KEYROTOR_TEST_PAT"
 [policy]
 verify_interval = "2s"
 drain = "0s"
+delete_old_key_after = "0s"
 
 [[target]]
 name = "platform"

@@ -48,7 +48,7 @@ use serde_json::{Value, json};
 
 pub use leaks::Known;
 pub use observe::{AwsState, Snapshot};
-pub use run::{Output, Run};
+pub use run::{Output, Run, SIGINT, SIGTERM};
 
 use crate::ado::{AdoEmulator, EmulatorState, OrgSeed, Scope, Seed, aws_endpoint};
 use crate::aws_proxy::{AwsProxy, StrictOptions};
@@ -84,12 +84,14 @@ pub const STRICT_NEW_KEY_DELAY: Duration = Duration::from_millis(400);
 /// The `[policy]` lines every config starts with (a line of the same key given to
 /// [`Setup::policy`] replaces one): quick enough for tests, long enough for the strict mode's
 /// new-key delay.
-/// No drain (`policy.drain`, 60 m by default): the suites check that the old key is retired in
-/// the run that rotated; the drain has tests of its own.
-const DEFAULT_POLICY: [&str; 3] = [
+/// No drain (`policy.drain`, 60 m by default) and no grace (`policy.delete_old_key_after`, 3 d
+/// by default): the suites check that the old key is retired and deleted in the run that
+/// rotated; the drain and the grace have tests of their own.
+const DEFAULT_POLICY: [&str; 4] = [
     "verify_interval = \"50ms\"",
     "verify_timeout = \"20s\"",
     "drain = \"0s\"",
+    "delete_old_key_after = \"0s\"",
 ];
 
 /// How the secret starts.

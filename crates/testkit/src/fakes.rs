@@ -994,8 +994,9 @@ impl Scenario {
         };
         let policy = Policy {
             verify_interval: Duration::from_secs(2),
-            // Retire at once; the drain has tests of its own.
+            // Retire and delete at once; the drain and the grace have tests of their own.
             drain: Duration::ZERO,
+            delete_old_key_after: Duration::ZERO,
             ..Policy::default()
         };
         Self {

@@ -1171,14 +1171,41 @@ async fn an_old_key_iam_saw_in_use_after_the_push_and_the_drain_is_not_retired()
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_use_of_the_old_key_during_the_drain_does_not_keep_it() {
+async fn a_use_of_the_old_key_early_in_the_drain_does_not_keep_it() {
     // Jobs that started before the push use the old key during the drain: that is what the
     // drain is for, not a sign of a hidden consumer.
     let drain = Duration::from_secs(3600);
     let (sc, old, _) = rotated_with_drain(drain).await;
-    sc.fakes.advance(drain / 2);
+    sc.fakes.advance(drain / 4);
     used_now(&sc, &old);
     a_run_after_the_drain_retires(&sc, &old).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_use_of_the_old_key_late_in_the_drain_keeps_it_active_until_it_is_quiet() {
+    // #21, 3: a use in the second half of the drain is a consumer nobody listed (or a job longer
+    // than half the drain): the first run after the drain keeps the key Active and says so; a
+    // run once the key has been quiet for a day retires it.
+    let drain = Duration::from_secs(3600);
+    let (sc, old, _) = rotated_with_drain(drain).await;
+    sc.fakes.advance(drain * 3 / 4);
+    used_now(&sc, &old);
+    sc.fakes
+        .advance(drain / 4 + sc.policy.verify_timeout + Duration::from_secs(1));
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::Refused, "{r:?}");
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("still in use"),
+        "{r:?}"
+    );
+    assert!(is_active(&sc, &old), "the old key stays Active");
+    sc.fakes.advance(keyrotor_core::plan::QUIET_AFTER);
+    let r = run(&sc).await;
+    assert_eq!(r.outcome, Outcome::NothingDue, "{r:?}");
+    assert!(!has_key(&sc, &old), "retired once it was quiet for a day");
 }
 
 #[tokio::test(start_paused = true)]

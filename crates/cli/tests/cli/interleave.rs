@@ -227,9 +227,10 @@ async fn an_execution_whose_push_fails_for_good_while_a_cli_run_goes_in_between(
     while x.next() != "push" {
         x.task().await;
     }
-    // A CLI run now: the execution owns the rotation, so the CLI stands aside.
+    // A CLI run now: the execution owns the rotation, so the CLI stands aside, and says so
+    // with its own exit code (5): it did not do the target's work (#21, 2).
     let cli = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(cli.code, 0, "{}", cli.show());
+    assert_eq!(cli.code, 5, "{}", cli.show());
     assert_eq!(cli.outcome(), "busy", "{}", cli.show());
     safe(&env, "CLI in between").await;
     // The execution's PUT is refused for good: compensated back onto the old key.

@@ -19,6 +19,9 @@
 //! - `kill`: SIGKILL inside every step (`kills: N runs killed, N converged`);
 //! - `interleave`: a Step Functions execution (the Lambda's handlers) and CLI processes on one
 //!   target, interleaved at every step, a CLI run killed inside every step, a refused PUT;
+//! - `production`: safe in production, second pass (#21): a person's key after a rotation, a
+//!   killed or stopped owner, a consumer late in the drain, the default grace, a forced rotation
+//!   mid-drain;
 //! - `oidc`: `migrate-oidc` (plan, apply, rollback, finish, refusals, a crash at every step).
 //!
 //! ```sh
@@ -40,6 +43,7 @@ mod faults;
 mod interleave;
 mod kill;
 mod oidc;
+mod production;
 mod readonly;
 mod rotate;
 

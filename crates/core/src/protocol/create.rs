@@ -175,10 +175,7 @@ pub async fn create(
     }
 
     let new = create_key(ports, target, policy, now, &keys).await?;
-    let owner = secret_value::Lease {
-        run_id: progress.run_id.to_string(),
-        expires_at: now + policy.owner_lease,
-    };
+    let owner = secret_value::Lease::mine(progress.run_id.as_str(), now + policy.owner_lease);
     let value = secret_value::key_value_owned(
         base.as_ref(),
         &new.info.id,
@@ -238,7 +235,7 @@ async fn take_over(
     let me = progress.run_id.as_str();
     match &info.owner {
         Some(o) if o.run_id == me => return Ok(info.version),
-        Some(o) if o.expires_at > now => {
+        Some(o) if o.holds(now) => {
             return Err(StepError::new(
                 step,
                 StepErrorKind::Busy,
@@ -271,10 +268,7 @@ async fn take_over(
         ));
     };
     let created = keys.iter().find(|k| &k.id == id).map_or(now, |k| k.created);
-    let owner = secret_value::Lease {
-        run_id: me.to_owned(),
-        expires_at: now + policy.owner_lease,
-    };
+    let owner = secret_value::Lease::mine(me, now + policy.owner_lease);
     let owned = secret_value::key_value_owned(
         Some(&value),
         id,
@@ -301,17 +295,43 @@ pub async fn release(ports: &Ports, target: &Target, progress: &Progress) -> boo
     let Some(mine) = progress.pending_version.as_ref() else {
         return false;
     };
+    release_where(ports, target, &progress.run_id, |version, _| {
+        version == mine
+    })
+    .await
+}
+
+/// Gives up whatever rotation of `target` the run `run_id` owns (best effort), when its lease
+/// is at AWSPENDING: for a run that is stopping (SIGINT, SIGTERM) without the progress of its
+/// steps at hand. The next run then resumes the rotation at once instead of waiting out the
+/// lease. An intent record is left to expire (`intent_lease`): it is what shows a key created
+/// in its window to be keyrotor's.
+pub async fn release_run(ports: &Ports, target: &Target, run_id: &crate::domain::RunId) -> bool {
+    release_where(ports, target, run_id, |_, value| {
+        secret_value::owner_of(value).is_some_and(|o| o.run_id == run_id.as_str())
+    })
+    .await
+}
+
+async fn release_where(
+    ports: &Ports,
+    target: &Target,
+    run_id: &crate::domain::RunId,
+    ours: impl Fn(&SecretVersionId, &SecretString) -> bool,
+) -> bool {
     let Ok(Some((version, value))) = ports.secrets.read(&target.secret, Stage::Pending).await
     else {
         return false;
     };
-    let Some(stored) = secret_value::parse_key(&value).filter(|_| &version == mine) else {
+    let Some(stored) = secret_value::parse_key(&value).filter(|_| ours(&version, &value)) else {
         return false;
     };
     let now = ports.clock.now();
     let released = secret_value::Lease {
-        run_id: progress.run_id.to_string(),
+        run_id: run_id.to_string(),
         expires_at: now,
+        holder: None,
+        holder_dead: false,
     };
     let keys = ports
         .iam
@@ -330,7 +350,7 @@ pub async fn release(ports: &Ports, target: &Target, progress: &Progress) -> boo
         created,
         Some(&released),
     );
-    let token = progress.run_id.token("release");
+    let token = run_id.token("release");
     ports
         .secrets
         .put(&target.secret, &token, &value, Stage::Pending)

@@ -21,7 +21,7 @@ mod verify;
 pub use cleanup::cleanup;
 pub use compensate::{Compensation, compensate};
 pub use confirm::confirm;
-pub use create::{create, release};
+pub use create::{create, release, release_run};
 pub use inspect::inspect;
 pub use promote::promote;
 pub use push::push;
@@ -232,7 +232,8 @@ pub(crate) async fn stage_info(
         .await?
         .map(|(version, value)| StageInfo {
             version,
-            owner: secret_value::owner_of(&value),
+            owner: secret_value::owner_seen(&value),
+            confirmed_at: secret_value::confirmed_of(&value),
             content: secret_value::classify(&value),
         }))
 }
@@ -453,10 +454,7 @@ async fn renew_if_due(
         return Ok(());
     };
     let expires_at = now + policy.owner_lease;
-    let lease = secret_value::Lease {
-        run_id: me.to_owned(),
-        expires_at,
-    };
+    let lease = secret_value::Lease::mine(me, expires_at);
     let renewed = secret_value::key_value_owned(
         Some(value),
         &k.id,

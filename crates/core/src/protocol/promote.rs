@@ -4,9 +4,21 @@ use super::*;
 
 /// **promote**: AWSCURRENT moves to the new version (the old becomes AWSPREVIOUS), AWSPENDING
 /// is dropped. Stage moves are absolute, so a repeat does nothing new.
-pub async fn promote(ports: &Ports, target: &Target, progress: &Progress) -> Result<(), StepError> {
+///
+/// With a drain (`policy.drain` not zero), the new key's version first records when every
+/// connection held it (`KeyrotorConfirmedAt`, from confirm): every later run counts the old key's
+/// drain and grace from that moment, whatever happened to this run's own state.
+pub async fn promote(
+    ports: &Ports,
+    target: &Target,
+    policy: &Policy,
+    progress: &mut Progress,
+) -> Result<(), StepError> {
     let step = Step::Promote;
     ensure_key_live(ports, target, progress, step).await?;
+    if let Some(at) = progress.confirmed_at.filter(|_| !policy.drain.is_zero()) {
+        stamp_confirmed(ports, target, progress, at).await?;
+    }
     let new_version = carried(&progress.pending_version, step, "pending version")?;
     // A concurrent run finishing the same rotation may move a label between our read and our
     // move; the move then fails, and a fresh read shows whether the work is done.
@@ -100,5 +112,67 @@ async fn promote_once(
             .move_stage(&target.secret, Stage::Pending, None, Some(new_version))
             .await?;
     }
+    Ok(())
+}
+
+/// Writes the new key again at AWSPENDING with `"KeyrotorConfirmedAt"` (see [`promote`]), unless
+/// the version there already records it. A version of the same key this run wrote in an earlier
+/// attempt of this step is taken as this run's; anything else at AWSPENDING is left to
+/// [`promote_once`] (another run's takeover, or a rotation already promoted).
+async fn stamp_confirmed(
+    ports: &Ports,
+    target: &Target,
+    progress: &mut Progress,
+    at: std::time::SystemTime,
+) -> Result<(), StepError> {
+    let step = Step::Promote;
+    let new = carried(&progress.new_key, step, "new key")?;
+    let Some((version, value)) = ports
+        .secrets
+        .read(&target.secret, Stage::Pending)
+        .await
+        .map_err(super::at(step, "reading AWSPENDING"))?
+    else {
+        return Ok(());
+    };
+    let ours = secret_value::owner_of(&value).is_some_and(|o| o.run_id == progress.run_id.as_str());
+    let (Some(k), Some(created)) = (
+        secret_value::parse_key(&value).filter(|k| k.id == new),
+        secret_value::created_of(&value),
+    ) else {
+        return Ok(());
+    };
+    if !ours && Some(&version) != progress.pending_version.as_ref() {
+        return Ok(());
+    }
+    progress.pending_version = Some(version);
+    if secret_value::confirmed_of(&value).is_some() {
+        return Ok(());
+    }
+    let stamped = secret_value::key_value_stamped(
+        Some(&value),
+        &k.id,
+        &k.secret,
+        &k.user_name,
+        created,
+        secret_value::owner_of(&value).as_ref(),
+        Some(at),
+    );
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let token = progress.run_id.token(&format!("confirmed-{secs}"));
+    let version = with_retries(3, || {
+        ports
+            .secrets
+            .put(&target.secret, &token, &stamped, Stage::Pending)
+    })
+    .await
+    .map_err(super::at(
+        step,
+        "recording when every connection held the new key",
+    ))?;
+    progress.pending_version = Some(version);
     Ok(())
 }

@@ -94,12 +94,14 @@ pub(super) async fn retire_key(
                 .last_used(id)
                 .await
                 .map_err(at(step, "reading when the old key was last used"))?;
-            if let Some(used) = used.filter(|u| *u > cutoff) {
+            let now = ports.clock.now();
+            if let Some(used) = used.filter(|u| *u > cutoff && *u + crate::plan::QUIET_AFTER > now)
+            {
                 return Err(StepError::new(
                     step,
                     StepErrorKind::Refused,
                     format!(
-                        "key {id} stays Active: IAM saw it used at {}, after every listed connection had the new key and running jobs had policy.drain to finish ({}); something outside the organization's AWS service connections (or a job longer than the drain) still uses it: find it (CloudTrail, by the key id), move it to the new key, and the next run retires the key",
+                        "key {id} is still in use and stays Active: IAM saw it used at {}, after {} (the second half of the drain that followed the moment every listed connection held the new key, or later); something outside the organization's AWS service connections (or a job longer than policy.drain) still uses it: find it (CloudTrail, by the key id) and move it to the new key; a run after it has been quiet for a day retires the key",
                         humantime::format_rfc3339_seconds(used),
                         humantime::format_rfc3339_seconds(cutoff)
                     ),

@@ -98,6 +98,11 @@ pub fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// SIGTERM, for [`Run::signal_after_line`].
+pub const SIGTERM: i32 = libc::SIGTERM;
+/// SIGINT (Ctrl-C), for [`Run::signal_after_line`].
+pub const SIGINT: i32 = libc::SIGINT;
+
 type LineMatch<'a> = Box<dyn Fn(&str) -> bool + Send + Sync + 'a>;
 
 /// One run of the binary: `TestEnv::cmd(args)`, then options, then [`Run::run`].
@@ -113,6 +118,8 @@ pub struct Run<'a> {
     stdin: Option<Vec<u8>>,
     kill_after: Option<Duration>,
     kill_when: Option<LineMatch<'a>>,
+    /// The signal sent when the kill is due (SIGKILL unless [`Run::signal_after_line`]).
+    signal: i32,
     traced: bool,
 }
 
@@ -142,6 +149,7 @@ impl TestEnv {
             stdin: None,
             kill_after: None,
             kill_when: None,
+            signal: libc::SIGKILL,
             traced: true,
         }
     }
@@ -192,6 +200,20 @@ impl<'a> Run<'a> {
     }
 
     /// Runs the binary, then checks every output of the env so far for leaks (and, unless
+    /// [`Run::kill_after_line`], but the child gets `signal` (SIGTERM, SIGINT) instead of
+    /// SIGKILL, so its own shutdown runs.
+    pub fn signal_after_line(
+        mut self,
+        signal: i32,
+        matches: impl Fn(&str) -> bool + Send + Sync + 'a,
+        delay: Duration,
+    ) -> Self {
+        self.signal = signal;
+        self.kill_when = Some(Box::new(matches));
+        self.kill_after = Some(delay);
+        self
+    }
+
     /// [`Run::untraced`], that the child really logged at trace level, the HTTP stack
     /// included).
     pub async fn run(self) -> Output {
@@ -243,6 +265,7 @@ impl<'a> Run<'a> {
             });
         let matches = self.kill_when;
         let delay = self.kill_after.unwrap_or_default();
+        let signal = self.signal;
         let read_out = async {
             let mut buf = Vec::new();
             let _ = stdout.read_to_end(&mut buf).await;
@@ -279,8 +302,14 @@ impl<'a> Run<'a> {
                     }
                     () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()),
                         if due.is_some() && !kill_sent => {
-                        // SIGKILL: no cleanup of any kind runs in the child.
-                        let _ = child.start_kill();
+                        if signal == libc::SIGKILL {
+                            // SIGKILL: no cleanup of any kind runs in the child.
+                            let _ = child.start_kill();
+                        } else if let Some(pid) = child.id() {
+                            // SAFETY: kill(2) on the child's own pid, which this task still
+                            // owns (it has not been waited for), with a valid signal number.
+                            unsafe { libc::kill(pid as libc::pid_t, signal) };
+                        }
                         kill_sent = true;
                     }
                     changed = due_rx.changed(), if due.is_none() => {

@@ -10,9 +10,11 @@
 //! Manager and SSM requests against `"*"` and could not tell one user or secret from another).
 //!
 //! Shown here: every step succeeds with only its own policy (a first rotation that creates the
-//! secret, a second one, and a compensation); the rotator cannot create, update, delete or list
-//! another user's keys, nor read or write another secret or parameter; the pusher and the
-//! notifier cannot touch IAM at all, nor what the other roles keep.
+//! secret, a second one, and a compensation), also when the run's lease is due for renewal at
+//! `verify` and at `push` (a `PutSecretValue` in each step's own role); the rotator cannot
+//! create, update, delete or list another user's keys, nor read or write another secret or
+//! parameter; the pusher and the notifier cannot touch IAM at all, nor another secret, nor what
+//! the other roles keep.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -380,6 +382,11 @@ impl World {
     /// user, secret and parameter; the PAT, webhook and config parameters; the three roles) and
     /// the emulator, assumes the roles, then switches enforcement on.
     async fn new(extra_target: bool) -> World {
+        Self::with_policy(extra_target, "").await
+    }
+
+    /// [`World::new`], with these lines added to the config's `[policy]` table.
+    async fn with_policy(extra_target: bool, policy: &str) -> World {
         let moto = Moto::start_authorizing_resources().expect("moto starts");
         let template = Template::load();
         let admin = moto.sdk_config().await;
@@ -422,8 +429,9 @@ impl World {
         let config = with_org.render(&template.resource("ConfigParameter")["Properties"]["Value"]);
         let mut config = config.as_str().unwrap().to_owned();
         config.push_str(
-            "\n[policy]\nverify_interval = \"1ms\"\nverify_consecutive = 1\ndrain = \"0s\"\n",
+            "\n[policy]\nverify_interval = \"1ms\"\nverify_consecutive = 1\ndrain = \"0s\"\ndelete_old_key_after = \"0s\"\n",
         );
+        config.push_str(policy);
         if extra_target {
             config.push_str(&format!(
                 "\n[[target]]\nname = \"intruder\"\niam_user = \"{OTHER_USER}\"\nsecret = \"{OTHER_SECRET}\"\nendpoints = [ {{ project = \"{project}\", name = \"{endpoint}\" }} ]\n"
@@ -576,6 +584,25 @@ impl World {
             step_role: self.template.role_of_steps(),
             payloads: Vec::new(),
         }
+    }
+
+    /// The rotated secret's AWSPENDING version and the owner its value names
+    /// (`KeyrotorOwner`: `RunId` and the lease's `ExpiresAt`), read as the admin.
+    async fn pending(&self) -> (String, Json) {
+        self.moto.enforce_iam(false).await.unwrap();
+        let v = aws_sdk_secretsmanager::Client::new(&self.admin)
+            .get_secret_value()
+            .secret_id(&self.secret)
+            .version_stage("AWSPENDING")
+            .send()
+            .await
+            .unwrap();
+        self.moto.enforce_iam(true).await.unwrap();
+        let value: Json = serde_json::from_str(v.secret_string().unwrap()).unwrap();
+        (
+            v.version_id().unwrap().to_owned(),
+            value["KeyrotorOwner"].clone(),
+        )
     }
 
     /// Every secret value the test knows: key secrets (read from moto), the PAT, the webhook,
@@ -907,6 +934,94 @@ async fn the_pusher_puts_awspending_back_on_its_runs_version() {
     assert_no_leak(&w.secrets().await, &payloads, &printed);
 }
 
+/// The lease in the test's config: short, so that it is due for renewal (less than half left)
+/// by the time the next step runs.
+const SHORT_LEASE: Duration = Duration::from_secs(2);
+
+/// Issue #21 item 8: a step that finds its run's lease half gone renews it (core's
+/// `pending_secret` → `renew_if_due`: the same key written again at AWSPENDING with a new expiry,
+/// a `PutSecretValue`), at `verify` (the rotator) and at `push` (the pusher). Each step goes to the
+/// function, and so the role, the state machine gives it; a missing grant is `AccessDenied` there,
+/// and the rotation would be compensated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_due_at_verify_and_at_push_is_renewed_with_each_steps_own_role() {
+    let lease = format!("owner_lease = \"{}s\"\n", SHORT_LEASE.as_secs());
+    let w = World::with_policy(false, &lease).await;
+    let step_role = w.template.role_of_steps();
+    let mut f = w.functions().await;
+    let target = w.template.param("TargetName").to_owned();
+    let run = uuid::Uuid::new_v4().to_string();
+    let mut state =
+        json!({"progress": {"target": target, "run_id": run}, "force": true, "next": "inspect"});
+    let mut renewed_at = Vec::new();
+    while let Some(step) = state["next"]
+        .as_str()
+        .filter(|n| *n != "done")
+        .map(str::to_owned)
+    {
+        let due = matches!(step.as_str(), "verify" | "push");
+        let before = if due {
+            // Past the whole lease: whatever the last step wrote, less than half is left now.
+            tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+            Some(w.pending().await)
+        } else {
+            None
+        };
+        state = match f.call(json!({"step": step, "state": state})).await {
+            Ok(next) => next,
+            Err(e) => {
+                let (_, printed) = f.stop().await;
+                panic!(
+                    "{step} (run by {}) failed with the lease due: {e:?}\n{printed}",
+                    step_role[&step]
+                )
+            }
+        };
+        if let Some((version, owner)) = before {
+            let (now, renewed) = w.pending().await;
+            assert_eq!(owner["RunId"], json!(run), "{owner}");
+            assert_eq!(renewed["RunId"], json!(run), "{renewed}");
+            assert_ne!(
+                now, version,
+                "{step} wrote the renewed lease as a new version"
+            );
+            assert!(
+                renewed["ExpiresAt"].as_str() > owner["ExpiresAt"].as_str(),
+                "{step} moved the lease's expiry on: {owner} → {renewed}"
+            );
+            assert_eq!(
+                state["progress"]["pending_version"],
+                json!(now),
+                "{step} carries the renewed version on"
+            );
+            renewed_at.push((step.clone(), step_role[&step].clone()));
+        }
+    }
+    assert_eq!(
+        renewed_at,
+        [
+            ("verify".to_owned(), step_role["verify"].clone()),
+            ("push".to_owned(), step_role["push"].clone())
+        ]
+    );
+    assert_eq!(
+        step_role["push"], "PusherRole",
+        "the state machine's push runs as the pusher"
+    );
+    assert_eq!(state["outcome"], "rotated", "{state}");
+    let new = state["progress"]["new_key"].as_str().unwrap().to_owned();
+    let after = w.observe().await;
+    assert_eq!(after.keys[&w.user], [(new.clone(), true)]);
+    assert_eq!(after.held, new, "the endpoint holds the new key");
+    assert!(
+        after.current.as_deref().unwrap().contains(&new),
+        "the renewed version was promoted"
+    );
+    let secrets = w.secrets().await;
+    let (payloads, printed) = f.stop().await;
+    assert_no_leak(&secrets, &payloads, &printed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotator_reaches_no_other_user_secret_or_parameter() {
     let w = World::new(true).await;
@@ -1106,6 +1221,28 @@ async fn the_pusher_and_the_notifier_cannot_touch_iam() {
                 .secret_string("{}")
                 .send()
                 .await,
+        );
+        // The pusher may write its one secret (a lease renewal at push): no other one.
+        assert_denied(
+            &format!("{role} PutSecretValue into another secret"),
+            sm.put_secret_value()
+                .secret_id(OTHER_SECRET)
+                .secret_string("{}")
+                .send()
+                .await,
+        );
+        assert_denied(
+            &format!("{role} UpdateSecretVersionStage of another secret"),
+            sm.update_secret_version_stage()
+                .secret_id(OTHER_SECRET)
+                .version_stage("AWSPENDING")
+                .move_to_version_id(uuid::Uuid::new_v4().to_string())
+                .send()
+                .await,
+        );
+        assert_denied(
+            &format!("{role} DeleteSecret of another secret"),
+            sm.delete_secret().secret_id(OTHER_SECRET).send().await,
         );
     }
 
@@ -1342,6 +1479,16 @@ async fn a_fleet_stack_reaches_the_users_under_its_path_and_the_secrets_under_it
                 "pusher DescribeSecret",
                 answer(p_sm.describe_secret().secret_id(secret).send().await),
             ),
+            (
+                "pusher PutSecretValue (a lease renewal at push)",
+                answer(
+                    p_sm.put_secret_value()
+                        .secret_id(secret)
+                        .secret_string("{\"renewed\": true}")
+                        .send()
+                        .await,
+                ),
+            ),
         ];
         for (what, r) in results {
             expect(&format!("{what} of {secret}"), inside, r);
@@ -1378,11 +1525,11 @@ async fn a_fleet_stack_reaches_the_users_under_its_path_and_the_secrets_under_it
             .send()
             .await,
     );
-    // The pusher writes no secret value and no key anywhere.
+    // The pusher creates no secret and no key anywhere.
     assert_denied(
-        "pusher PutSecretValue of keyrotor/fleet-a",
-        p_sm.put_secret_value()
-            .secret_id("keyrotor/fleet-a")
+        "pusher CreateSecret keyrotor/new-by-the-pusher",
+        p_sm.create_secret()
+            .name("keyrotor/new-by-the-pusher")
             .secret_string("{}")
             .send()
             .await,

@@ -39,7 +39,8 @@ Exit codes:
   2  bad usage or input (unknown target, a role that does not exist or does not trust the
      connections, nothing recorded to roll back or finish); nothing changed
   3  refused as unsafe (the key is still held or used, a rotation is in progress, the drain is
-     not over); nothing changed";
+     not over, the role not yet assumed through the OIDC provider, or something the role cannot
+     carry not acknowledged with --acknowledge); nothing changed";
 
 /// IAM's default quota of managed policies attached to one role.
 const MANAGED_PER_ROLE: usize = 10;
@@ -68,6 +69,11 @@ pub struct MigrateArgs {
     /// in), instead of creating one.
     #[arg(long, value_name = "ARN")]
     pub role_arn: Option<String>,
+    /// Acknowledge one thing the plan lists as not carried to the role (a policy that uses
+    /// `${aws:username}` and the like, a resource policy that names the user), by the id the
+    /// plan shows; once per item. `--apply` is refused while any is not acknowledged.
+    #[arg(long, value_name = "ID", action = clap::ArgAction::Append)]
+    pub acknowledge: Vec<String>,
 }
 
 /// The adapters `migrate-oidc` needs besides the rotation's.
@@ -149,7 +155,7 @@ pub async fn run(args: &MigrateArgs, backend: &dyn Backend, io: &mut Io<'_>) -> 
                 let observed = observe(&ctx, args, record).await?;
                 let plan = keyrotor_core::oidc_plan::plan(&observed)?;
                 if mode == "apply" {
-                    act::apply(&ctx, &observed, &plan, io).await
+                    act::apply(&ctx, &observed, &plan, &args.acknowledge, io).await
                 } else {
                     let others = other_holders(&ctx, &observed).await;
                     let _ = io
@@ -335,17 +341,28 @@ async fn observe(
         .user_permissions(&t.iam_user)
         .await
         .map_err(observing("reading the IAM user's policies"))?;
+    let mut resource_policies = iam
+        .role_trusts()
+        .await
+        .map_err(observing("reading the account's roles (ListRoles)"))?;
+    resource_policies.extend(
+        iam.secret_policy(&t.secret)
+            .await
+            .map_err(observing("reading the secret's resource policy"))?,
+    );
     Ok(Observed {
         target: t.name.clone(),
         org_name: oidc::organization_name(&t.organization),
         org_id,
         account_prefix,
+        user_arn,
         connections: conns,
         key,
         provider,
         own_role,
         roles,
         permissions,
+        resource_policies,
         given_role: args.role_arn.clone(),
         record,
     })
@@ -458,6 +475,20 @@ pub(crate) fn plan_text(ctx: &Ctx, o: &Observed, p: &MigrationPlan, others: &[St
             if perms.managed.is_empty() && perms.inline.is_empty() {
                 let _ = writeln!(s, "    (none: the user has no policy)");
             }
+            match (
+                &perms.boundary,
+                r.kind == RoleKind::Create || r.boundary_changes,
+            ) {
+                (Some(b), true) => {
+                    let _ = writeln!(s, "    permissions boundary {b} (the user's)");
+                }
+                (Some(b), false) => {
+                    let _ = writeln!(s, "    permissions boundary {b} (the user's; it has it)");
+                }
+                (None, _) => {
+                    let _ = writeln!(s, "    permissions boundary: none (the user has none)");
+                }
+            }
         }
     }
     let _ = writeln!(
@@ -483,6 +514,7 @@ pub(crate) fn plan_text(ctx: &Ctx, o: &Observed, p: &MigrationPlan, others: &[St
             let _ = writeln!(s, "    subject {sub}");
         }
     }
+    s.push_str(&uncarried_text(t, p));
     if !others.is_empty() {
         let _ = writeln!(
             s,
@@ -500,6 +532,33 @@ pub(crate) fn plan_text(ctx: &Ctx, o: &Observed, p: &MigrationPlan, others: &[St
         t.secret,
         humantime::format_duration(ctx.config.policy.drain),
         ctx.oidc.store.location(&t.name)
+    );
+    s
+}
+
+/// What the role cannot carry, for people: each item with the id that acknowledges it, and
+/// what keyrotor did not look at.
+fn uncarried_text(t: &Target, p: &MigrationPlan) -> String {
+    let mut s = String::new();
+    if p.uncarried.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nNothing found that the role cannot carry (in the policies it gets, the secret's resource policy and the account's role trusts)."
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "\nWhat the role cannot carry (--apply is refused until each is acknowledged):"
+        );
+        for u in &p.uncarried {
+            let _ = writeln!(s, "  {}", u.describe(t.iam_user.as_str()));
+            let _ = writeln!(s, "    acknowledge: --acknowledge {}", u.id());
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  Not looked at: resource policies of other services (S3 buckets, KMS keys, SQS, SNS, ECR, Lambda, …) and of other accounts; check that none names IAM user {}.",
+        t.iam_user
     );
     s
 }

@@ -4,10 +4,16 @@
 //! Without a mode flag it prints the plan and changes nothing (every request a read). The
 //! modes (`act`): `--apply` creates or reuses the organization's OIDC provider, creates the
 //! target's role (trust: exactly Azure DevOps' audience and the connections' subjects;
-//! permissions: the user's effective ones) or uses `--role-arn`, or keeps the role a connection
+//! permissions: the user's effective ones, within the user's permissions boundary) or uses
+//! `--role-arn`, or keeps the role a connection
 //! assumes today and adds the subjects to its trust, writes the migration record, and switches
 //! each connection in place; `--rollback` puts every switched connection back on the key, in
-//! place; `--finish` retires the key once nothing holds or uses it.
+//! place; `--finish` retires the key once nothing holds or uses it and each role was assumed
+//! while its trust let in only the OIDC provider.
+//!
+//! What a role cannot carry of the user's access (user-specific policy keys, resource policies
+//! naming the user) the plan lists, and `--apply` is refused until each item is acknowledged
+//! (`--acknowledge ID`).
 //!
 //! Crash safety: roles and trust are complete before the record is written, and the record
 //! (with what each connection was before) before any connection is switched; so at every
@@ -62,7 +68,8 @@ pub struct MigrateArgs {
     #[arg(long, conflicts_with = "finish")]
     pub rollback: bool,
     /// Retire the key: nothing holds it anywhere in the organization, nothing used it since the
-    /// switch, and the role is being assumed.
+    /// switch, and each role was assumed through the OIDC provider (its trust lets in nothing
+    /// else).
     #[arg(long)]
     pub finish: bool,
     /// Use this role for connections that assume none today (its trust must already let them

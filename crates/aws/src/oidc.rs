@@ -1,15 +1,17 @@
 //! The IAM and SSM side of `keyrotor migrate-oidc` ([`OidcIam`], [`MigrationStore`]): the
 //! organization's OIDC provider, the roles the connections assume, the user's effective
-//! permissions, and the migration record in an SSM parameter.
+//! permissions and permissions boundary, the resource policies that may name the user (every
+//! role's trust, the target's secret's), and the migration record in an SSM parameter.
 //!
 //! IAM answers policy documents URL-encoded; they are decoded here
 //! ([`parse_policy_document`]). Lists are followed to their end (`Marker`).
 
 use async_trait::async_trait;
 use aws_sdk_ssm::types::ParameterType;
-use keyrotor_core::domain::{IamUserName, TargetName};
+use keyrotor_core::domain::{IamUserName, SecretName, TargetName};
 use keyrotor_core::oidc::{
-    InlinePolicy, MigrationRecord, Permissions, Source, parse_policy_document,
+    InlinePolicy, MigrationRecord, Permissions, ResourceKind, ResourcePolicy, Source,
+    parse_policy_document,
 };
 use keyrotor_core::oidc_ports::{MigrationStore, OidcIam, OidcProvider, Role};
 use keyrotor_core::ports::{PortError, PortErrorKind, PortResult};
@@ -45,6 +47,40 @@ fn arns(attached: &[aws_sdk_iam::types::AttachedPolicy]) -> Vec<String> {
 }
 
 impl Aws {
+    /// The document of a managed policy's default version (`GetPolicy`, `GetPolicyVersion`).
+    async fn managed_document(&self, arn: &str) -> PortResult<Value> {
+        let got = self
+            .iam
+            .get_policy()
+            .policy_arn(arn)
+            .send()
+            .await
+            .map_err(|e| self.map_err("IAM GetPolicy", e))?;
+        let version = got
+            .policy()
+            .and_then(|p| p.default_version_id())
+            .ok_or_else(|| {
+                PortError::new(
+                    PortErrorKind::Failed,
+                    format!("IAM GetPolicy answered no default version for {arn}"),
+                )
+            })?;
+        let got = self
+            .iam
+            .get_policy_version()
+            .policy_arn(arn)
+            .version_id(version)
+            .send()
+            .await
+            .map_err(|e| self.map_err("IAM GetPolicyVersion", e))?;
+        document(
+            "GetPolicyVersion",
+            got.policy_version()
+                .and_then(|v| v.document())
+                .unwrap_or("{}"),
+        )
+    }
+
     /// The managed policies attached to `p`, every page.
     async fn managed_of(&self, p: Principal<'_>) -> PortResult<Vec<String>> {
         let mut out = Vec::new();
@@ -222,16 +258,27 @@ impl OidcIam for Aws {
                 role.assume_role_policy_document().unwrap_or("{}"),
             )?,
             last_used: to_system(role.role_last_used().and_then(|u| u.last_used_date())),
+            boundary: role
+                .permissions_boundary()
+                .and_then(|b| b.permissions_boundary_arn())
+                .map(str::to_owned),
         }))
     }
 
-    async fn create_role(&self, name: &str, trust: &Value, description: &str) -> PortResult<Role> {
+    async fn create_role(
+        &self,
+        name: &str,
+        trust: &Value,
+        description: &str,
+        boundary: Option<&str>,
+    ) -> PortResult<Role> {
         let out = self
             .iam
             .create_role()
             .role_name(name)
             .assume_role_policy_document(trust.to_string())
             .description(description)
+            .set_permissions_boundary(boundary.map(str::to_owned))
             .send()
             .await
             .map_err(|e| self.map_err("IAM CreateRole", e))?;
@@ -243,7 +290,19 @@ impl OidcIam for Aws {
             name: role.role_name().to_owned(),
             trust: trust.clone(),
             last_used: None,
+            boundary: boundary.map(str::to_owned),
         })
+    }
+
+    async fn set_boundary(&self, name: &str, boundary: &str) -> PortResult<()> {
+        self.iam
+            .put_role_permissions_boundary()
+            .role_name(name)
+            .permissions_boundary(boundary)
+            .send()
+            .await
+            .map_err(|e| self.map_err("IAM PutRolePermissionsBoundary", e))?;
+        Ok(())
     }
 
     async fn set_trust(&self, name: &str, trust: &Value) -> PortResult<()> {
@@ -260,6 +319,18 @@ impl OidcIam for Aws {
     async fn user_permissions(&self, user: &IamUserName) -> PortResult<Permissions> {
         let user = user.as_str();
         let mut p = Permissions::default();
+        let got = self
+            .iam
+            .get_user()
+            .user_name(user)
+            .send()
+            .await
+            .map_err(|e| self.map_err("IAM GetUser", e))?;
+        p.boundary = got
+            .user()
+            .and_then(|u| u.permissions_boundary())
+            .and_then(|b| b.permissions_boundary_arn())
+            .map(str::to_owned);
         for arn in self.managed_of(Principal::User(user)).await? {
             p.managed.push((arn, Source::User));
         }
@@ -282,7 +353,69 @@ impl OidcIam for Aws {
                 p.inline.push((doc, Source::Group(name.to_owned())));
             }
         }
+        let mut arns: Vec<&String> = p.managed.iter().map(|(a, _)| a).collect();
+        arns.sort();
+        arns.dedup();
+        let mut documents = Vec::new();
+        for arn in arns {
+            documents.push((arn.clone(), self.managed_document(arn).await?));
+        }
+        p.managed_documents = documents;
         Ok(p)
+    }
+
+    async fn role_trusts(&self) -> PortResult<Vec<ResourcePolicy>> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .iam
+                .list_roles()
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| self.map_err("IAM ListRoles", e))?;
+            for r in page.roles() {
+                out.push(ResourcePolicy {
+                    arn: r.arn().to_owned(),
+                    kind: ResourceKind::RoleTrust,
+                    document: document(
+                        "ListRoles",
+                        r.assume_role_policy_document().unwrap_or("{}"),
+                    )?,
+                });
+            }
+            match page.marker().filter(|_| page.is_truncated()) {
+                Some(m) => marker = Some(m.to_owned()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn secret_policy(&self, secret: &SecretName) -> PortResult<Option<ResourcePolicy>> {
+        let got = optional(
+            self.secrets
+                .get_resource_policy()
+                .secret_id(secret.as_str())
+                .send()
+                .await
+                .map_err(|e| self.map_err("Secrets Manager GetResourcePolicy", e)),
+        )?;
+        let Some(got) = got else { return Ok(None) };
+        let (Some(arn), Some(policy)) = (got.arn(), got.resource_policy()) else {
+            return Ok(None);
+        };
+        let document = serde_json::from_str(policy).map_err(|_| {
+            PortError::new(
+                PortErrorKind::Failed,
+                "Secrets Manager answered GetResourcePolicy with a policy that is not JSON",
+            )
+        })?;
+        Ok(Some(ResourcePolicy {
+            arn: arn.to_owned(),
+            kind: ResourceKind::Secret,
+            document,
+        }))
     }
 
     async fn attach_policy(&self, role: &str, policy_arn: &str) -> PortResult<()> {

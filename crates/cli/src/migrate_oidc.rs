@@ -4,10 +4,16 @@
 //! Without a mode flag it prints the plan and changes nothing (every request a read). The
 //! modes (`act`): `--apply` creates or reuses the organization's OIDC provider, creates the
 //! target's role (trust: exactly Azure DevOps' audience and the connections' subjects;
-//! permissions: the user's effective ones) or uses `--role-arn`, or keeps the role a connection
+//! permissions: the user's effective ones, within the user's permissions boundary) or uses
+//! `--role-arn`, or keeps the role a connection
 //! assumes today and adds the subjects to its trust, writes the migration record, and switches
 //! each connection in place; `--rollback` puts every switched connection back on the key, in
-//! place; `--finish` retires the key once nothing holds or uses it.
+//! place; `--finish` retires the key once nothing holds or uses it and each role was assumed
+//! while its trust let in only the OIDC provider.
+//!
+//! What a role cannot carry of the user's access (user-specific policy keys, resource policies
+//! naming the user) the plan lists, and `--apply` is refused until each item is acknowledged
+//! (`--acknowledge ID`).
 //!
 //! Crash safety: roles and trust are complete before the record is written, and the record
 //! (with what each connection was before) before any connection is switched; so at every
@@ -39,7 +45,8 @@ Exit codes:
   2  bad usage or input (unknown target, a role that does not exist or does not trust the
      connections, nothing recorded to roll back or finish); nothing changed
   3  refused as unsafe (the key is still held or used, a rotation is in progress, the drain is
-     not over); nothing changed";
+     not over, the role not yet assumed through the OIDC provider, or something the role cannot
+     carry not acknowledged with --acknowledge); nothing changed";
 
 /// IAM's default quota of managed policies attached to one role.
 const MANAGED_PER_ROLE: usize = 10;
@@ -61,13 +68,19 @@ pub struct MigrateArgs {
     #[arg(long, conflicts_with = "finish")]
     pub rollback: bool,
     /// Retire the key: nothing holds it anywhere in the organization, nothing used it since the
-    /// switch, and the role is being assumed.
+    /// switch, and each role was assumed through the OIDC provider (its trust lets in nothing
+    /// else).
     #[arg(long)]
     pub finish: bool,
     /// Use this role for connections that assume none today (its trust must already let them
     /// in), instead of creating one.
     #[arg(long, value_name = "ARN")]
     pub role_arn: Option<String>,
+    /// Acknowledge one thing the plan lists as not carried to the role (a policy that uses
+    /// `${aws:username}` and the like, a resource policy that names the user), by the id the
+    /// plan shows; once per item. `--apply` is refused while any is not acknowledged.
+    #[arg(long, value_name = "ID", action = clap::ArgAction::Append)]
+    pub acknowledge: Vec<String>,
 }
 
 /// The adapters `migrate-oidc` needs besides the rotation's.
@@ -149,7 +162,7 @@ pub async fn run(args: &MigrateArgs, backend: &dyn Backend, io: &mut Io<'_>) -> 
                 let observed = observe(&ctx, args, record).await?;
                 let plan = keyrotor_core::oidc_plan::plan(&observed)?;
                 if mode == "apply" {
-                    act::apply(&ctx, &observed, &plan, io).await
+                    act::apply(&ctx, &observed, &plan, &args.acknowledge, io).await
                 } else {
                     let others = other_holders(&ctx, &observed).await;
                     let _ = io
@@ -335,17 +348,28 @@ async fn observe(
         .user_permissions(&t.iam_user)
         .await
         .map_err(observing("reading the IAM user's policies"))?;
+    let mut resource_policies = iam
+        .role_trusts()
+        .await
+        .map_err(observing("reading the account's roles (ListRoles)"))?;
+    resource_policies.extend(
+        iam.secret_policy(&t.secret)
+            .await
+            .map_err(observing("reading the secret's resource policy"))?,
+    );
     Ok(Observed {
         target: t.name.clone(),
         org_name: oidc::organization_name(&t.organization),
         org_id,
         account_prefix,
+        user_arn,
         connections: conns,
         key,
         provider,
         own_role,
         roles,
         permissions,
+        resource_policies,
         given_role: args.role_arn.clone(),
         record,
     })
@@ -458,6 +482,20 @@ pub(crate) fn plan_text(ctx: &Ctx, o: &Observed, p: &MigrationPlan, others: &[St
             if perms.managed.is_empty() && perms.inline.is_empty() {
                 let _ = writeln!(s, "    (none: the user has no policy)");
             }
+            match (
+                &perms.boundary,
+                r.kind == RoleKind::Create || r.boundary_changes,
+            ) {
+                (Some(b), true) => {
+                    let _ = writeln!(s, "    permissions boundary {b} (the user's)");
+                }
+                (Some(b), false) => {
+                    let _ = writeln!(s, "    permissions boundary {b} (the user's; it has it)");
+                }
+                (None, _) => {
+                    let _ = writeln!(s, "    permissions boundary: none (the user has none)");
+                }
+            }
         }
     }
     let _ = writeln!(
@@ -483,6 +521,7 @@ pub(crate) fn plan_text(ctx: &Ctx, o: &Observed, p: &MigrationPlan, others: &[St
             let _ = writeln!(s, "    subject {sub}");
         }
     }
+    s.push_str(&uncarried_text(t, p));
     if !others.is_empty() {
         let _ = writeln!(
             s,
@@ -500,6 +539,33 @@ pub(crate) fn plan_text(ctx: &Ctx, o: &Observed, p: &MigrationPlan, others: &[St
         t.secret,
         humantime::format_duration(ctx.config.policy.drain),
         ctx.oidc.store.location(&t.name)
+    );
+    s
+}
+
+/// What the role cannot carry, for people: each item with the id that acknowledges it, and
+/// what keyrotor did not look at.
+fn uncarried_text(t: &Target, p: &MigrationPlan) -> String {
+    let mut s = String::new();
+    if p.uncarried.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nNothing found that the role cannot carry (in the policies it gets, the secret's resource policy and the account's role trusts)."
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "\nWhat the role cannot carry (--apply is refused until each is acknowledged):"
+        );
+        for u in &p.uncarried {
+            let _ = writeln!(s, "  {}", u.describe(t.iam_user.as_str()));
+            let _ = writeln!(s, "    acknowledge: --acknowledge {}", u.id());
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  Not looked at: resource policies of other services (S3 buckets, KMS keys, SQS, SNS, ECR, Lambda, …) and of other accounts; check that none names IAM user {}.",
+        t.iam_user
     );
     s
 }

@@ -276,24 +276,33 @@ pub enum Source {
     Group(String),
 }
 
-/// What an IAM user may do: its managed policies and inline policies, and its groups'.
+/// What an IAM user may do: its managed policies and inline policies, and its groups', within
+/// its permissions boundary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Permissions {
     /// Managed policy ARNs, with where they come from.
     pub managed: Vec<(String, Source)>,
     /// Inline policies, with where they come from.
     pub inline: Vec<(InlinePolicy, Source)>,
+    /// The document (default version) of each managed policy, by ARN: read to find what a role
+    /// cannot carry ([`uncarried`]), never copied (the role gets the ARN attached).
+    pub managed_documents: Vec<(String, Value)>,
+    /// The user's permissions boundary (a managed policy's ARN), if it has one. Without it on the
+    /// role, the role could do more than the user ever could.
+    pub boundary: Option<String>,
 }
 
 /// What a role must get to have the user's effective permissions: each managed policy attached
-/// once, and each inline policy put under a name unique on the role (a group's as
-/// `{group}.{name}`).
+/// once, each inline policy put under a name unique on the role (a group's as
+/// `{group}.{name}`), and the user's permissions boundary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RolePermissions {
     /// Managed policy ARNs to attach, each once, sorted.
     pub managed: Vec<String>,
     /// Inline policies to put, by their name on the role.
     pub inline: Vec<InlinePolicy>,
+    /// The permissions boundary the role gets (the user's).
+    pub boundary: Option<String>,
 }
 
 impl Permissions {
@@ -320,8 +329,235 @@ impl Permissions {
         RolePermissions {
             managed: managed.into_iter().collect(),
             inline,
+            boundary: self.boundary.clone(),
         }
     }
+}
+
+/// The condition keys (and policy variables, `${…}`) whose value is the IAM user's own. On the
+/// role they are the role session's (`aws:userid` `ROLEID:session`, `aws:PrincipalArn` the
+/// role's, `aws:principaltype` `AssumedRole`, `aws:PrincipalTag/…` the role's tags) or absent
+/// (`aws:username`), so a statement that uses them stops matching after the switch. Lower case;
+/// a trailing `/` is a prefix.
+pub const USER_KEYS: [&str; 5] = [
+    "aws:username",
+    "aws:userid",
+    "aws:principalarn",
+    "aws:principaltype",
+    "aws:principaltag/",
+];
+
+fn is_user_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    USER_KEYS.iter().any(|k| match k.strip_suffix('/') {
+        Some(prefix) => key.starts_with(prefix) && key.len() > k.len() - 1,
+        None => key == *k,
+    })
+}
+
+/// Every string of a JSON document, and every object key, depth first.
+fn walk<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                out.push(k);
+                walk(x, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The user-specific keys ([`USER_KEYS`]) a policy document uses, as policy variables
+/// (`${aws:username}`) or as condition keys; each once, as written.
+pub fn user_specific_keys(doc: &Value) -> Vec<String> {
+    let mut strings = Vec::new();
+    walk(doc, &mut strings);
+    let mut found = BTreeSet::new();
+    for s in strings {
+        if is_user_key(s) {
+            found.insert(s.to_owned());
+        }
+        let mut rest = s;
+        while let Some(start) = rest.find("${") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else { break };
+            if is_user_key(&after[..end]) {
+                found.insert(format!("${{{}}}", &after[..end]));
+            }
+            rest = &after[end..];
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// Whether a policy document names the user: a string that is its ARN, or an ARN pattern of
+/// users (`…:user/*`) that matches it. A resource policy that lets the user in that way does not
+/// let the role in.
+pub fn names_user(doc: &Value, user_arn: &str) -> bool {
+    let mut strings = Vec::new();
+    walk(doc, &mut strings);
+    strings
+        .iter()
+        .any(|s| s.contains(":user/") && glob(s, user_arn))
+}
+
+/// What kind of resource policy names the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    /// The target's Secrets Manager secret (`GetResourcePolicy`).
+    Secret,
+    /// An IAM role of the account, by its trust policy (`ListRoles`).
+    RoleTrust,
+}
+
+/// A resource policy keyrotor read, to see whether it names the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourcePolicy {
+    /// The resource's ARN.
+    pub arn: String,
+    /// What it is.
+    pub kind: ResourceKind,
+    /// The policy.
+    pub document: Value,
+}
+
+/// Something of the user's access that a role cannot carry: the plan lists each, and `--apply`
+/// is refused until the person acknowledges each by its [`id`](Uncarried::id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uncarried {
+    /// A policy the role gets uses keys whose value is the user's ([`USER_KEYS`]).
+    PolicyVariables {
+        /// The policy: its name on the role (inline), or its ARN (managed).
+        policy: String,
+        /// The keys, as written.
+        keys: Vec<String>,
+    },
+    /// A resource policy names the user, and so does not let the role in.
+    NamesUser {
+        /// The resource's ARN.
+        resource: String,
+        /// What it is.
+        kind: ResourceKind,
+    },
+}
+
+impl Uncarried {
+    /// What `--acknowledge` takes: `policy-variables:{policy}` or `names-user:{resource arn}`.
+    pub fn id(&self) -> String {
+        match self {
+            Self::PolicyVariables { policy, .. } => format!("policy-variables:{policy}"),
+            Self::NamesUser { resource, .. } => format!("names-user:{resource}"),
+        }
+    }
+
+    /// One sentence for people: what will stop working.
+    pub fn describe(&self, user: &str) -> String {
+        match self {
+            Self::PolicyVariables { policy, keys } => format!(
+                "policy {policy} uses {}, which on the role name the role's session instead of IAM user {user} (or nothing), so its statements with them stop matching after the switch",
+                keys.join(", ")
+            ),
+            Self::NamesUser {
+                resource,
+                kind: ResourceKind::Secret,
+            } => format!(
+                "the resource policy of secret {resource} names IAM user {user}, and does not let the role in"
+            ),
+            Self::NamesUser {
+                resource,
+                kind: ResourceKind::RoleTrust,
+            } => format!(
+                "the trust policy of role {resource} names IAM user {user}: a pipeline that assumes it with the key cannot assume it from the role"
+            ),
+        }
+    }
+}
+
+/// What a role cannot carry of the user's access: user-specific keys in the policies it gets
+/// (`copied`: `permissions` goes to a role), and resource policies that name the user
+/// (`switched`: some connection stops signing as the user). Resource policies of `skip` (the
+/// roles of the plan itself) are not counted.
+pub fn uncarried(
+    permissions: Option<&RolePermissions>,
+    managed_documents: &[(String, Value)],
+    resource_policies: &[ResourcePolicy],
+    user_arn: &str,
+    skip: &[String],
+) -> Vec<Uncarried> {
+    let mut out = Vec::new();
+    if let Some(perms) = permissions {
+        for arn in &perms.managed {
+            if let Some((_, doc)) = managed_documents.iter().find(|(a, _)| a == arn) {
+                let keys = user_specific_keys(doc);
+                if !keys.is_empty() {
+                    out.push(Uncarried::PolicyVariables {
+                        policy: arn.clone(),
+                        keys,
+                    });
+                }
+            }
+        }
+        for p in &perms.inline {
+            let keys = user_specific_keys(&p.document);
+            if !keys.is_empty() {
+                out.push(Uncarried::PolicyVariables {
+                    policy: p.name.clone(),
+                    keys,
+                });
+            }
+        }
+    }
+    for r in resource_policies {
+        if !skip.contains(&r.arn) && names_user(&r.document, user_arn) {
+            out.push(Uncarried::NamesUser {
+                resource: r.arn.clone(),
+                kind: r.kind,
+            });
+        }
+    }
+    out
+}
+
+/// The principals, other than the provider's web identities, that a trust policy lets assume
+/// the role: every Allow statement whose principal is not only `Federated` = the provider (or
+/// that uses `NotPrincipal`), shown as written. Empty: every assumption of the role is an
+/// `sts:AssumeRoleWithWebIdentity` with a token of that provider, so IAM's `RoleLastUsed` after
+/// the trust became so proves that a pipeline on OIDC assumed it.
+pub fn other_principals(trust: &Value, provider_arn: &str) -> Vec<String> {
+    let statements = match trust.get("Statement") {
+        Some(Value::Array(a)) => a.clone(),
+        Some(one @ Value::Object(_)) => vec![one.clone()],
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for s in statements
+        .iter()
+        .filter(|s| s.get("Effect").and_then(Value::as_str) == Some("Allow"))
+    {
+        if let Some(np) = s.get("NotPrincipal") {
+            out.push(format!("NotPrincipal {np}"));
+            continue;
+        }
+        match s.get("Principal") {
+            Some(Value::Object(p)) => {
+                for (kind, v) in p {
+                    let names = strings(Some(v));
+                    let ours = kind == "Federated"
+                        && !names.is_empty()
+                        && names.iter().all(|n| n.eq_ignore_ascii_case(provider_arn));
+                    if !ours {
+                        out.push(format!("{kind} {}", names.join(", ")));
+                    }
+                }
+            }
+            Some(other) => out.push(other.to_string()),
+            None => out.push("any principal".to_owned()),
+        }
+    }
+    out
 }
 
 /// How far a target's migration has come. Stored (secret-free) before every change a rerun or
@@ -384,11 +620,46 @@ pub struct MigrationRecord {
         with = "crate::machine::time_serde"
     )]
     pub switched_at: Option<SystemTime>,
+    /// Since when keyrotor knows each role's trust lets in only the provider's web identities
+    /// ([`other_principals`] empty): a `RoleLastUsed` from before then may be another principal's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc_only: Vec<OidcOnlySince>,
+}
+
+/// A role whose trust lets in only the provider's web identities, and since when keyrotor knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcOnlySince {
+    /// The role.
+    pub role_arn: String,
+    /// Since when.
+    #[serde(with = "crate::machine::time_serde")]
+    pub since: Option<SystemTime>,
 }
 
 impl MigrationRecord {
     /// The record's current format.
     pub const VERSION: u32 = 1;
+
+    /// Since when keyrotor knows that `role`'s trust lets in only the provider's web identities.
+    pub fn oidc_only_since(&self, role: &str) -> Option<SystemTime> {
+        self.oidc_only
+            .iter()
+            .find(|r| r.role_arn == role)
+            .and_then(|r| r.since)
+    }
+
+    /// Records that `role`'s trust lets in only the provider's web identities from `at` on, or
+    /// forgets it (`None`: it lets others in).
+    pub fn set_oidc_only(&mut self, role: &str, at: Option<SystemTime>) {
+        self.oidc_only.retain(|r| r.role_arn != role);
+        if let Some(at) = at {
+            self.oidc_only.push(OidcOnlySince {
+                role_arn: role.to_owned(),
+                since: Some(at),
+            });
+        }
+    }
 
     /// What a connection was before, if this record switched it.
     pub fn original(&self, id: &str) -> Option<&SwitchedConnection> {

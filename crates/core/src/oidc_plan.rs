@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::domain::{AccessKeyId, TargetName};
-use crate::oidc::{self, MigrationRecord, Permissions, RolePermissions};
+use crate::oidc::{self, MigrationRecord, Permissions, ResourcePolicy, RolePermissions, Uncarried};
 use crate::oidc_ports::{ConnectionAuth, OidcProvider, Role};
 use crate::ports::EndpointHandle;
 
@@ -20,6 +20,8 @@ pub struct Observed {
     pub org_id: String,
     /// `arn:{partition}:iam::{account}`, from the user's ARN.
     pub account_prefix: String,
+    /// The IAM user's ARN.
+    pub user_arn: String,
     /// The target's connections.
     pub connections: Vec<ConnectionAuth>,
     /// The key they hold.
@@ -33,6 +35,9 @@ pub struct Observed {
     pub roles: Vec<(String, Option<Role>)>,
     /// The user's effective permissions.
     pub permissions: Permissions,
+    /// The resource policies keyrotor reads to see whether they name the user: the target's
+    /// secret's, and every role's trust.
+    pub resource_policies: Vec<ResourcePolicy>,
     /// `--role-arn`.
     pub given_role: Option<String>,
     /// The migration record, if any.
@@ -80,6 +85,9 @@ pub struct RoleStep {
     pub subjects: Vec<String>,
     /// The permissions keyrotor gives it (a role keyrotor creates or created).
     pub permissions: Option<RolePermissions>,
+    /// A role keyrotor created on an earlier run gets the user's boundary
+    /// (`PutRolePermissionsBoundary`); a role to create gets it with `CreateRole`.
+    pub boundary_changes: bool,
 }
 
 /// One connection.
@@ -110,6 +118,19 @@ pub struct MigrationPlan {
     pub roles: Vec<RoleStep>,
     /// The connections.
     pub switches: Vec<Switch>,
+    /// What the roles cannot carry of the user's access; `--apply` waits for each to be
+    /// acknowledged.
+    pub uncarried: Vec<Uncarried>,
+}
+
+impl MigrationPlan {
+    /// What the plan cannot carry and `acknowledged` (the `--acknowledge` ids) does not name.
+    pub fn unacknowledged(&self, acknowledged: &[String]) -> Vec<&Uncarried> {
+        self.uncarried
+            .iter()
+            .filter(|u| !acknowledged.contains(&u.id()))
+            .collect()
+    }
 }
 
 /// Why there is no plan: bad input (exit 2) or unsafe (exit 3). One sentence each.
@@ -226,6 +247,7 @@ pub fn plan(o: &Observed) -> Result<MigrationPlan, PlanError> {
             trust_changes: false,
             subjects: s.subjects.clone(),
             permissions: None,
+            boundary_changes: false,
         });
     }
     for r in &mut roles {
@@ -284,15 +306,48 @@ pub fn plan(o: &Observed) -> Result<MigrationPlan, PlanError> {
             }
         }
         if matches!(r.kind, RoleKind::Create | RoleKind::Own) {
-            r.permissions = Some(o.permissions.for_role());
+            let perms = o.permissions.for_role();
+            // A boundary the role has and the user has not is left: taking it away would let
+            // the role do more.
+            r.boundary_changes = r.kind == RoleKind::Own
+                && perms.boundary.is_some()
+                && o.own_role.as_ref().and_then(|x| x.boundary.as_ref()) != perms.boundary.as_ref();
+            r.permissions = Some(perms);
         }
         debug_assert!(allows_all(&r.trust), "a planned trust lets its subjects in");
     }
+    // The user's own policies go to keyrotor's role; a connection on any role but the one it
+    // assumes today stops signing as the user, so resource policies naming the user matter.
+    // Only for connections still to switch: once every one is on OIDC there is nothing to
+    // acknowledge (a rerun converges as it is).
+    let to_switch: Vec<&Switch> = switches.iter().filter(|s| !s.done).collect();
+    let copied = roles
+        .iter()
+        .filter(|r| to_switch.iter().any(|s| s.role_arn == r.arn))
+        .find_map(|r| r.permissions.as_ref());
+    let leaves_user = to_switch.iter().any(|s| {
+        roles
+            .iter()
+            .any(|r| r.arn == s.role_arn && r.kind != RoleKind::Kept)
+    });
+    let plan_roles: Vec<String> = roles.iter().map(|r| r.arn.clone()).collect();
+    let uncarried = oidc::uncarried(
+        copied,
+        &o.permissions.managed_documents,
+        if leaves_user {
+            &o.resource_policies
+        } else {
+            &[]
+        },
+        &o.user_arn,
+        &plan_roles,
+    );
     Ok(MigrationPlan {
         issuer,
         provider_arn,
         provider,
         roles,
         switches,
+        uncarried,
     })
 }

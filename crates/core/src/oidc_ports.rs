@@ -1,5 +1,6 @@
-//! The ports `keyrotor migrate-oidc` needs besides the rotation's: IAM's OIDC providers, roles
-//! and the user's policies ([`OidcIam`]), the migration record ([`MigrationStore`]), and Azure
+//! The ports `keyrotor migrate-oidc` needs besides the rotation's: IAM's OIDC providers, roles,
+//! the user's policies and boundary, and the resource policies that may name the user
+//! ([`OidcIam`]), the migration record ([`MigrationStore`]), and Azure
 //! DevOps' organization id and the switch of a connection between its key and OIDC
 //! ([`OidcConnections`]). Only the CLI's migration uses them: the rotation functions' roles
 //! never get these permissions.
@@ -10,8 +11,8 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::domain::{AccessKeyId, IamUserName, OrgUrl, TargetName};
-use crate::oidc::{MigrationRecord, Permissions};
+use crate::domain::{AccessKeyId, IamUserName, OrgUrl, SecretName, TargetName};
+use crate::oidc::{MigrationRecord, Permissions, ResourcePolicy};
 use crate::ports::{EndpointHandle, PortResult};
 
 /// An IAM OIDC identity provider.
@@ -34,6 +35,8 @@ pub struct Role {
     pub trust: Value,
     /// When it was last assumed (`RoleLastUsed`), when IAM says.
     pub last_used: Option<SystemTime>,
+    /// Its permissions boundary (a managed policy's ARN), if it has one.
+    pub boundary: Option<String>,
 }
 
 /// IAM, for the migration to OIDC.
@@ -49,12 +52,26 @@ pub trait OidcIam: Send + Sync {
     async fn add_audience(&self, provider_arn: &str, audience: &str) -> PortResult<()>;
     /// A role by name; `None` if there is none.
     async fn role(&self, name: &str) -> PortResult<Option<Role>>;
-    /// `CreateRole` with this trust policy.
-    async fn create_role(&self, name: &str, trust: &Value, description: &str) -> PortResult<Role>;
+    /// `CreateRole` with this trust policy and permissions boundary (in the same call, so the
+    /// role never exists without its boundary).
+    async fn create_role(
+        &self,
+        name: &str,
+        trust: &Value,
+        description: &str,
+        boundary: Option<&str>,
+    ) -> PortResult<Role>;
+    /// `PutRolePermissionsBoundary`.
+    async fn set_boundary(&self, name: &str, boundary: &str) -> PortResult<()>;
     /// `UpdateAssumeRolePolicy`.
     async fn set_trust(&self, name: &str, trust: &Value) -> PortResult<()>;
-    /// The user's effective permissions: its attached and inline policies and its groups'.
+    /// The user's effective permissions: its attached and inline policies and its groups', the
+    /// managed policies' documents, and its permissions boundary.
     async fn user_permissions(&self, user: &IamUserName) -> PortResult<Permissions>;
+    /// The trust policy of every role of the account (`ListRoles`).
+    async fn role_trusts(&self) -> PortResult<Vec<ResourcePolicy>>;
+    /// The resource policy of the secret (`GetResourcePolicy`), if it has one.
+    async fn secret_policy(&self, secret: &SecretName) -> PortResult<Option<ResourcePolicy>>;
     /// `AttachRolePolicy`.
     async fn attach_policy(&self, role: &str, policy_arn: &str) -> PortResult<()>;
     /// `PutRolePolicy`.

@@ -7,6 +7,7 @@ use crate::oidc_ports::{ConnectionAuth, OidcProvider, Role};
 use crate::ports::EndpointHandle;
 
 const ORG_ID: &str = "0f3c2b1a-1111-4222-8333-444455556666";
+const USER_ARN: &str = "arn:aws:iam::123456789012:user/azure-devops-pipeline";
 const PROVIDER: &str = "arn:aws:iam::123456789012:oidc-provider/vstoken.dev.azure.com/0f3c2b1a-1111-4222-8333-444455556666";
 
 fn issuer() -> String {
@@ -159,6 +160,7 @@ fn a_role_gets_each_managed_policy_once_and_group_inline_policies_under_their_gr
                 Source::Group("g".into()),
             ),
         ],
+        ..Permissions::default()
     };
     let r = p.for_role();
     assert_eq!(
@@ -180,7 +182,13 @@ fn the_record_holds_no_secret_and_round_trips() {
         created_role: Some("arn:aws:iam::123456789012:role/r".into()),
         connections: vec![],
         switched_at: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+        oidc_only: vec![],
     };
+    let mut rec = rec;
+    rec.set_oidc_only(
+        "arn:aws:iam::123456789012:role/r",
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_100)),
+    );
     let text = serde_json::to_string(&rec).unwrap();
     assert!(text.contains("\"phase\":\"applied\""), "{text}");
     assert_eq!(serde_json::from_str::<MigrationRecord>(&text).unwrap(), rec);
@@ -211,12 +219,14 @@ fn observed(connections: Vec<ConnectionAuth>) -> Observed {
         org_name: "contoso".into(),
         org_id: ORG_ID.into(),
         account_prefix: "arn:aws:iam::123456789012".into(),
+        user_arn: USER_ARN.into(),
         connections,
         key: AccessKeyId::parse("AKIAIOSFODNN7EXAMPLE").unwrap(),
         provider: None,
         own_role: None,
         roles: vec![],
         permissions: Permissions::default(),
+        resource_policies: vec![],
         given_role: None,
         record: None,
     }
@@ -262,6 +272,7 @@ fn a_connection_that_assumes_a_role_keeps_it_and_its_trust_gets_the_subject() {
             name: "deploy".into(),
             trust: theirs,
             last_used: None,
+            boundary: None,
         }),
     )];
     let p = plan(&o).unwrap();
@@ -299,6 +310,7 @@ fn a_given_role_whose_trust_misses_a_subject_is_bad_input() {
             name: "mine".into(),
             trust: only_platform,
             last_used: None,
+            boundary: None,
         }),
     )];
     match plan(&o) {
@@ -325,10 +337,156 @@ fn a_switched_connection_is_done_and_the_provider_without_the_audience_gets_it()
         name: "keyrotor-oidc-platform-prod".into(),
         trust,
         last_used: None,
+        boundary: None,
     });
     let p = plan(&o).unwrap();
     assert_eq!(p.provider, ProviderStep::AddAudience);
     assert!(p.switches[0].done);
     assert_eq!(p.roles[0].kind, RoleKind::Own);
     assert!(!p.roles[0].trust_changes);
+}
+
+#[test]
+fn user_specific_variables_and_condition_keys_are_found_and_others_are_not() {
+    let doc = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::home/${aws:username}/*"},
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::home",
+         "Condition": {"StringLike": {"s3:prefix": "${aws:userid}/*"},
+                       "StringEquals": {"aws:PrincipalTag/team": "web"}}},
+        {"Effect": "Allow", "Action": "ec2:*", "Resource": "*",
+         "Condition": {"DateLessThan": {"aws:CurrentTime": "${aws:CurrentTime}"}}}
+    ]});
+    assert_eq!(
+        user_specific_keys(&doc),
+        vec!["${aws:userid}", "${aws:username}", "aws:PrincipalTag/team"]
+    );
+    let plain = json!({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]});
+    assert!(user_specific_keys(&plain).is_empty());
+}
+
+#[test]
+fn a_policy_names_the_user_by_its_arn_or_a_pattern_of_users() {
+    let by_arn = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": [USER_ARN]}, "Action": "secretsmanager:GetSecretValue"}]});
+    let by_pattern = json!({"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:*",
+        "Condition": {"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::123456789012:user/azure-*"}}}]});
+    let other = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:user/someone"}, "Action": "*"}]});
+    assert!(names_user(&by_arn, USER_ARN));
+    assert!(names_user(&by_pattern, USER_ARN));
+    assert!(!names_user(&other, USER_ARN));
+    assert!(!names_user(&json!({"Principal": "*"}), USER_ARN));
+}
+
+#[test]
+fn the_role_gets_the_users_boundary_and_the_plan_lists_what_it_cannot_carry() {
+    let mut o = observed(vec![conn("e1", &[("Platform", "aws-prod")], "", "")]);
+    let managed = "arn:aws:iam::123456789012:policy/home";
+    let boundary = "arn:aws:iam::123456789012:policy/boundary";
+    let secret = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:s-AbCdEf";
+    o.permissions = Permissions {
+        managed: vec![(managed.into(), Source::User)],
+        managed_documents: vec![(
+            managed.into(),
+            json!({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::b/${aws:username}/*"}]}),
+        )],
+        boundary: Some(boundary.into()),
+        ..Permissions::default()
+    };
+    o.resource_policies = vec![ResourcePolicy {
+        arn: secret.into(),
+        kind: ResourceKind::Secret,
+        document: json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": USER_ARN}, "Action": "*", "Resource": "*"}]}),
+    }];
+    let p = plan(&o).unwrap();
+    let perms = p.roles[0].permissions.as_ref().unwrap();
+    assert_eq!(perms.boundary.as_deref(), Some(boundary));
+    let ids: Vec<String> = p.uncarried.iter().map(Uncarried::id).collect();
+    assert_eq!(
+        ids,
+        vec![
+            format!("policy-variables:{managed}"),
+            format!("names-user:{secret}")
+        ]
+    );
+    assert_eq!(p.unacknowledged(&ids[..1]).len(), 1);
+    assert!(p.unacknowledged(&ids).is_empty());
+
+    // A role keyrotor created before without the boundary gets it; one that has it does not.
+    let own = "arn:aws:iam::123456789012:role/keyrotor-oidc-platform-prod";
+    let role = |b: Option<&str>| Role {
+        arn: own.into(),
+        name: "keyrotor-oidc-platform-prod".into(),
+        trust: json!({}),
+        last_used: None,
+        boundary: b.map(str::to_owned),
+    };
+    o.own_role = Some(role(None));
+    assert!(plan(&o).unwrap().roles[0].boundary_changes);
+    o.own_role = Some(role(Some(boundary)));
+    assert!(!plan(&o).unwrap().roles[0].boundary_changes);
+}
+
+#[test]
+fn a_kept_role_carries_nothing_of_the_users_and_a_done_switch_needs_no_acknowledgement() {
+    let kept = "arn:aws:iam::123456789012:role/deploy";
+    let mut o = observed(vec![conn("e1", &[("Platform", "aws-prod")], kept, "")]);
+    o.roles = vec![(
+        kept.into(),
+        Some(Role {
+            arn: kept.into(),
+            name: "deploy".into(),
+            trust: json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": USER_ARN}, "Action": "sts:AssumeRole"}]}),
+            last_used: None,
+            boundary: None,
+        }),
+    )];
+    o.resource_policies = vec![ResourcePolicy {
+        arn: "arn:aws:iam::123456789012:role/other".into(),
+        kind: ResourceKind::RoleTrust,
+        document: json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": USER_ARN}, "Action": "sts:AssumeRole"}]}),
+    }];
+    assert!(
+        plan(&o).unwrap().uncarried.is_empty(),
+        "a kept role signs for the pipelines today"
+    );
+    o.connections[0].assume_role = String::new();
+    o.roles.clear();
+    assert_eq!(
+        plan(&o).unwrap().uncarried.len(),
+        1,
+        "the other role's trust names the user"
+    );
+    o.connections[0].assume_role =
+        "arn:aws:iam::123456789012:role/keyrotor-oidc-platform-prod".into();
+    o.connections[0].use_oidc = "true".into();
+    assert!(
+        plan(&o).unwrap().uncarried.is_empty(),
+        "nothing left to switch"
+    );
+}
+
+#[test]
+fn only_a_trust_of_the_providers_web_identities_has_no_other_principals() {
+    let ours = trust_policy("S", PROVIDER, &issuer(), &["sc://c/P/a".into()]);
+    assert!(other_principals(&ours, PROVIDER).is_empty());
+    let kept = with_statement(
+        &json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole"}]}),
+        "S",
+        PROVIDER,
+        &issuer(),
+        &["sc://c/P/a".into()],
+    );
+    assert_eq!(
+        other_principals(&kept, PROVIDER),
+        vec!["AWS arn:aws:iam::123456789012:root"]
+    );
+    let github = json!({"Statement": [{"Effect": "Allow", "Principal": {"Federated": [PROVIDER, "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"]}, "Action": "sts:AssumeRoleWithWebIdentity"}]});
+    assert_eq!(other_principals(&github, PROVIDER).len(), 1);
+    let star =
+        json!({"Statement": {"Effect": "Allow", "Principal": "*", "Action": "sts:AssumeRole"}});
+    assert_eq!(other_principals(&star, PROVIDER), vec!["\"*\""]);
+    let deny = json!({"Statement": [ours["Statement"][0].clone(), {"Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]});
+    assert!(
+        other_principals(&deny, PROVIDER).is_empty(),
+        "a Deny lets no one in"
+    );
 }

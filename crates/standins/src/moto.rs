@@ -27,6 +27,47 @@ threading.Thread(target=watch, daemon=True).start()
 srv.serve_forever()
 "#;
 
+/// Loaded before moto's launcher, always: IAM users' permissions boundaries, which moto 5.2.5
+/// does not implement (it has no `PutUserPermissionsBoundary` and `GetUser` never answers a
+/// `PermissionsBoundary`; roles' boundaries it has). As AWS: `PutUserPermissionsBoundary` sets
+/// it (an ARN that is not a policy's is `InvalidParameterValue`, as moto answers for a role; an
+/// unknown user `NoSuchEntity`),
+/// `DeleteUserPermissionsBoundary` removes it, and `GetUser` answers it as
+/// `PermissionsBoundary` {`PermissionsBoundaryType` `PermissionsBoundaryPolicy`,
+/// `PermissionsBoundaryArn`} when there is one.
+pub const USER_BOUNDARY: &str = r#"
+from moto.iam import models as _iam_models
+from moto.iam.responses import IamResponse as _IamB
+from moto.core.responses import EmptyResult as _Empty
+from moto.core.serialize import return_if_not_empty as _if_set
+
+def _user_boundary(self):
+    arn = getattr(self, "_keyrotor_boundary", None)
+    if not arn:
+        return None
+    return {"PermissionsBoundaryType": "PermissionsBoundaryPolicy", "PermissionsBoundaryArn": arn}
+_iam_models.User.permissions_boundary = property(_user_boundary)
+_IamB.RESPONSE_KEY_PATH_TO_TRANSFORMER["GetUserResponse.User.PermissionsBoundary"] = _if_set
+
+def _put_user_boundary(self):
+    arn = self._get_param("PermissionsBoundary")
+    name = self._get_param("UserName")
+    user = self.backend.get_user(name)
+    if not arn or not self.backend.policy_arn_regex.match(arn):
+        raise _iam_models.RESTError(
+            "InvalidParameterValue",
+            f"Value ({arn}) for parameter PermissionsBoundary is invalid.")
+    user._keyrotor_boundary = arn
+    return _Empty()
+_IamB.put_user_permissions_boundary = _put_user_boundary
+
+def _delete_user_boundary(self):
+    user = self.backend.get_user(self._get_param("UserName"))
+    user._keyrotor_boundary = None
+    return _Empty()
+_IamB.delete_user_permissions_boundary = _delete_user_boundary
+"#;
+
 /// Loaded before moto's launcher by [`Moto::start_authorizing_resources`]. moto 5.2.5 evaluates
 /// IAM policies with its own engine once enforcement is on (`/moto-api/reset-auth`), but it
 /// authorizes IAM-user, Secrets Manager and SSM requests against the resource `"*"` (only IAM
@@ -229,13 +270,15 @@ pub struct Moto {
 impl Moto {
     /// Installs moto if needed and starts a fresh server on a free loopback port.
     pub fn start() -> Result<Self> {
-        Self::spawn(LAUNCHER.to_owned())
+        Self::spawn(format!("{USER_BOUNDARY}\n{LAUNCHER}"))
     }
 
     /// Like [`Moto::start`], with moto's IAM authorization made resource-aware (see
     /// [`RESOURCE_AUTHORIZATION`]). Enforcement is still off until [`Moto::enforce_iam`].
     pub fn start_authorizing_resources() -> Result<Self> {
-        Self::spawn(format!("{RESOURCE_AUTHORIZATION}\n{LAUNCHER}"))
+        Self::spawn(format!(
+            "{USER_BOUNDARY}\n{RESOURCE_AUTHORIZATION}\n{LAUNCHER}"
+        ))
     }
 
     fn spawn(script: String) -> Result<Self> {

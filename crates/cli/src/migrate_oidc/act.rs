@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyrotor_core::domain::{AccessKeyId, EndpointId, KeyStatus, ProjectName, SecretVersionId};
-use keyrotor_core::oidc::{AUDIENCE, MigrationRecord, Phase, SwitchedConnection};
+use keyrotor_core::oidc::{self, AUDIENCE, MigrationRecord, Phase, SwitchedConnection};
 use keyrotor_core::oidc_plan::{MigrationPlan, Observed, ProviderStep, RoleKind, role_name_of};
 use keyrotor_core::oidc_ports::{BackOnKey, ConnectionAuth};
 use keyrotor_core::plan::Retirement;
@@ -41,9 +41,35 @@ pub(crate) async fn apply(
     ctx: &Ctx,
     o: &Observed,
     p: &MigrationPlan,
+    acknowledged: &[String],
     io: &mut Io<'_>,
 ) -> Result<i32, Failure> {
     let t = &ctx.target;
+    // What the role cannot carry, not acknowledged: refused before anything is changed.
+    let open = p.unacknowledged(acknowledged);
+    if !open.is_empty() {
+        let items: Vec<String> = open
+            .iter()
+            .map(|u| u.describe(t.iam_user.as_str()))
+            .collect();
+        let flags: Vec<String> = open
+            .iter()
+            .map(|u| format!("--acknowledge {}", u.id()))
+            .collect();
+        return Err(refused(format!(
+            "--apply is refused because the role cannot carry what the plan lists and this is not acknowledged: {}; deal with each (or accept it), then run again with {}",
+            items.join("; "),
+            flags.join(" ")
+        )));
+    }
+    for a in acknowledged {
+        if !p.uncarried.iter().any(|u| &u.id() == a) {
+            let _ = writeln!(
+                io.err,
+                "note: --acknowledge {a} names nothing the plan lists (ignored)"
+            );
+        }
+    }
     // The key must be the one the secret keeps (else a rollback has no secret to put back),
     // and no rotation may be half-way (it would switch the connections back to a key).
     let current = read_secret(ctx, Stage::Current).await?;
@@ -90,7 +116,9 @@ pub(crate) async fn apply(
     for r in &p.roles {
         match r.kind {
             RoleKind::Create => {
-                iam.create_role(&r.name, &r.trust, &format!("Assumed by the Azure DevOps service connections of keyrotor target {} (OIDC)", t.name))
+                // The boundary in the same call: the role never exists without it.
+                let boundary = r.permissions.as_ref().and_then(|p| p.boundary.as_deref());
+                iam.create_role(&r.name, &r.trust, &format!("Assumed by the Azure DevOps service connections of keyrotor target {} (OIDC)", t.name), boundary)
                     .await
                     .map_err(failed("creating the role"))?;
                 created_role = Some(r.arn.clone());
@@ -102,6 +130,18 @@ pub(crate) async fn apply(
             _ => {}
         }
         changed |= r.trust_changes;
+        if let Some(boundary) = r
+            .permissions
+            .as_ref()
+            .and_then(|p| p.boundary.as_deref())
+            .filter(|_| r.boundary_changes)
+        {
+            // Before any policy, so that the role can never do more than the user.
+            iam.set_boundary(&r.name, boundary)
+                .await
+                .map_err(failed("putting the permissions boundary on the role"))?;
+            changed = true;
+        }
         if let Some(perms) = &r.permissions {
             for arn in &perms.managed {
                 iam.attach_policy(&r.name, arn)
@@ -133,11 +173,20 @@ pub(crate) async fn apply(
         created_role: None,
         connections: Vec::new(),
         switched_at: None,
+        oidc_only: Vec::new(),
     });
     record.phase = Phase::Applying;
     record.key_id = o.key.as_str().to_owned();
     record.provider_arn = provider_arn.clone();
     record.created_role = created_role;
+    // A role whose trust now lets in only the provider's web identities: any later assumption
+    // is a pipeline's on OIDC (what --finish waits for).
+    let now = ctx.ports.clock.now();
+    for r in &p.roles {
+        let only_oidc = oidc::other_principals(&r.trust, &provider_arn).is_empty();
+        let since = record.oidc_only_since(&r.arn);
+        record.set_oidc_only(&r.arn, only_oidc.then(|| since.unwrap_or(now)));
+    }
     let switched_before = record.switched_at.take();
     for (sw, c) in p.switches.iter().zip(&o.connections) {
         // On OIDC already: switched by an earlier run (its original is recorded), or before
@@ -467,27 +516,56 @@ pub(crate) async fn finish(
             humantime::format_rfc3339_seconds(used)
         )));
     }
-    let mut roles: Vec<&str> = record
+    let mut roles: Vec<String> = record
         .connections
         .iter()
-        .map(|c| c.role_arn.as_str())
+        .map(|c| c.role_arn.clone())
         .collect();
     roles.sort();
     roles.dedup();
-    for arn in roles {
+    // IAM's RoleLastUsed says when a role was assumed, not how. It proves a pipeline on OIDC only
+    // when the role's trust lets in nothing but the provider's web identities
+    // (sts:AssumeRoleWithWebIdentity), and only for uses after keyrotor knew the trust to be so:
+    // else an old-key job assuming a kept role (or any other principal it trusts) would pass.
+    for arn in &roles {
         let role = ctx
             .oidc
             .iam
             .role(role_name_of(arn))
             .await
-            .map_err(observing("reading a role"))?;
-        let used = role
-            .as_ref()
-            .and_then(|r| r.last_used)
-            .is_some_and(|u| secs(u) >= secs(switched_at));
+            .map_err(observing("reading a role"))?
+            .ok_or_else(|| {
+                refused(format!(
+                    "role {arn}, which the switched connections use, does not exist: run --apply again (or --rollback)"
+                ))
+            })?;
+        let others = oidc::other_principals(&role.trust, &record.provider_arn);
+        if !others.is_empty() {
+            if record.oidc_only_since(arn).is_some() {
+                record.set_oidc_only(arn, None);
+                save(ctx, &record).await?;
+            }
+            return Err(refused(format!(
+                "role {arn} also trusts {} besides the OIDC provider {}, so IAM's RoleLastUsed cannot show that a pipeline assumed it through OIDC (sts:AssumeRoleWithWebIdentity): remove those principals from its trust policy (the switched connections need only the provider's statement; a --rollback would need them back), run a pipeline that uses the connection, then --finish again",
+                others.join("; "),
+                record.provider_arn
+            )));
+        }
+        let Some(since) = record.oidc_only_since(arn) else {
+            // First seen trusting only the provider: uses from now on count.
+            record.set_oidc_only(arn, Some(now));
+            save(ctx, &record).await?;
+            return Err(refused(format!(
+                "role {arn} trusts only the OIDC provider from now on ({}), and IAM's RoleLastUsed from before may be another principal's: run a pipeline that uses the connection, then --finish again",
+                humantime::format_rfc3339_seconds(now)
+            )));
+        };
+        let from = since.max(switched_at);
+        let used = role.last_used.is_some_and(|u| secs(u) >= secs(from));
         if !used {
             return Err(refused(format!(
-                "role {arn} has not been assumed since the switch (IAM's RoleLastUsed): run a pipeline that uses the connection, then --finish again"
+                "role {arn} has not been assumed through the OIDC provider since {} (IAM's RoleLastUsed; its trust lets in only the provider's web identities): run a pipeline that uses the connection, then --finish again",
+                humantime::format_rfc3339_seconds(from)
             )));
         }
     }

@@ -12,6 +12,7 @@
 //! token nor the trust policy; the tests call it to make IAM record the role's use
 //! (`RoleLastUsed`), as a pipeline on OIDC would.
 
+mod carried;
 mod crash;
 mod flows;
 mod surface;

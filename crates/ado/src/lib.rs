@@ -42,7 +42,8 @@
 //! - `transport`: one request with the PAT, retries, and the mapping of answers to errors.
 //! - `pacing`: the rate-limit pacing every request of a client shares, and its arithmetic.
 //! - `endpoint`: the `ServiceEndpoint` JSON read into the core's `Endpoint`, and edited.
-//! - `audit`: [`AdoClient::list_aws_endpoints`], every AWS connection of an organization.
+//! - `audit`: [`AdoClient::list_aws_endpoints`], every AWS connection of an organization (the
+//!   holder scan), its per-project listings [`SCAN_CONCURRENCY`] at a time.
 //! - `oidc`: `keyrotor migrate-oidc`'s side: the organization id, and a connection switched in
 //!   place between its key and OIDC.
 //!
@@ -58,5 +59,5 @@ mod oidc;
 mod pacing;
 mod transport;
 
-pub use audit::{AdoProject, AuditEndpoint};
+pub use audit::{AdoProject, AuditEndpoint, SCAN_CONCURRENCY};
 pub use client::{API_VERSION, AdoClient, AdoOptions};

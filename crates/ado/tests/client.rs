@@ -10,7 +10,7 @@ use common::*;
 use keyrotor_ado::{AdoClient, AdoOptions};
 use keyrotor_core::domain::{AccessKeyId, EndpointRef, EndpointSelector, ProjectName};
 use keyrotor_core::ports::{Endpoint, PortError, PortErrorKind, PortResult, ServiceConnections};
-use keyrotor_testkit::ado::{Fault, Op, RateLimit};
+use keyrotor_testkit::ado::{Fault, Op, OrgSeed, RateLimit, Scope, Seed, aws_endpoint};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -891,6 +891,105 @@ async fn the_audit_lists_every_aws_connection_once_with_all_its_projects() {
         .filter(|r| r.path.ends_with("/_apis/projects"))
         .count();
     assert_eq!(project_pages, 2, "continuation token followed");
+}
+
+/// An organization of `projects` projects, each with one AWS connection (`aws-NNN`, its key
+/// `OLD_KEY`); the last one also shared into the first project.
+fn many_projects(projects: usize) -> Seed {
+    let mut org = OrgSeed::new("contoso").pat(PAT, Scope::Manage);
+    for i in 0..projects {
+        org = org.project_with_id(
+            &format!("Project-{i:03}"),
+            &format!("bbbbbbbb-0000-4000-8000-{i:012}"),
+        );
+    }
+    for i in 0..projects {
+        let mut here = vec![format!("Project-{i:03}")];
+        if i + 1 == projects {
+            here.push("Project-000".to_owned());
+        }
+        let here: Vec<&str> = here.iter().map(String::as_str).collect();
+        let mut ep = aws_endpoint(&format!("aws-{i:03}"), OLD_KEY, OLD_SECRET, &here);
+        ep["id"] = json!(format!("cccccccc-0000-4000-8000-{i:012}"));
+        org = org.endpoint(ep);
+    }
+    Seed::new().org(org)
+}
+
+/// Issue #21, item 7: the holder scan of 300 projects with Azure DevOps answering each request
+/// in 150 ms. One request after the other it would take 301 × 150 ms = 45 s, which a Lambda
+/// step's 60 s cannot afford beside its other work; the per-project listings go
+/// `SCAN_CONCURRENCY` at a time, which the emulator sees from outside (the most requests it
+/// served at once), and the answer is the same as one request at a time would give: every
+/// connection once, sorted, a shared one with both its projects in the projects' order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_scan_of_300_projects_lists_them_16_at_a_time_through_the_paced_client() {
+    const PROJECTS: usize = 300;
+    let env = Env::with(many_projects(PROJECTS), fast()).await;
+    env.emu.inject(Fault::delay(Op::Any, 150).forever());
+    let started = Instant::now();
+    let list = env.client.list_aws_endpoints(&env.org).await.unwrap();
+    let took = started.elapsed();
+    eprintln!("300 projects at 150 ms a request: the scan took {took:?}");
+
+    let names: Vec<String> = list.iter().map(|c| c.name.clone()).collect();
+    let expected: Vec<String> = (0..PROJECTS).map(|i| format!("aws-{i:03}")).collect();
+    assert_eq!(names, expected, "every connection once, sorted");
+    assert_eq!(list[0].projects, ["Project-000"]);
+    assert_eq!(
+        list[PROJECTS - 1].projects,
+        ["Project-000", "Project-299"],
+        "a shared connection once, with its projects in the order they were listed"
+    );
+    let log = env.emu.requests();
+    let pages = PROJECTS.div_ceil(100);
+    assert_eq!(
+        log.len(),
+        pages + PROJECTS,
+        "pages of 100 projects, then one listing each"
+    );
+    assert!(log.iter().all(|r| r.status == 200), "{log:?}");
+
+    let peak = env.emu.peak_in_flight();
+    assert!(
+        peak <= keyrotor_ado::SCAN_CONCURRENCY,
+        "never more than SCAN_CONCURRENCY at once: {peak}"
+    );
+    assert!(
+        peak >= keyrotor_ado::SCAN_CONCURRENCY / 2,
+        "the listings overlapped (the bound is what makes the scan fast): {peak}"
+    );
+    // The bound the concurrency gives, with a wide margin for a busy machine: three pages of
+    // projects, then 300 / 16 = 19 rounds, at 150 ms each: about 3.3 s (45 s one at a time).
+    let rounds = pages + PROJECTS.div_ceil(keyrotor_ado::SCAN_CONCURRENCY);
+    let bound = Duration::from_millis(150) * rounds as u32 * 4;
+    assert!(took < bound, "the scan took {took:?}, over {bound:?}");
+}
+
+/// The Lambda's deadline bounds the scan as a whole, with its listings in flight at once: no
+/// listing is started past it, the ones in flight end at it, and the scan fails retryable (the
+/// state machine retries the step) instead of running into the function's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_bounds_a_concurrent_holder_scan() {
+    let options = AdoOptions {
+        deadline: Some(SystemTime::now() + Duration::from_secs(1)),
+        ..fast()
+    };
+    let env = Env::with(many_projects(300), options).await;
+    env.emu.inject(Fault::delay(Op::Any, 150).forever());
+    let started = Instant::now();
+    let e = env.client.list_aws_endpoints(&env.org).await.unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it ended at the deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        env.emu.requests().len() < 3 + 300,
+        "the scan stopped at the deadline"
+    );
+    assert_no_secret(&readable(&e));
 }
 
 #[tokio::test]

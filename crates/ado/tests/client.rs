@@ -893,6 +893,200 @@ async fn the_audit_lists_every_aws_connection_once_with_all_its_projects() {
     assert_eq!(project_pages, 2, "continuation token followed");
 }
 
+/// What a person does in the web UI, through the REST API with their own request: reads the
+/// connection `id` (in Platform), edits it, PUTs it back (confidential fields `null`: kept).
+async fn person_edits(env: &Env, id: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let org = env.emu.org_url("contoso");
+    let http = reqwest::Client::new();
+    let mut ep = json_of(
+        http.get(format!(
+            "{org}/Platform/_apis/serviceendpoint/endpoints/{id}?api-version=7.1"
+        ))
+        .basic_auth("", Some(PAT)),
+    )
+    .await;
+    edit(&mut ep);
+    let status = http
+        .put(format!(
+            "{org}/_apis/serviceendpoint/endpoints/{id}?api-version=7.1"
+        ))
+        .basic_auth("", Some(PAT))
+        .json(&ep)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "the person's edit is stored");
+}
+
+/// Options under which a read is stale after 300 ms, and a `Retry-After` of 1 s is waited out
+/// in full: a PUT the rate limit holds back goes out after its read is stale.
+fn stale_after_a_pause() -> AdoOptions {
+    AdoOptions {
+        max_retry_after: Duration::from_secs(2),
+        max_read_age: Duration::from_millis(300),
+        ..fast()
+    }
+}
+
+/// Reads the prod connection, then updates it from that read while Azure DevOps refuses the PUT
+/// once (429, `Retry-After: 1`) and a person, during that pause, makes `edit`. Returns what
+/// the update answered and the index in the request log from which the requests came after the
+/// person's edit.
+async fn update_while_a_person_edits(
+    env: &Env,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (PortResult<()>, usize) {
+    let client = Arc::new(env.client_with(PAT, stale_after_a_pause()));
+    let read = prod_via(env, &client).await.unwrap();
+    env.emu.inject(Fault::status(Op::Put, 429).retry_after(1));
+    let update = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let (key, secret) = new_key();
+            client.set_credentials_from(&read, &key, &secret).await
+        }
+    });
+    let since = Instant::now();
+    while !env.emu.requests().iter().any(|r| r.status == 429) {
+        assert!(since.elapsed() < Duration::from_secs(10), "no 429");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        client.rate_limit_pause().is_some(),
+        "the client holds its requests back"
+    );
+    person_edits(env, PROD, edit).await;
+    let after = env.emu.requests().len();
+    (update.await.unwrap(), after)
+}
+
+/// Issue #21, item 6: a change a person made while the PUT waited out the rate limit is not
+/// reverted. The read the update was made from is stale by the time the PUT may go out, so it is
+/// read again and the PUT carries the person's new description with the new key.
+#[tokio::test]
+async fn a_description_a_person_edits_while_the_put_waits_for_the_rate_limit_survives() {
+    let env = Env::start().await;
+    env.emu.capture_bodies(true);
+    let (result, after) = update_while_a_person_edits(&env, |ep| {
+        ep["description"] = json!("Edited by a person during the pause");
+    })
+    .await;
+    result.unwrap();
+    let stored = env.stored(PROD);
+    assert_eq!(stored["description"], "Edited by a person during the pause");
+    assert_eq!(stored["authorization"]["parameters"]["username"], NEW_KEY);
+    assert_eq!(
+        stored["authorization"]["parameters"]["password"],
+        NEW_SECRET
+    );
+    let log: Vec<(String, u16)> = env.emu.requests()[after..]
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    assert_eq!(
+        log,
+        [("GET".to_owned(), 200), ("PUT".to_owned(), 200)],
+        "read again, then the PUT"
+    );
+    let last_put = env.emu.captured_bodies().pop().unwrap();
+    assert_eq!(
+        last_put.body["description"], "Edited by a person during the pause",
+        "the PUT sent the person's description"
+    );
+}
+
+/// The person switched the connection to OIDC during the pause: the update reads it again,
+/// sends nothing, and is refused as an OIDC connection is (the connection stays as the person
+/// made it).
+#[tokio::test]
+async fn a_switch_to_oidc_while_the_put_waits_for_the_rate_limit_is_not_overwritten() {
+    let env = Env::start().await;
+    let (result, after) = update_while_a_person_edits(&env, |ep| {
+        let p = &mut ep["authorization"]["parameters"];
+        p["useOIDC"] = json!("true");
+        p["username"] = json!("");
+        p["password"] = json!("");
+        p["sessionToken"] = json!("");
+    })
+    .await;
+    let e = result.unwrap_err();
+    assert_error(&e, PortErrorKind::Refused, &["aws-prod", "OIDC"]);
+    assert_no_secret(&readable(&e));
+    let stored = env.stored(PROD);
+    assert_eq!(stored["authorization"]["parameters"]["useOIDC"], "true");
+    assert_eq!(stored["authorization"]["parameters"]["username"], "");
+    assert_eq!(stored["authorization"]["parameters"]["password"], "");
+    let methods: Vec<String> = env.emu.requests()[after..]
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(methods, ["GET"], "read again; no PUT");
+}
+
+/// The person put another key into the connection during the pause: that is not the key the
+/// caller decided to replace, so nothing is sent and the update is refused, naming both keys
+/// masked.
+#[tokio::test]
+async fn another_key_put_in_while_the_put_waits_for_the_rate_limit_is_not_overwritten() {
+    const PERSONS_KEY: &str = "AKIAJ7PERSONSKEY0001";
+    let env = Env::start().await;
+    let (result, after) = update_while_a_person_edits(&env, |ep| {
+        let p = &mut ep["authorization"]["parameters"];
+        p["username"] = json!(PERSONS_KEY);
+        p["password"] = json!("personsSECRETvalue");
+    })
+    .await;
+    let e = result.unwrap_err();
+    assert_error(
+        &e,
+        PortErrorKind::Refused,
+        &["changed while its update waited", "AKIA…0001", "AKIA…MPLE"],
+    );
+    assert!(!e.message.contains(PERSONS_KEY), "key ids masked: {e}");
+    assert_eq!(
+        env.stored(PROD)["authorization"]["parameters"]["username"],
+        PERSONS_KEY
+    );
+    let methods: Vec<String> = env.emu.requests()[after..]
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(methods, ["GET"], "read again; no PUT");
+}
+
+/// A read still young when the PUT may go out is not read again: a short pause costs nothing.
+#[tokio::test]
+async fn a_put_held_back_less_than_the_read_age_bound_is_sent_from_the_read() {
+    let env = Env::start().await;
+    let options = AdoOptions {
+        max_retry_after: Duration::from_secs(2),
+        ..fast()
+    };
+    let client = env.client_with(PAT, options);
+    let read = prod_via(&env, &client).await.unwrap();
+    env.emu.inject(Fault::status(Op::Put, 429).retry_after(1));
+    let (key, secret) = new_key();
+    client
+        .set_credentials_from(&read, &key, &secret)
+        .await
+        .unwrap();
+    let log: Vec<(String, u16)> = env
+        .emu
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ("GET".to_owned(), 200),
+            ("PUT".to_owned(), 429),
+            ("PUT".to_owned(), 200)
+        ]
+    );
+}
+
 /// An organization of `projects` projects, each with one AWS connection (`aws-NNN`, its key
 /// `OLD_KEY`); the last one also shared into the first project.
 fn many_projects(projects: usize) -> Seed {

@@ -34,7 +34,11 @@
 //! answer (or `X-RateLimit-Remaining: 0`) nobody sends before `X-RateLimit-Reset`; and while
 //! throttled, requests go one at a time. Waiting is bounded on its own
 //! ([`AdoOptions::rate_limit_max_wait`], [`AdoOptions::max_rate_limited_attempts`],
-//! [`AdoOptions::deadline`]) and never uses up the retries of real failures.
+//! [`AdoOptions::deadline`]) and never uses up the retries of real failures. A PUT sends back
+//! an object read earlier, so it is checked once more as the pacing lets it go: a read older than
+//! [`AdoOptions::max_read_age`] (10 s) by then is read again first, and a change made meanwhile
+//! is sent back as it was made, or refused when it makes the connection one keyrotor must not
+//! overwrite (switched to OIDC, another key).
 //!
 //! # Layout
 //!

@@ -449,7 +449,8 @@ impl AdoClient {
     }
 
     /// Reads the connection again because its PUT, made from a read taken `read_at`, could not
-    /// go out within `max_read_age` of it (the rate limit held it back); `rereads` counts these
+    /// go out within `max_read_age` of it (the rate limit, or a retry, held it back); `rereads`
+    /// counts these
     /// for one update, which gives up (retryable) after [`MAX_REREADS`].
     pub(crate) async fn read_again(
         &self,
@@ -476,8 +477,8 @@ impl AdoClient {
             id = %handle.id,
             age_ms = age.as_millis() as u64,
             "the update of service connection '{name}' would go out {:.1} s after it was read \
-             (held back by the rate limit): reading it again, so as not to undo a change made \
-             meanwhile",
+             (held back by the rate limit, or a retry): reading it again, so as not to undo a \
+             change made meanwhile",
             age.as_secs_f64()
         );
         self.get_raw(handle).await?.ok_or_else(|| gone(handle))

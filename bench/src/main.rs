@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! keyrotor-bench all --keyrotor PATH [--bootstrap PATH] [--lambda-zip PATH] [--tiny]
-//!                    [--only single,fleet,limited,lambda] [--out FILE]
+//!                    [--only single,fleet,limited,lambda,scan] [--out FILE]
 //! ```
 //!
 //! Benchmarks, not tests: nothing fails on speed. Each figure states its target and whether it
@@ -38,7 +38,7 @@ struct Plan {
     bootstrap: Option<PathBuf>,
     /// The zip `scripts/package-lambda` made (what is deployed), when it was built.
     lambda_zip: Option<PathBuf>,
-    /// The figures to run (`single`, `fleet`, `limited`, `lambda`); all when empty.
+    /// The figures to run (`single`, `fleet`, `limited`, `lambda`, `scan`); all when empty.
     only: Vec<String>,
     out: PathBuf,
     /// Repeats of figure 1 (each tool) and of the cold starts.
@@ -56,7 +56,7 @@ struct Plan {
 }
 
 /// The figures `--only` may name.
-const FIGURES: [&str; 4] = ["single", "fleet", "limited", "lambda"];
+const FIGURES: [&str; 5] = ["single", "fleet", "limited", "lambda", "scan"];
 
 impl Plan {
     /// Whether figure `name` runs.
@@ -67,7 +67,7 @@ impl Plan {
 
 fn usage() -> &'static str {
     "usage: keyrotor-bench all --keyrotor PATH [--bootstrap PATH] [--lambda-zip PATH] [--tiny]\n\
-     \x20      [--out FILE] [--only single,fleet,limited,lambda] [--repeats N]\n\
+     \x20      [--out FILE] [--only single,fleet,limited,lambda,scan] [--repeats N]\n\
      \x20      [--fleet 1:5,10:5,100:3,1000:1] [--limited 1000,1000x10] [--concurrency N]"
 }
 
@@ -218,6 +218,11 @@ async fn run(plan: Plan) -> Result<()> {
     if plan.runs("lambda") {
         say("figure 4: artifact size and cold start");
         figure4(&plan, &moto, &peer_py, &mut rep).await?;
+    }
+
+    if plan.runs("scan") {
+        say("figure 5: the holder scan of many projects");
+        figure5(&plan, &moto, &mut rep).await?;
     }
 
     rep.footer(started.elapsed(), measure::spawner_floor());
@@ -707,4 +712,93 @@ async fn cold_python(w: &World, py: &Path, peer_dir: &Path, c: &mut Cold) -> Res
 /// `Stats` of a slice (for the report).
 pub fn stats(v: &[f64]) -> Stats {
     Stats::of(v)
+}
+
+/// Figure 5: the organization-wide holder scan, timed.
+pub struct ScanRow {
+    pub projects: usize,
+    /// How long the emulator holds every request.
+    pub delay_ms: u64,
+    pub runs: Runs,
+    /// Azure DevOps requests of one scan.
+    pub requests: usize,
+    /// The most requests the emulator served at once, over all runs.
+    pub peak: usize,
+}
+
+/// Figure 5: `keyrotor audit` (the holder scan retire, make-room and compensation make before a
+/// key is deactivated or deleted: `GET projects`, then one listing per project) of an
+/// organization of 300 projects, each request held 150 ms by the emulator, as a distant or busy
+/// Azure DevOps answers. Every connection uses OIDC, so that the audit asks IAM nothing and its
+/// time is the scan's.
+async fn figure5(plan: &Plan, moto: &Arc<Moto>, rep: &mut Report) -> Result<()> {
+    use keyrotor_testkit::ado::{AdoEmulator, Fault, Op, OrgSeed, Scope, Seed, aws_endpoint};
+    let (projects, delay_ms, repeats) = if plan.tiny {
+        (40, 20, 1)
+    } else {
+        (300, 150, 3)
+    };
+    let mut org = OrgSeed::new(world::ORG).pat(world::PAT, Scope::Manage);
+    for p in 0..projects {
+        let project = world::project_name(p);
+        let mut ep = aws_endpoint(&format!("aws-{p:03}"), "", "", &[project.as_str()]);
+        keyrotor_testkit::env::on_oidc(&mut ep);
+        org = org.project(&project).endpoint(ep);
+    }
+    let ado = AdoEmulator::start(Seed::new().org(org)).await?;
+    ado.inject(Fault::delay(Op::Any, delay_ms).forever());
+    let dir = std::env::temp_dir().join(format!("keyrotor-bench-scan-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let mut row = ScanRow {
+        projects,
+        delay_ms,
+        runs: Runs::default(),
+        requests: 0,
+        peak: 0,
+    };
+    for i in 0..repeats {
+        ado.clear_requests();
+        ado.reset_peak_in_flight();
+        let mut cmd = Command::new(&plan.keyrotor);
+        cmd.args(["audit", "--organization", &ado.org_url(world::ORG)])
+            .args(["--pat", "env:KEYROTOR_BENCH_PAT", "--output", "json"])
+            .env_clear();
+        for (k, v) in moto.env() {
+            cmd.env(k, v);
+        }
+        cmd.env("AWS_ENDPOINT_URL", &moto.endpoint)
+            .env("KEYROTOR_BENCH_PAT", world::PAT)
+            .env("HOME", &dir)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null());
+        let u = measure::run(
+            cmd,
+            &dir.join(format!("scan-{i}.json")),
+            &dir.join(format!("scan-{i}.log")),
+        )
+        .await?;
+        let listed = std::fs::read_to_string(dir.join(format!("scan-{i}.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|d| d["connections"].as_array().map(Vec::len));
+        say(&format!(
+            "  {projects} projects at {delay_ms} ms a request: run {} took {:.2} s (exit {}, {} connections listed, at most {} requests at once)",
+            i + 1,
+            u.wall.as_secs_f64(),
+            u.code,
+            listed.map_or("?".to_owned(), |n| n.to_string()),
+            ado.peak_in_flight()
+        ));
+        if u.code != 0 {
+            bail!("keyrotor audit exited {} (see {})", u.code, dir.display());
+        }
+        row.requests = ado.requests().len();
+        row.peak = row.peak.max(ado.peak_in_flight());
+        row.runs.push(u);
+    }
+    ado.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    rep.figure5(&row);
+    Ok(())
 }

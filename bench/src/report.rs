@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::measure::{Stats, mib};
 use crate::world::Calls;
-use crate::{Cold, FleetRow, Single, stats};
+use crate::{Cold, FleetRow, ScanRow, Single, stats};
 
 /// The old design's artifact: the Azure CLI container image.
 const OLD_IMAGE_MB: f64 = 299.41;
@@ -644,6 +644,41 @@ impl Report {
                 met(rss * 1.048_576 < 128.0)
             );
         }
+        self.w(&s);
+    }
+
+    pub fn figure5(&mut self, r: &ScanRow) {
+        let wall = r.runs.wall_ms();
+        let one_at_a_time = r.requests as f64 * r.delay_ms as f64 / 1000.0;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\n## 5. The holder scan of many projects\n\nBefore a key is deactivated or deleted (retire, make room, compensation) keyrotor lists every AWS connection of the organization: `GET _apis/projects` (100 a page), then one listing per project, {} at a time through the run's one paced client (`keyrotor_ado::SCAN_CONCURRENCY`, crates/ado/src/audit.rs). On the Step Functions path the scan runs inside the rotator's 60 s function. Measured with `keyrotor audit`, which makes the same scan, against {} projects with the emulator holding every request {} ms (a distant or busy Azure DevOps); the connections use OIDC, so the audit asks IAM nothing and its time is the scan's.\n",
+            keyrotor_ado::SCAN_CONCURRENCY,
+            r.projects,
+            r.delay_ms
+        );
+        let _ = writeln!(
+            s,
+            "| projects | ms a request | runs | requests a scan | most at once | wall s |\n|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {:.2} ({:.2}–{:.2}) |\n",
+            r.projects,
+            r.delay_ms,
+            wall.n,
+            r.requests,
+            r.peak,
+            wall.median / 1000.0,
+            wall.min / 1000.0,
+            wall.max / 1000.0
+        );
+        let _ = writeln!(
+            s,
+            "**{} projects at {} ms a request: the scan took {:.1} s** (median; one request at a time it would take {:.1} s). Target: well inside a Lambda step's 60 s, whatever the number of projects within reason: {}.",
+            r.projects,
+            r.delay_ms,
+            wall.median / 1000.0,
+            one_at_a_time,
+            met(wall.median / 1000.0 < 20.0)
+        );
         self.w(&s);
     }
 

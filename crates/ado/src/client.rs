@@ -11,9 +11,18 @@ use keyrotor_core::ports::{
 use reqwest::{Method, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::endpoint;
-use crate::transport::{Answer, Transport};
+use crate::transport::{Answer, Sent, Transport};
+
+/// How often one update reads its connection again because the rate limit held its PUT back
+/// past [`AdoOptions::max_read_age`], before it gives up (retryable): each read again waits
+/// its turn too.
+const MAX_REREADS: u32 = 3;
+
+/// A connection object as read, and when the request that read it went out.
+pub(crate) type Read = (Value, Instant);
 
 /// The REST API version every request names.
 pub const API_VERSION: &str = "7.1";
@@ -55,6 +64,11 @@ pub struct AdoOptions {
     /// started that would end after it, and an attempt's timeout is shortened to it. For a
     /// Lambda invocation: its deadline less a margin. `None`: no deadline.
     pub deadline: Option<SystemTime>,
+    /// The oldest a read of a connection may be when the PUT that sends it back goes out (after
+    /// any wait for the rate limit or a retry): an older one is read again first, so that what
+    /// a person changed meanwhile is not reverted. The default is the core's
+    /// [`MAX_READ_AGE`](keyrotor_core::ports::MAX_READ_AGE) (10 s).
+    pub max_read_age: Duration,
 }
 
 impl Default for AdoOptions {
@@ -70,6 +84,7 @@ impl Default for AdoOptions {
             max_rate_limited_attempts: 5,
             rate_limit_max_wait: Duration::from_secs(15 * 60),
             deadline: None,
+            max_read_age: keyrotor_core::ports::MAX_READ_AGE,
         }
     }
 }
@@ -123,8 +138,9 @@ impl AdoClient {
         self.transport.send(Method::GET, url, None, &[]).await
     }
 
-    /// The raw object behind a handle; `None` when the service answers `null`.
-    pub(crate) async fn get_raw(&self, handle: &EndpointHandle) -> PortResult<Option<Value>> {
+    /// The raw object behind a handle, and when its request went out; `None` when the service
+    /// answers `null`.
+    pub(crate) async fn get_raw(&self, handle: &EndpointHandle) -> PortResult<Option<Read>> {
         let url = api_url(
             &handle.org,
             &[
@@ -136,9 +152,10 @@ impl AdoClient {
             ],
             &[],
         )?;
-        match self.get_json(&url).await?.body {
+        let answer = self.get_json(&url).await?;
+        match answer.body {
             Value::Null => Ok(None),
-            v @ Value::Object(_) => Ok(Some(v)),
+            v @ Value::Object(_) => Ok(Some((v, answer.sent))),
             _ => Err(PortError::new(
                 PortErrorKind::Failed,
                 format!(
@@ -166,7 +183,9 @@ impl AdoClient {
                 ("includeDetails", "true"),
             ],
         )?;
-        let items = endpoint::list_items(self.get_json(&url).await?.body)?;
+        let answer = self.get_json(&url).await?;
+        let sent = answer.sent;
+        let items = endpoint::list_items(answer.body)?;
         // The service filters by name already; filtering again guards against a filter it
         // ignored, which would otherwise hand back every connection of the project.
         let matches: Vec<Value> = items
@@ -178,7 +197,7 @@ impl AdoClient {
                 PortErrorKind::NotFound,
                 format!("no service connection named '{name}' in project '{project}' of {org}"),
             )),
-            [one] => endpoint::to_endpoint(one, org, project),
+            [one] => endpoint::to_endpoint(one, org, project, sent),
             many => Err(PortError::new(
                 PortErrorKind::Invalid,
                 format!(
@@ -226,7 +245,7 @@ impl ServiceConnections for AdoClient {
                     id: id.clone(),
                 };
                 match self.get_raw(&handle).await? {
-                    Some(v) => endpoint::to_endpoint(&v, org, &r.project),
+                    Some((v, sent)) => endpoint::to_endpoint(&v, org, &r.project, sent),
                     None => Err(PortError::new(
                         PortErrorKind::NotFound,
                         format!(
@@ -242,7 +261,7 @@ impl ServiceConnections for AdoClient {
     async fn get(&self, handle: &EndpointHandle) -> PortResult<Option<Endpoint>> {
         self.get_raw(handle)
             .await?
-            .map(|v| endpoint::to_endpoint(&v, &handle.org, &handle.project))
+            .map(|(v, sent)| endpoint::to_endpoint(&v, &handle.org, &handle.project, sent))
             .transpose()
     }
 
@@ -258,10 +277,12 @@ impl ServiceConnections for AdoClient {
             &[project.as_str(), "_apis", "serviceendpoint", "endpoints"],
             &[("includeFailed", "true"), ("includeDetails", "true")],
         )?;
-        let items = endpoint::list_items(self.get_json(&url).await?.body)?;
+        let answer = self.get_json(&url).await?;
+        let sent = answer.sent;
+        let items = endpoint::list_items(answer.body)?;
         items
             .iter()
-            .map(|v| endpoint::to_endpoint(v, org, project))
+            .map(|v| endpoint::to_endpoint(v, org, project, sent))
             .collect::<PortResult<Vec<_>>>()
             .map(Some)
     }
@@ -299,23 +320,17 @@ impl ServiceConnections for AdoClient {
         key: &AccessKeyId,
         secret: &SecretString,
     ) -> PortResult<()> {
-        let Some(object) = self.get_raw(handle).await? else {
-            return Err(PortError::new(
-                PortErrorKind::NotFound,
-                format!(
-                    "service connection {} no longer exists in project '{}' of {}",
-                    handle.id, handle.project, handle.org
-                ),
-            ));
-        };
-        self.put_with_key(handle, object, key, secret).await
+        let read = self.get_raw(handle).await?.ok_or_else(|| gone(handle))?;
+        self.put_with_key(handle, read, key, secret).await
     }
 
     /// The connection just read, PUT back with the new key. The read the caller made (push's
     /// listing, filtered by `endpointIds`, right after this run's ownership was re-checked) is
-    /// the read right before the PUT: reading it again would cost a request per connection and
-    /// narrow the window for a concurrent edit by no more than the time between two requests of
-    /// one loop. Without the object (another adapter's read), it is read again here.
+    /// the read right before the PUT, as long as it is at most `max_read_age` old when the PUT
+    /// goes out: reading it again every time would cost a request per connection and narrow the
+    /// window for a concurrent edit by no more than the time between two requests of one loop.
+    /// Past that (the rate limit held the PUT back), it is read again (`put_with_key`). Without
+    /// the object (another adapter's read), it is read again here.
     async fn set_credentials_from(
         &self,
         read: &Endpoint,
@@ -323,9 +338,9 @@ impl ServiceConnections for AdoClient {
         secret: &SecretString,
     ) -> PortResult<()> {
         match &read.raw {
-            Some(object) => {
-                self.put_with_key(&read.handle, (**object).clone(), key, secret)
-                    .await
+            Some(raw) => {
+                let read_at = (raw.object.clone(), Instant::from_std(raw.sent));
+                self.put_with_key(&read.handle, read_at, key, secret).await
             }
             None => self.set_credentials(&read.handle, key, secret).await,
         }
@@ -351,11 +366,10 @@ impl ServiceConnections for AdoClient {
                 // The service filters by id already; matching again guards against a filter it
                 // ignored.
                 let wanted = handles[i].id.as_str();
-                if let Some(v) = items
-                    .iter()
-                    .find(|v| endpoint::id_of(v).is_ok_and(|id| id.eq_ignore_ascii_case(wanted)))
-                {
-                    out[i] = Some(endpoint::to_endpoint(v, org, project)?);
+                if let Some((v, sent)) = items.iter().find(|(v, _)| {
+                    endpoint::id_of(v).is_ok_and(|id| id.eq_ignore_ascii_case(wanted))
+                }) {
+                    out[i] = Some(endpoint::to_endpoint(v, org, project, *sent)?);
                 }
             }
         }
@@ -365,13 +379,14 @@ impl ServiceConnections for AdoClient {
 
 impl AdoClient {
     /// `GET {org}/{project}/_apis/serviceendpoint/endpoints?endpointIds=a,b,…`: the connections
-    /// of one project with these ids, in one request (an unknown id is left out of the answer).
+    /// of one project with these ids, in one request (an unknown id is left out of the answer);
+    /// each with when its request went out.
     async fn list_by_ids(
         &self,
         org: &OrgUrl,
         project: &ProjectName,
         ids: &[&str],
-    ) -> PortResult<Vec<Value>> {
+    ) -> PortResult<Vec<Read>> {
         let mut items = Vec::new();
         for chunk in ids.chunks(keyrotor_core::ports::IDS_PER_LISTING) {
             let joined = chunk.join(",");
@@ -384,20 +399,29 @@ impl AdoClient {
                     ("includeDetails", "true"),
                 ],
             )?;
-            items.extend(endpoint::list_items(self.get_json(&url).await?.body)?);
+            let answer = self.get_json(&url).await?;
+            let sent = answer.sent;
+            items.extend(
+                endpoint::list_items(answer.body)?
+                    .into_iter()
+                    .map(|v| (v, sent)),
+            );
         }
         Ok(items)
     }
 
     /// PUTs `object` back to its own id — the update in place: same id, so pipeline
-    /// authorizations, approvals and checks stay. `scrub` is kept out of errors. Returns the
-    /// answer and whether it names the same id.
+    /// authorizations, approvals and checks stay. `scrub` is kept out of errors. `read_at` is
+    /// when the read `object` was made from went out: the PUT is not sent once that is more than
+    /// `max_read_age` ago (`None`: the caller reads again). Otherwise returns the answer and
+    /// whether it names the same id.
     pub(crate) async fn put_in_place(
         &self,
         handle: &EndpointHandle,
         object: Value,
         scrub: &[&str],
-    ) -> PortResult<(Value, bool)> {
+        read_at: Instant,
+    ) -> PortResult<Option<(Value, bool)>> {
         let body = serde_json::to_vec(&object).map_err(|_| {
             PortError::new(
                 PortErrorKind::Failed,
@@ -410,49 +434,152 @@ impl AdoClient {
             &["_apis", "serviceendpoint", "endpoints", handle.id.as_str()],
             &[],
         )?;
-        let answer = self
+        let fresh_until = read_at + self.transport.options.max_read_age;
+        let answer = match self
             .transport
-            .send(Method::PUT, &url, Some(&body), scrub)
-            .await?;
+            .send_while_fresh(Method::PUT, &url, &body, scrub, fresh_until)
+            .await?
+        {
+            Sent::Answered(answer) => answer,
+            Sent::Stale => return Ok(None),
+        };
         let same_id = endpoint::id_of(&answer.body)
             .is_ok_and(|id| id.eq_ignore_ascii_case(handle.id.as_str()));
-        Ok((answer.body, same_id))
+        Ok(Some((answer.body, same_id)))
     }
 
-    /// PUTs `object` (as read) back with the new key: the update in place.
-    async fn put_with_key(
+    /// Reads the connection again because its PUT, made from a read taken `read_at`, could not
+    /// go out within `max_read_age` of it (the rate limit, or a retry, held it back); `rereads`
+    /// counts these
+    /// for one update, which gives up (retryable) after [`MAX_REREADS`].
+    pub(crate) async fn read_again(
         &self,
         handle: &EndpointHandle,
-        mut object: Value,
-        key: &AccessKeyId,
-        secret: &SecretString,
-    ) -> PortResult<()> {
-        let current = endpoint::to_endpoint(&object, &handle.org, &handle.project)?;
-        if let Some(reason) = current.unrotatable_reason() {
-            return Err(PortError::new(PortErrorKind::Refused, reason));
-        }
-        // The new key, and `sessionToken: ""`: a stale token must not outlive the old key.
-        endpoint::put_credentials(&mut object, key, secret)?;
-        let (answer, same_id) = self
-            .put_in_place(handle, object, &[secret.expose_secret()])
-            .await?;
-        let holds_key = endpoint::parameter(&answer, "username") == Some(key.as_str());
-        if !same_id || !holds_key {
+        name: &str,
+        read_at: Instant,
+        rereads: &mut u32,
+    ) -> PortResult<Read> {
+        let age = read_at.elapsed();
+        *rereads += 1;
+        if *rereads > MAX_REREADS {
             return Err(PortError::new(
-                PortErrorKind::Failed,
+                PortErrorKind::Retryable,
                 format!(
-                    "Azure DevOps accepted the update of service connection '{}' but its answer \
-                     does not show it holding {key} under id {}",
-                    current.name, handle.id
+                    "the update of service connection '{name}' was not sent: {MAX_REREADS} times \
+                     the rate limit held it back until the connection it had read was over {} s \
+                     old",
+                    self.transport.options.max_read_age.as_secs_f64()
                 ),
             ));
         }
         tracing::info!(
-            connection = %current.name,
+            connection = %name,
             id = %handle.id,
-            key = %key,
-            "service connection updated in place"
+            age_ms = age.as_millis() as u64,
+            "the update of service connection '{name}' would go out {:.1} s after it was read \
+             (held back by the rate limit, or a retry): reading it again, so as not to undo a \
+             change made meanwhile",
+            age.as_secs_f64()
         );
-        Ok(())
+        self.get_raw(handle).await?.ok_or_else(|| gone(handle))
+    }
+
+    /// PUTs the connection as read (`read`) back with the new key: the update in place. The
+    /// object sent is at most `max_read_age` old when the PUT goes out: past that it is read
+    /// again, and what the new read shows decides. It may have the new key already (another run
+    /// put it, or a PUT that seemed to fail went through): done, nothing sent. It may no longer
+    /// be rotatable (switched to OIDC, another scheme or type), or hold another key than the read
+    /// the caller decided on: refused, nothing sent, the person's change left as it is.
+    /// Otherwise its new state, a new description included, goes back with the new key.
+    async fn put_with_key(
+        &self,
+        handle: &EndpointHandle,
+        read: Read,
+        key: &AccessKeyId,
+        secret: &SecretString,
+    ) -> PortResult<()> {
+        let (mut object, mut read_at) = read;
+        let held = endpoint::parameter(&object, "username").map(str::to_owned);
+        let mut rereads = 0u32;
+        loop {
+            let current = endpoint::to_endpoint(&object, &handle.org, &handle.project, read_at)?;
+            if let Some(reason) = current.unrotatable_reason() {
+                return Err(PortError::new(PortErrorKind::Refused, reason));
+            }
+            if rereads > 0 {
+                if current.username.as_deref() == Some(key.as_str()) {
+                    tracing::info!(
+                        connection = %current.name,
+                        id = %handle.id,
+                        key = %key,
+                        "service connection already holds the new key: nothing to send"
+                    );
+                    return Ok(());
+                }
+                if current.username != held {
+                    return Err(PortError::new(
+                        PortErrorKind::Refused,
+                        format!(
+                            "service connection '{}' changed while its update waited for the \
+                             rate limit: it holds {} now, not {}; it is left as it is",
+                            current.name,
+                            holding(current.username.as_deref()),
+                            holding(held.as_deref())
+                        ),
+                    ));
+                }
+            }
+            // The new key, and `sessionToken: ""`: a stale token must not outlive the old key.
+            endpoint::put_credentials(&mut object, key, secret)?;
+            let Some((answer, same_id)) = self
+                .put_in_place(handle, object, &[secret.expose_secret()], read_at)
+                .await?
+            else {
+                (object, read_at) = self
+                    .read_again(handle, &current.name, read_at, &mut rereads)
+                    .await?;
+                continue;
+            };
+            let holds_key = endpoint::parameter(&answer, "username") == Some(key.as_str());
+            if !same_id || !holds_key {
+                return Err(PortError::new(
+                    PortErrorKind::Failed,
+                    format!(
+                        "Azure DevOps accepted the update of service connection '{}' but its \
+                         answer does not show it holding {key} under id {}",
+                        current.name, handle.id
+                    ),
+                ));
+            }
+            tracing::info!(
+                connection = %current.name,
+                id = %handle.id,
+                key = %key,
+                "service connection updated in place"
+            );
+            return Ok(());
+        }
+    }
+}
+
+/// The error for a connection the service no longer knows (`null` for its id).
+pub(crate) fn gone(handle: &EndpointHandle) -> PortError {
+    PortError::new(
+        PortErrorKind::NotFound,
+        format!(
+            "service connection {} no longer exists in project '{}' of {}",
+            handle.id, handle.project, handle.org
+        ),
+    )
+}
+
+/// What a connection's username says it holds, a key id masked.
+fn holding(username: Option<&str>) -> String {
+    match username {
+        None => "no key".to_owned(),
+        Some(u) => match AccessKeyId::parse(u) {
+            Ok(k) => format!("key {}", k.masked()),
+            Err(_) => "a username that is not a key id".to_owned(),
+        },
     }
 }

@@ -3,7 +3,9 @@
 //! else is kept as is).
 
 use keyrotor_core::domain::{AccessKeyId, EndpointId, OrgUrl, ProjectName};
-use keyrotor_core::ports::{Endpoint, EndpointHandle, PortError, PortErrorKind, PortResult};
+use keyrotor_core::ports::{
+    Endpoint, EndpointHandle, PortError, PortErrorKind, PortResult, RawRead,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -81,8 +83,14 @@ pub(crate) fn endpoint_id(v: &Value) -> PortResult<EndpointId> {
     })
 }
 
-/// Reads what keyrotor needs from a `ServiceEndpoint` object found in `project`.
-pub(crate) fn to_endpoint(v: &Value, org: &OrgUrl, project: &ProjectName) -> PortResult<Endpoint> {
+/// Reads what keyrotor needs from a `ServiceEndpoint` object found in `project` by a request
+/// that went out at `sent`, and keeps the object (and `sent`) for an update in place.
+pub(crate) fn to_endpoint(
+    v: &Value,
+    org: &OrgUrl,
+    project: &ProjectName,
+    sent: tokio::time::Instant,
+) -> PortResult<Endpoint> {
     if !v.is_object() {
         return Err(PortError::new(
             PortErrorKind::Failed,
@@ -103,7 +111,10 @@ pub(crate) fn to_endpoint(v: &Value, org: &OrgUrl, project: &ProjectName) -> Por
         username: parameter(v, "username").map(str::to_owned),
         uses_oidc: uses_oidc(v),
         is_ready: v.get("isReady").and_then(Value::as_bool).unwrap_or(false),
-        raw: Some(std::sync::Arc::new(v.clone())),
+        raw: Some(std::sync::Arc::new(RawRead {
+            object: v.clone(),
+            sent: sent.into_std(),
+        })),
     })
 }
 
@@ -191,7 +202,8 @@ mod tests {
     #[test]
     fn fields_map_into_the_core_endpoint() {
         let org = OrgUrl::parse("https://dev.azure.com/contoso").unwrap();
-        let e = to_endpoint(&sample(), &org, &ProjectName::parse("Platform").unwrap()).unwrap();
+        let platform = ProjectName::parse("Platform").unwrap();
+        let e = to_endpoint(&sample(), &org, &platform, tokio::time::Instant::now()).unwrap();
         assert_eq!(e.kind, "aws");
         assert_eq!(e.scheme, "UsernamePassword");
         assert_eq!(e.username.as_deref(), Some("AKIAIOSFODNN7EXAMPLE"));

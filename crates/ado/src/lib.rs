@@ -34,7 +34,11 @@
 //! answer (or `X-RateLimit-Remaining: 0`) nobody sends before `X-RateLimit-Reset`; and while
 //! throttled, requests go one at a time. Waiting is bounded on its own
 //! ([`AdoOptions::rate_limit_max_wait`], [`AdoOptions::max_rate_limited_attempts`],
-//! [`AdoOptions::deadline`]) and never uses up the retries of real failures.
+//! [`AdoOptions::deadline`]) and never uses up the retries of real failures. A PUT sends back
+//! an object read earlier, so it is checked once more as the pacing lets it go: a read older than
+//! [`AdoOptions::max_read_age`] (10 s) by then is read again first, and a change made meanwhile
+//! is sent back as it was made, or refused when it makes the connection one keyrotor must not
+//! overwrite (switched to OIDC, another key).
 //!
 //! # Layout
 //!
@@ -42,7 +46,8 @@
 //! - `transport`: one request with the PAT, retries, and the mapping of answers to errors.
 //! - `pacing`: the rate-limit pacing every request of a client shares, and its arithmetic.
 //! - `endpoint`: the `ServiceEndpoint` JSON read into the core's `Endpoint`, and edited.
-//! - `audit`: [`AdoClient::list_aws_endpoints`], every AWS connection of an organization.
+//! - `audit`: [`AdoClient::list_aws_endpoints`], every AWS connection of an organization (the
+//!   holder scan), its per-project listings [`SCAN_CONCURRENCY`] at a time.
 //! - `oidc`: `keyrotor migrate-oidc`'s side: the organization id, and a connection switched in
 //!   place between its key and OIDC.
 //!
@@ -58,5 +63,5 @@ mod oidc;
 mod pacing;
 mod transport;
 
-pub use audit::{AdoProject, AuditEndpoint};
+pub use audit::{AdoProject, AuditEndpoint, SCAN_CONCURRENCY};
 pub use client::{API_VERSION, AdoClient, AdoOptions};

@@ -17,7 +17,7 @@ use keyrotor_core::ports::{EndpointHandle, PortError, PortErrorKind, PortResult}
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::client::{AdoClient, api_url};
+use crate::client::{AdoClient, api_url, gone};
 use crate::endpoint::{self, parameter, str_at};
 
 /// The version `connectionData` is asked with (its resource is in preview, as Microsoft's own
@@ -25,41 +25,47 @@ use crate::endpoint::{self, parameter, str_at};
 const CONNECTION_DATA_VERSION: &str = "7.1-preview.1";
 
 impl AdoClient {
-    /// GET, edit the parameters, PUT back to the same id; `secret` is scrubbed from errors.
+    /// GET, edit the parameters, PUT back to the same id; `secret` is scrubbed from errors. The
+    /// object sent is at most `max_read_age` old when the PUT goes out: past that (the rate limit
+    /// held it back) the connection is read again and the edit made on the new read, so that
+    /// what a person changed meanwhile stays.
     async fn put_edited(
         &self,
         handle: &EndpointHandle,
-        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+        edit: impl Fn(&mut serde_json::Map<String, Value>),
         secret: Option<&str>,
         check: impl FnOnce(&Value) -> bool,
     ) -> PortResult<()> {
-        let Some(mut object) = self.get_raw(handle).await? else {
-            return Err(PortError::new(
-                PortErrorKind::NotFound,
-                format!(
-                    "service connection {} no longer exists in project '{}' of {}",
-                    handle.id, handle.project, handle.org
-                ),
-            ));
-        };
-        if !str_at(&object, "/type").is_some_and(|t| t.eq_ignore_ascii_case("aws")) {
-            return Err(PortError::new(
-                PortErrorKind::Refused,
-                format!("service connection {} is not an AWS connection", handle.id),
-            ));
-        }
-        let params = object
-            .pointer_mut("/authorization/parameters")
-            .and_then(Value::as_object_mut)
-            .ok_or_else(|| {
-                PortError::new(
-                    PortErrorKind::Refused,
-                    "the service connection has no authorization parameters",
-                )
-            })?;
-        edit(params);
+        let (mut object, mut read_at) = self.get_raw(handle).await?.ok_or_else(|| gone(handle))?;
         let scrub: Vec<&str> = secret.into_iter().collect();
-        let (answer, same_id) = self.put_in_place(handle, object, &scrub).await?;
+        let mut rereads = 0u32;
+        let (answer, same_id) = loop {
+            if !str_at(&object, "/type").is_some_and(|t| t.eq_ignore_ascii_case("aws")) {
+                return Err(PortError::new(
+                    PortErrorKind::Refused,
+                    format!("service connection {} is not an AWS connection", handle.id),
+                ));
+            }
+            let name = endpoint::name_in(&object, handle.project.as_str());
+            let params = object
+                .pointer_mut("/authorization/parameters")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| {
+                    PortError::new(
+                        PortErrorKind::Refused,
+                        "the service connection has no authorization parameters",
+                    )
+                })?;
+            edit(params);
+            match self.put_in_place(handle, object, &scrub, read_at).await? {
+                Some(done) => break done,
+                None => {
+                    (object, read_at) = self
+                        .read_again(handle, &name, read_at, &mut rereads)
+                        .await?;
+                }
+            }
+        };
         if !same_id || !check(&answer) {
             return Err(PortError::new(
                 PortErrorKind::Failed,
@@ -95,7 +101,7 @@ impl OidcConnections for AdoClient {
     }
 
     async fn auth(&self, handle: &EndpointHandle) -> PortResult<Option<ConnectionAuth>> {
-        let Some(v) = self.get_raw(handle).await? else {
+        let Some((v, _)) = self.get_raw(handle).await? else {
             return Ok(None);
         };
         let top = str_at(&v, "/name").unwrap_or_default().to_owned();

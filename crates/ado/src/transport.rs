@@ -34,6 +34,18 @@ pub(crate) struct Answer {
     pub(crate) body: Value,
     /// `x-ms-continuationtoken`, when there is more to list.
     pub(crate) continuation: Option<String>,
+    /// When the attempt that got this answer went out: what it shows is no older than this.
+    pub(crate) sent: Instant,
+}
+
+/// What [`Transport::send_while_fresh`] did.
+#[derive(Debug)]
+pub(crate) enum Sent {
+    /// Sent, and answered.
+    Answered(Answer),
+    /// Not sent: by the time the request could go out (after waiting for the rate limit, or for
+    /// a retry), what it was made from was older than it may be.
+    Stale,
 }
 
 /// The outcome of one attempt.
@@ -106,6 +118,40 @@ impl Transport {
         body: Option<&[u8]>,
         secrets: &[&str],
     ) -> PortResult<Answer> {
+        match self.send_inner(method, url, body, secrets, None).await? {
+            Sent::Answered(answer) => Ok(answer),
+            // Without a bound nothing is ever stale: this arm is never taken.
+            Sent::Stale => Err(PortError::new(
+                PortErrorKind::Failed,
+                "a request without a freshness bound was reported stale",
+            )),
+        }
+    }
+
+    /// [`send`](Self::send), but no attempt goes out after `fresh_until`: checked at the last
+    /// moment, once the rate limit lets the attempt go (and before every retry), and then
+    /// [`Sent::Stale`] without sending. For a PUT of an object read earlier: the object must not
+    /// be older than that when it reaches the service.
+    pub(crate) async fn send_while_fresh(
+        &self,
+        method: Method,
+        url: &Url,
+        body: &[u8],
+        secrets: &[&str],
+        fresh_until: Instant,
+    ) -> PortResult<Sent> {
+        self.send_inner(method, url, Some(body), secrets, Some(fresh_until))
+            .await
+    }
+
+    async fn send_inner(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&[u8]>,
+        secrets: &[&str],
+        fresh_until: Option<Instant>,
+    ) -> PortResult<Sent> {
         let what = format!("{method} {}", url.path());
         let o = &self.options;
         let started = Instant::now();
@@ -147,6 +193,10 @@ impl Transport {
                 }
             };
             held += admission.waited;
+            if fresh_until.is_some_and(|f| Instant::now() > f) {
+                // Its turn is given up with the admission: the caller reads again first.
+                return Ok(Sent::Stale);
+            }
             let timeout = match deadline {
                 None => o.request_timeout,
                 Some(d) => {
@@ -165,7 +215,7 @@ impl Transport {
             // The answer has been observed: the next request in line may go.
             drop(admission);
             match outcome {
-                Attempt::Done(answer) => return Ok(answer),
+                Attempt::Done(answer) => return Ok(Sent::Answered(answer)),
                 Attempt::Fatal(e) => return Err(self.scrubbed(e, secrets)),
                 Attempt::RateLimited { reason } => {
                     refusals += 1;
@@ -232,6 +282,7 @@ impl Transport {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
+        let sent = Instant::now();
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_builder() => {
@@ -264,7 +315,7 @@ impl Transport {
             self.options.max_retry_after,
             what,
         );
-        classify(status, &headers, &bytes, what)
+        classify(status, &headers, &bytes, what, sent)
     }
 
     fn scrub(&self, text: &str, secrets: &[&str]) -> String {
@@ -334,7 +385,13 @@ fn instant_of(deadline: SystemTime) -> Instant {
 }
 
 /// Turns one HTTP answer into JSON, an error, or a reason to retry.
-fn classify(status: StatusCode, headers: &HeaderMap, bytes: &[u8], what: &str) -> Attempt {
+fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    what: &str,
+    sent: Instant,
+) -> Attempt {
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -391,12 +448,14 @@ fn classify(status: StatusCode, headers: &HeaderMap, bytes: &[u8], what: &str) -
             return Attempt::Done(Answer {
                 body: Value::Null,
                 continuation: continuation(headers),
+                sent,
             });
         }
         return match parsed {
             Some(body) => Attempt::Done(Answer {
                 body,
                 continuation: continuation(headers),
+                sent,
             }),
             None => fatal(
                 PortErrorKind::Unauthorized,
@@ -534,6 +593,7 @@ mod tests {
             &h,
             br#"{"message":"TF400733: blocked"}"#,
             "GET /x",
+            Instant::now(),
         ) {
             Attempt::RateLimited { reason } => {
                 assert!(reason.contains("TF400733"), "{reason}");
@@ -548,7 +608,13 @@ mod tests {
     #[test]
     fn a_503_is_a_failure_whose_retry_after_is_honoured() {
         let h = headers(&[("retry-after", "3")]);
-        match classify(StatusCode::SERVICE_UNAVAILABLE, &h, b"", "GET /x") {
+        match classify(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &h,
+            b"",
+            "GET /x",
+            Instant::now(),
+        ) {
             Attempt::Retry { retry_after, .. } => {
                 assert_eq!(retry_after, Some(Duration::from_secs(3)));
             }
@@ -569,7 +635,13 @@ mod tests {
     #[test]
     fn an_html_page_with_200_is_an_unauthorized_pat() {
         let h = headers(&[("content-type", "text/html; charset=utf-8")]);
-        match classify(StatusCode::OK, &h, b"<html>Sign in</html>", "GET /x") {
+        match classify(
+            StatusCode::OK,
+            &h,
+            b"<html>Sign in</html>",
+            "GET /x",
+            Instant::now(),
+        ) {
             Attempt::Fatal(e) => {
                 assert_eq!(e.kind, PortErrorKind::Unauthorized);
                 assert!(e.message.contains("did not accept the PAT"), "{e}");
@@ -587,6 +659,7 @@ mod tests {
             &h,
             br#"{"message":"m"}"#,
             "GET /x",
+            Instant::now(),
         ) {
             Attempt::Fatal(e) => e.kind,
             _ => panic!("{s} is not retried"),

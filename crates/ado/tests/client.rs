@@ -10,7 +10,7 @@ use common::*;
 use keyrotor_ado::{AdoClient, AdoOptions};
 use keyrotor_core::domain::{AccessKeyId, EndpointRef, EndpointSelector, ProjectName};
 use keyrotor_core::ports::{Endpoint, PortError, PortErrorKind, PortResult, ServiceConnections};
-use keyrotor_testkit::ado::{Fault, Op, RateLimit};
+use keyrotor_testkit::ado::{Fault, Op, OrgSeed, RateLimit, Scope, Seed, aws_endpoint};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -891,6 +891,299 @@ async fn the_audit_lists_every_aws_connection_once_with_all_its_projects() {
         .filter(|r| r.path.ends_with("/_apis/projects"))
         .count();
     assert_eq!(project_pages, 2, "continuation token followed");
+}
+
+/// What a person does in the web UI, through the REST API with their own request: reads the
+/// connection `id` (in Platform), edits it, PUTs it back (confidential fields `null`: kept).
+async fn person_edits(env: &Env, id: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let org = env.emu.org_url("contoso");
+    let http = reqwest::Client::new();
+    let mut ep = json_of(
+        http.get(format!(
+            "{org}/Platform/_apis/serviceendpoint/endpoints/{id}?api-version=7.1"
+        ))
+        .basic_auth("", Some(PAT)),
+    )
+    .await;
+    edit(&mut ep);
+    let status = http
+        .put(format!(
+            "{org}/_apis/serviceendpoint/endpoints/{id}?api-version=7.1"
+        ))
+        .basic_auth("", Some(PAT))
+        .json(&ep)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "the person's edit is stored");
+}
+
+/// Options under which a read is stale after 300 ms, and a `Retry-After` of 1 s is waited out
+/// in full: a PUT the rate limit holds back goes out after its read is stale.
+fn stale_after_a_pause() -> AdoOptions {
+    AdoOptions {
+        max_retry_after: Duration::from_secs(2),
+        max_read_age: Duration::from_millis(300),
+        ..fast()
+    }
+}
+
+/// Reads the prod connection, then updates it from that read while Azure DevOps refuses the PUT
+/// once (429, `Retry-After: 1`) and a person, during that pause, makes `edit`. Returns what
+/// the update answered and the index in the request log from which the requests came after the
+/// person's edit.
+async fn update_while_a_person_edits(
+    env: &Env,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (PortResult<()>, usize) {
+    let client = Arc::new(env.client_with(PAT, stale_after_a_pause()));
+    let read = prod_via(env, &client).await.unwrap();
+    env.emu.inject(Fault::status(Op::Put, 429).retry_after(1));
+    let update = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let (key, secret) = new_key();
+            client.set_credentials_from(&read, &key, &secret).await
+        }
+    });
+    let since = Instant::now();
+    while !env.emu.requests().iter().any(|r| r.status == 429) {
+        assert!(since.elapsed() < Duration::from_secs(10), "no 429");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        client.rate_limit_pause().is_some(),
+        "the client holds its requests back"
+    );
+    person_edits(env, PROD, edit).await;
+    let after = env.emu.requests().len();
+    (update.await.unwrap(), after)
+}
+
+/// Issue #21, item 6: a change a person made while the PUT waited out the rate limit is not
+/// reverted. The read the update was made from is stale by the time the PUT may go out, so it is
+/// read again and the PUT carries the person's new description with the new key.
+#[tokio::test]
+async fn a_description_a_person_edits_while_the_put_waits_for_the_rate_limit_survives() {
+    let env = Env::start().await;
+    env.emu.capture_bodies(true);
+    let (result, after) = update_while_a_person_edits(&env, |ep| {
+        ep["description"] = json!("Edited by a person during the pause");
+    })
+    .await;
+    result.unwrap();
+    let stored = env.stored(PROD);
+    assert_eq!(stored["description"], "Edited by a person during the pause");
+    assert_eq!(stored["authorization"]["parameters"]["username"], NEW_KEY);
+    assert_eq!(
+        stored["authorization"]["parameters"]["password"],
+        NEW_SECRET
+    );
+    let log: Vec<(String, u16)> = env.emu.requests()[after..]
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    assert_eq!(
+        log,
+        [("GET".to_owned(), 200), ("PUT".to_owned(), 200)],
+        "read again, then the PUT"
+    );
+    let last_put = env.emu.captured_bodies().pop().unwrap();
+    assert_eq!(
+        last_put.body["description"], "Edited by a person during the pause",
+        "the PUT sent the person's description"
+    );
+}
+
+/// The person switched the connection to OIDC during the pause: the update reads it again,
+/// sends nothing, and is refused as an OIDC connection is (the connection stays as the person
+/// made it).
+#[tokio::test]
+async fn a_switch_to_oidc_while_the_put_waits_for_the_rate_limit_is_not_overwritten() {
+    let env = Env::start().await;
+    let (result, after) = update_while_a_person_edits(&env, |ep| {
+        let p = &mut ep["authorization"]["parameters"];
+        p["useOIDC"] = json!("true");
+        p["username"] = json!("");
+        p["password"] = json!("");
+        p["sessionToken"] = json!("");
+    })
+    .await;
+    let e = result.unwrap_err();
+    assert_error(&e, PortErrorKind::Refused, &["aws-prod", "OIDC"]);
+    assert_no_secret(&readable(&e));
+    let stored = env.stored(PROD);
+    assert_eq!(stored["authorization"]["parameters"]["useOIDC"], "true");
+    assert_eq!(stored["authorization"]["parameters"]["username"], "");
+    assert_eq!(stored["authorization"]["parameters"]["password"], "");
+    let methods: Vec<String> = env.emu.requests()[after..]
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(methods, ["GET"], "read again; no PUT");
+}
+
+/// The person put another key into the connection during the pause: that is not the key the
+/// caller decided to replace, so nothing is sent and the update is refused, naming both keys
+/// masked.
+#[tokio::test]
+async fn another_key_put_in_while_the_put_waits_for_the_rate_limit_is_not_overwritten() {
+    const PERSONS_KEY: &str = "AKIAJ7PERSONSKEY0001";
+    let env = Env::start().await;
+    let (result, after) = update_while_a_person_edits(&env, |ep| {
+        let p = &mut ep["authorization"]["parameters"];
+        p["username"] = json!(PERSONS_KEY);
+        p["password"] = json!("personsSECRETvalue");
+    })
+    .await;
+    let e = result.unwrap_err();
+    assert_error(
+        &e,
+        PortErrorKind::Refused,
+        &["changed while its update waited", "AKIA…0001", "AKIA…MPLE"],
+    );
+    assert!(!e.message.contains(PERSONS_KEY), "key ids masked: {e}");
+    assert_eq!(
+        env.stored(PROD)["authorization"]["parameters"]["username"],
+        PERSONS_KEY
+    );
+    let methods: Vec<String> = env.emu.requests()[after..]
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(methods, ["GET"], "read again; no PUT");
+}
+
+/// A read still young when the PUT may go out is not read again: a short pause costs nothing.
+#[tokio::test]
+async fn a_put_held_back_less_than_the_read_age_bound_is_sent_from_the_read() {
+    let env = Env::start().await;
+    let options = AdoOptions {
+        max_retry_after: Duration::from_secs(2),
+        ..fast()
+    };
+    let client = env.client_with(PAT, options);
+    let read = prod_via(&env, &client).await.unwrap();
+    env.emu.inject(Fault::status(Op::Put, 429).retry_after(1));
+    let (key, secret) = new_key();
+    client
+        .set_credentials_from(&read, &key, &secret)
+        .await
+        .unwrap();
+    let log: Vec<(String, u16)> = env
+        .emu
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ("GET".to_owned(), 200),
+            ("PUT".to_owned(), 429),
+            ("PUT".to_owned(), 200)
+        ]
+    );
+}
+
+/// An organization of `projects` projects, each with one AWS connection (`aws-NNN`, its key
+/// `OLD_KEY`); the last one also shared into the first project.
+fn many_projects(projects: usize) -> Seed {
+    let mut org = OrgSeed::new("contoso").pat(PAT, Scope::Manage);
+    for i in 0..projects {
+        org = org.project_with_id(
+            &format!("Project-{i:03}"),
+            &format!("bbbbbbbb-0000-4000-8000-{i:012}"),
+        );
+    }
+    for i in 0..projects {
+        let mut here = vec![format!("Project-{i:03}")];
+        if i + 1 == projects {
+            here.push("Project-000".to_owned());
+        }
+        let here: Vec<&str> = here.iter().map(String::as_str).collect();
+        let mut ep = aws_endpoint(&format!("aws-{i:03}"), OLD_KEY, OLD_SECRET, &here);
+        ep["id"] = json!(format!("cccccccc-0000-4000-8000-{i:012}"));
+        org = org.endpoint(ep);
+    }
+    Seed::new().org(org)
+}
+
+/// Issue #21, item 7: the holder scan of 300 projects with Azure DevOps answering each request
+/// in 150 ms. One request after the other it would take 301 × 150 ms = 45 s, which a Lambda
+/// step's 60 s cannot afford beside its other work; the per-project listings go
+/// `SCAN_CONCURRENCY` at a time, which the emulator sees from outside (the most requests it
+/// served at once), and the answer is the same as one request at a time would give: every
+/// connection once, sorted, a shared one with both its projects in the projects' order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_scan_of_300_projects_lists_them_16_at_a_time_through_the_paced_client() {
+    const PROJECTS: usize = 300;
+    let env = Env::with(many_projects(PROJECTS), fast()).await;
+    env.emu.inject(Fault::delay(Op::Any, 150).forever());
+    let started = Instant::now();
+    let list = env.client.list_aws_endpoints(&env.org).await.unwrap();
+    let took = started.elapsed();
+    eprintln!("300 projects at 150 ms a request: the scan took {took:?}");
+
+    let names: Vec<String> = list.iter().map(|c| c.name.clone()).collect();
+    let expected: Vec<String> = (0..PROJECTS).map(|i| format!("aws-{i:03}")).collect();
+    assert_eq!(names, expected, "every connection once, sorted");
+    assert_eq!(list[0].projects, ["Project-000"]);
+    assert_eq!(
+        list[PROJECTS - 1].projects,
+        ["Project-000", "Project-299"],
+        "a shared connection once, with its projects in the order they were listed"
+    );
+    let log = env.emu.requests();
+    let pages = PROJECTS.div_ceil(100);
+    assert_eq!(
+        log.len(),
+        pages + PROJECTS,
+        "pages of 100 projects, then one listing each"
+    );
+    assert!(log.iter().all(|r| r.status == 200), "{log:?}");
+
+    let peak = env.emu.peak_in_flight();
+    assert!(
+        peak <= keyrotor_ado::SCAN_CONCURRENCY,
+        "never more than SCAN_CONCURRENCY at once: {peak}"
+    );
+    assert!(
+        peak >= keyrotor_ado::SCAN_CONCURRENCY / 2,
+        "the listings overlapped (the bound is what makes the scan fast): {peak}"
+    );
+    // The bound the concurrency gives, with a wide margin for a busy machine: three pages of
+    // projects, then 300 / 16 = 19 rounds, at 150 ms each: about 3.3 s (45 s one at a time).
+    let rounds = pages + PROJECTS.div_ceil(keyrotor_ado::SCAN_CONCURRENCY);
+    let bound = Duration::from_millis(150) * rounds as u32 * 4;
+    assert!(took < bound, "the scan took {took:?}, over {bound:?}");
+}
+
+/// The Lambda's deadline bounds the scan as a whole, with its listings in flight at once: no
+/// listing is started past it, the ones in flight end at it, and the scan fails retryable (the
+/// state machine retries the step) instead of running into the function's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_bounds_a_concurrent_holder_scan() {
+    let options = AdoOptions {
+        deadline: Some(SystemTime::now() + Duration::from_secs(1)),
+        ..fast()
+    };
+    let env = Env::with(many_projects(300), options).await;
+    env.emu.inject(Fault::delay(Op::Any, 150).forever());
+    let started = Instant::now();
+    let e = env.client.list_aws_endpoints(&env.org).await.unwrap_err();
+    assert_eq!(e.kind, PortErrorKind::Retryable, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it ended at the deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        env.emu.requests().len() < 3 + 300,
+        "the scan stopped at the deadline"
+    );
+    assert_no_secret(&readable(&e));
 }
 
 #[tokio::test]

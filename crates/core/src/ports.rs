@@ -331,10 +331,37 @@ pub struct Endpoint {
     pub is_ready: bool,
     /// The adapter's copy of the whole object as it was read, when it keeps one: an update in
     /// place can then PUT it back without reading it again
-    /// ([`ServiceConnections::set_credentials_from`]). Never a secret: the service answers every
-    /// confidential field `null`.
-    pub raw: Option<std::sync::Arc<serde_json::Value>>,
+    /// ([`ServiceConnections::set_credentials_from`]) while the read is at most
+    /// [`MAX_READ_AGE`] old. Never a secret: the service answers every confidential field
+    /// `null`.
+    pub raw: Option<std::sync::Arc<RawRead>>,
 }
+
+/// An adapter's copy of a connection object, and when the request that read it was sent.
+/// Two reads are equal when they read the same object, whenever they were made.
+#[derive(Debug, Clone)]
+pub struct RawRead {
+    /// The whole object as the service answered it.
+    pub object: serde_json::Value,
+    /// When the request that read it went out: the object shows the connection as it was at
+    /// that moment or later.
+    pub sent: std::time::Instant,
+}
+
+impl PartialEq for RawRead {
+    fn eq(&self, other: &Self) -> bool {
+        self.object == other.object
+    }
+}
+
+impl Eq for RawRead {}
+
+/// The oldest a read of a connection may be at the moment the PUT that sends it back goes out:
+/// a PUT sends the whole object, so whatever a person changed since the read (a description, a
+/// switch to OIDC) would be reverted. An update whose request is held back past it (by the rate
+/// limit, or a retry) reads the connection again first ([`ServiceConnections::set_credentials_from`]);
+/// [`SharedReads`](crate::shared::SharedReads) shares reads between targets within it.
+pub const MAX_READ_AGE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Endpoint {
     /// Why keyrotor may not rotate this connection's key, if it may not.
@@ -417,7 +444,10 @@ pub trait ServiceConnections: Send + Sync {
         self.list_aws(org).await
     }
     /// Updates the credentials in place: GET, then PUT the full object with the new username
-    /// and password, every other field kept. Never deletes and re-creates.
+    /// and password, every other field kept. Never deletes and re-creates. The object PUT is at
+    /// most [`MAX_READ_AGE`] old when it goes out, as for [`set_credentials_from`].
+    ///
+    /// [`set_credentials_from`]: Self::set_credentials_from
     async fn set_credentials(
         &self,
         handle: &EndpointHandle,
@@ -426,8 +456,12 @@ pub trait ServiceConnections: Send + Sync {
     ) -> PortResult<()>;
     /// Updates the credentials of a connection just read (`read`, from [`get_many`] or
     /// [`find`]) in place. An adapter that kept the object it read ([`Endpoint::raw`]) PUTs it
-    /// back with the new key without reading it again: the read the caller just made is the read
-    /// right before the PUT. Otherwise the same as [`set_credentials`].
+    /// back with the new key without reading it again, as long as the read is at most
+    /// [`MAX_READ_AGE`] old at the moment the PUT goes out, after any wait; an older one is read
+    /// again first, and when the connection changed meanwhile in a way keyrotor must not
+    /// overwrite (it is no longer rotatable, e.g. switched to OIDC, or holds another key than the
+    /// read showed), nothing is sent and the update is `Refused`. When the new read shows the new
+    /// key already, nothing is sent either. Otherwise the same as [`set_credentials`].
     ///
     /// [`get_many`]: Self::get_many
     /// [`find`]: Self::find

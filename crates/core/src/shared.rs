@@ -27,11 +27,12 @@
 //!   or that asks later, gets a new read of its own connections and of every connection still to
 //!   be read. Every such read was made after the step began, so after every PUT of the batch's
 //!   push (confirm reads back what push wrote) — the same guarantee a read of the target's own
-//!   gives. For push, the read is the object each PUT sends back: a shared read is older by at
-//!   most `MAX_AGE` at its PUT than a read of the target's own would be, so a concurrent edit
-//!   made in that window would be overwritten; `MAX_AGE` bounds that window, and outside a
-//!   step's group (compensation, the report, a step no batch announced) every read goes straight
-//!   through.
+//!   gives. For push, the read is the object each PUT sends back, and what bounds its age is the
+//!   adapter's, at the PUT itself: a read older than [`MAX_READ_AGE`](crate::ports::MAX_READ_AGE)
+//!   when the PUT would go out (served late, or held back by the rate limit) is read again first
+//!   ([`ServiceConnections::set_credentials_from`]), so a change a person made meanwhile is PUT
+//!   back as they made it, or refused. Outside a step's group (compensation, the report, a step
+//!   no batch announced) every read goes straight through.
 //!
 //! Everything else (GET by id, PUTs) goes straight through.
 
@@ -86,7 +87,7 @@ impl SharedReads {
     /// How long a shared read serves: long enough for a burst of targets, short enough that
     /// inspect's view is no older than the time one target's own steps take (IAM propagation
     /// alone is 5–20 s).
-    pub const MAX_AGE: Duration = Duration::from_secs(10);
+    pub const MAX_AGE: Duration = crate::ports::MAX_READ_AGE;
 
     /// Wraps `inner`; `clock` dates the reads.
     pub fn new(inner: Arc<dyn ServiceConnections>, clock: Arc<dyn Clock>) -> Self {

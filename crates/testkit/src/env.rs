@@ -666,6 +666,50 @@ impl TestEnv {
             .expect("the shared connection exists")
     }
 
+    /// The id of the connection named `name` (its top-level name), as stored.
+    pub fn connection_id(&self, name: &str) -> String {
+        self.ado_state()
+            .org(ORG)
+            .and_then(|o| {
+                o.endpoints
+                    .iter()
+                    .find(|e| e["name"] == name)
+                    .and_then(|e| e["id"].as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no connection named {name}"))
+    }
+
+    /// What a person does in the web UI, through Azure DevOps' REST API: reads the connection
+    /// `id` (in Platform), makes `edit`, and PUTs it back (confidential fields as read, `null`:
+    /// kept). Panics unless the service stores it.
+    pub async fn edit_as_a_person(&self, id: &str, edit: impl FnOnce(&mut Value)) {
+        let org = self.org_url();
+        let http = reqwest::Client::new();
+        let mut ep: Value = http
+            .get(format!(
+                "{org}/Platform/_apis/serviceendpoint/endpoints/{id}?api-version=7.1"
+            ))
+            .basic_auth("", Some(PAT))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the person reads the connection")
+            .json()
+            .await
+            .expect("a connection object");
+        edit(&mut ep);
+        http.put(format!(
+            "{org}/_apis/serviceendpoint/endpoints/{id}?api-version=7.1"
+        ))
+        .basic_auth("", Some(PAT))
+        .json(&ep)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("the person's edit is stored");
+    }
+
     /// Requests to Azure DevOps that changed (or tried to change) something: anything but GET,
     /// as `METHOD path -> status`.
     pub fn write_requests(&self) -> Vec<String> {

@@ -115,6 +115,7 @@ pub fn fast() -> AdoOptions {
         max_rate_limited_attempts: 4,
         rate_limit_max_wait: Duration::from_secs(10),
         deadline: None,
+        max_read_age: keyrotor_core::ports::MAX_READ_AGE,
     }
 }
 

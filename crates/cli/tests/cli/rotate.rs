@@ -320,6 +320,92 @@ async fn a_429_storm_that_ends_is_waited_out() {
     env.stop().await;
 }
 
+/// Issue #21, item 6, end to end with the real bound (a read serves a PUT for 10 s): the run's
+/// first PUT is refused with `Retry-After: 11`, and during that pause a person edits the
+/// description of one of the target's two connections and switches the other to OIDC. Every PUT
+/// after the pause would send a read older than 10 s, so each connection is read again first:
+/// the edited one gets the new key with the person's description (and, when the run is
+/// compensated, the old key back with it), the one switched to OIDC gets no PUT at all, and the
+/// target is refused as an OIDC connection is (exit 3). Before the fix both changes were
+/// reverted by PUTs of the reads from before the pause.
+#[tokio::test]
+async fn a_change_a_person_makes_while_a_put_waits_out_the_rate_limit_survives() {
+    const EDITED: &str = "Edited by a person while keyrotor waited";
+    let mut env = spawn_env().await;
+    let key = (env.initial_key.clone(), env.initial_secret.clone());
+    env.add_listed_connection("aws-second", (&key.0, &key.1))
+        .await;
+    let second = env.connection_id("aws-second");
+    env.ado.capture_bodies(true);
+    env.ado.inject(Fault::status(Op::Put, 429).retry_after(11));
+    let person = async {
+        let since = std::time::Instant::now();
+        while !env.puts().iter().any(|(_, status)| *status == 429) {
+            assert!(
+                since.elapsed() < std::time::Duration::from_secs(120),
+                "the run never sent its PUT"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        env.edit_as_a_person(&second, |ep| ep["description"] = EDITED.into())
+            .await;
+        env.edit_as_a_person(EP_ID, |ep| {
+            on_oidc(ep);
+            ep["authorization"]["parameters"]["sessionToken"] = "".into();
+        })
+        .await;
+        env.ado.requests().len()
+    };
+    let (o, after) = tokio::join!(env.run(&["rotate", "--force", "--output", "json"]), person);
+    assert_eq!(o.code, 3, "{}", o.show());
+    let t = target(&o.json()).clone();
+    assert_eq!(t["outcome"], "refused", "{}", o.show());
+    assert!(all_text(&t).contains("OIDC"), "{t:#}");
+
+    let shared = env.endpoint();
+    let p = &shared["authorization"]["parameters"];
+    assert_eq!(p["useOIDC"], "true", "the switch to OIDC stays");
+    assert_eq!(p["username"], "", "no key was put back into it");
+    assert_eq!(p["password"], "");
+    let edited = env.ado.endpoint(ORG, &second).unwrap();
+    assert_eq!(
+        edited["description"], EDITED,
+        "the person's description stays"
+    );
+
+    let later = &env.ado.requests()[after..];
+    assert!(
+        !later
+            .iter()
+            .any(|r| r.method == "PUT" && r.path.contains(EP_ID)),
+        "no PUT over the connection switched to OIDC: {later:?}"
+    );
+    // Every PUT of the edited connection, the person's included, in the order they came.
+    let bodies: Vec<Value> = env
+        .ado
+        .captured_bodies()
+        .into_iter()
+        .filter(|b| b.op == Op::Put && b.path.contains(&second))
+        .map(|b| b.body)
+        .collect();
+    let person_at = bodies
+        .iter()
+        .position(|b| b["description"] == EDITED)
+        .expect("the person's PUT");
+    let keyrotors = &bodies[person_at + 1..];
+    assert!(
+        !keyrotors.is_empty(),
+        "keyrotor updated the edited connection after the pause"
+    );
+    for b in keyrotors {
+        assert_eq!(
+            b["description"], EDITED,
+            "every PUT after the person's edit carries their description"
+        );
+    }
+    env.stop().await;
+}
+
 /// Eight targets rotated four at a time (the default concurrency) through the one Azure DevOps
 /// client of the run, against Azure DevOps' rate limit with a shrunken window: 4 undelayed
 /// requests per 2 s, refusals from 8 (the margin of 4 covers the four targets' requests in

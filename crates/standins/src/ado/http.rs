@@ -34,6 +34,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
                 .post(control_add_fault)
                 .delete(control_clear_faults),
         )
+        .route(
+            "/_emulator/in-flight",
+            get(control_in_flight).delete(control_reset_peak),
+        )
         .route("/_emulator/reset", post(control_reset))
         .fallback(api)
         .with_state(shared)
@@ -70,6 +74,16 @@ async fn control_add_fault(State(sh): State<Arc<Shared>>, body: Bytes) -> Respon
 
 async fn control_clear_faults(State(sh): State<Arc<Shared>>) -> StatusCode {
     sh.lock().faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn control_in_flight(State(sh): State<Arc<Shared>>) -> Response {
+    let (now, peak) = sh.in_flight();
+    axum::Json(json!({"now": now, "peak": peak})).into_response()
+}
+
+async fn control_reset_peak(State(sh): State<Arc<Shared>>) -> StatusCode {
+    sh.reset_peak();
     StatusCode::NO_CONTENT
 }
 
@@ -153,6 +167,7 @@ async fn api(
     body: Bytes,
 ) -> Response {
     let received = Instant::now();
+    let _counted = sh.enter();
     let response = match route(&method, uri.path()) {
         Ok(route) => serve(&sh, &uri, &headers, &body, &route).await,
         Err(e) => e.into_response(),

@@ -24,8 +24,9 @@
 //! |---|---|
 //! | `GET /_emulator/state` | the whole state, passwords included |
 //! | `GET` / `DELETE /_emulator/requests` | the request log ([`RequestRecord`]: method, path, query, status, arrival time, `Retry-After`, delayed) / clear it |
+//! | `GET` / `DELETE /_emulator/in-flight` | `{"now": N, "peak": M}`: API requests being served now, and the most at once since the start or the last `DELETE` (which starts the peak again from `now`) |
 //! | `GET` / `POST` / `DELETE /_emulator/faults` | pending faults / add one ([`Fault`] JSON) / clear |
-//! | `POST /_emulator/reset` | back to the seed (or to the [`Seed`] in the body), faults and log cleared |
+//! | `POST /_emulator/reset` | back to the seed (or to the [`Seed`] in the body), faults, log and peak in flight cleared |
 //!
 //! # Confidential fields on update
 //!
@@ -65,6 +66,7 @@ mod state;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -117,6 +119,20 @@ pub(crate) struct Shared {
     /// What [`RequestRecord::received_us`] counts from.
     pub(crate) started: Instant,
     inner: Mutex<Inner>,
+    /// API requests being served now (control requests not counted).
+    in_flight: AtomicUsize,
+    /// The most API requests served at once since the start or the last reset of the peak.
+    peak_in_flight: AtomicUsize,
+}
+
+/// Counts one API request as in flight while it lives (dropped when the answer is ready, or when
+/// the client went away and the request was cancelled).
+pub(crate) struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub(crate) struct Inner {
@@ -150,7 +166,30 @@ impl Shared {
                 capture: false,
                 captured: Vec::new(),
             }),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
         })
+    }
+
+    /// Counts an API request in flight until the guard is dropped.
+    pub(crate) fn enter(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(self)
+    }
+
+    /// `(now, peak)`: requests in flight, and the most at once.
+    pub(crate) fn in_flight(&self) -> (usize, usize) {
+        (
+            self.in_flight.load(Ordering::SeqCst),
+            self.peak_in_flight.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Starts the peak again from the requests in flight now.
+    pub(crate) fn reset_peak(&self) {
+        let now = self.in_flight.load(Ordering::SeqCst);
+        self.peak_in_flight.store(now, Ordering::SeqCst);
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -172,6 +211,8 @@ impl Shared {
         inner.log.clear();
         inner.usage.clear();
         inner.captured.clear();
+        drop(inner);
+        self.reset_peak();
         Ok(())
     }
 }
@@ -251,7 +292,19 @@ impl AdoEmulator {
         self.shared.lock().log.clear();
     }
 
-    /// Back to the seed: state, rate limit and usage; faults, log and captured bodies cleared.
+    /// The most API requests the emulator served at once since it started or since
+    /// [`AdoEmulator::reset_peak_in_flight`]: a client's concurrency, seen from outside.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.in_flight().1
+    }
+
+    /// Starts [`AdoEmulator::peak_in_flight`] again from the requests in flight now.
+    pub fn reset_peak_in_flight(&self) {
+        self.shared.reset_peak();
+    }
+
+    /// Back to the seed: state, rate limit and usage; faults, log, captured bodies and the peak
+    /// in flight cleared.
     pub fn reset(&self) {
         // Re-applying the seed already accepted at start cannot fail.
         let _ = self.shared.reset(None);

@@ -155,22 +155,38 @@ impl OrgState {
             .find(|p| p.name.eq_ignore_ascii_case(name))
     }
 
+    /// Whether a `serviceEndpointProjectReferences` entry names `project`: what
+    /// [`project_of_reference`](Self::project_of_reference) would find, without searching every
+    /// project (project ids and names are unique in an organization), so that listing a project
+    /// of an organization with hundreds of them does not cost a search of all of them per
+    /// connection.
+    fn refers_to(reference: &Value, project: &Project) -> bool {
+        let Some(pr) = reference.get("projectReference") else {
+            return false;
+        };
+        match pr
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            Some(id) => project.id.eq_ignore_ascii_case(id),
+            None => pr
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| project.name.eq_ignore_ascii_case(n)),
+        }
+    }
+
     /// Whether an endpoint is shared into a project.
     pub(crate) fn is_in(&self, ep: &Value, project: &Project) -> bool {
-        references(ep).iter().any(|r| {
-            self.project_of_reference(r)
-                .is_some_and(|p| p.id == project.id)
-        })
+        references(ep).iter().any(|r| Self::refers_to(r, project))
     }
 
     /// An endpoint's name in a project: its reference's `name` there, else its own `name`.
     pub(crate) fn name_in(&self, ep: &Value, project: &Project) -> String {
         references(ep)
             .iter()
-            .filter(|r| {
-                self.project_of_reference(r)
-                    .is_some_and(|p| p.id == project.id)
-            })
+            .filter(|r| Self::refers_to(r, project))
             .find_map(|r| {
                 r.get("name")
                     .and_then(Value::as_str)

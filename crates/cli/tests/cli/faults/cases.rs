@@ -395,9 +395,12 @@ async fn check_case(case: &Case, env: &Env) -> Result<String, String> {
         }
         Inject::Ado { op, .. } => {
             let (n, bad) = ado_requests(env, *op);
-            // At most two calls meet the fault (the step's, compensation's), each retried within
-            // the client's bound, plus the report's read.
-            let bound = 4 * ADO_ATTEMPTS;
+            // At most these meet the fault, each retried within the client's bound: the step's
+            // call, compensation's read of the connections, the report's read, and
+            // compensation's holder scan, whose listings, one per project (Platform and Web
+            // here), go at once (`keyrotor_ado::SCAN_CONCURRENCY` at a time).
+            let scan_listings = 2;
+            let bound = (3 + scan_listings) * ADO_ATTEMPTS;
             if bad > bound {
                 return Err(format!(
                     "{bad} faulted Azure DevOps requests of {op_label} (bound {bound}):\n{}",

@@ -147,7 +147,11 @@ async fn a_grace_period_keeps_the_old_key_inactive_until_a_later_run() {
     sc.fakes.advance(Duration::from_secs(86400));
     let r = run(&sc).await;
     assert_eq!(r.outcome, Outcome::NothingDue);
-    assert_eq!(sc.fakes.state().users["pipeline"].len(), 2, "still in grace");
+    assert_eq!(
+        sc.fakes.state().users["pipeline"].len(),
+        2,
+        "still in grace"
+    );
     sc.fakes
         .advance(sc.policy.verify_timeout + Duration::from_secs(601));
     let r = run(&sc).await;

@@ -280,26 +280,20 @@ pub fn owner_of(value: &SecretString) -> Option<Lease> {
     })
 }
 
+/// The instant a top-level field of the value's JSON records (RFC 3339), if it holds one.
+fn time_field(value: &SecretString, field: &str) -> Option<SystemTime> {
+    let v: serde_json::Value = serde_json::from_str(value.expose_secret()).ok()?;
+    humantime::parse_rfc3339_weak(v.get(field)?.as_str()?).ok()
+}
+
 /// The `CreateDate` a key's value records, if it holds one.
 pub fn created_of(value: &SecretString) -> Option<SystemTime> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Dated {
-        create_date: String,
-    }
-    let d: Dated = serde_json::from_str(value.expose_secret()).ok()?;
-    humantime::parse_rfc3339_weak(&d.create_date).ok()
+    time_field(value, "CreateDate")
 }
 
 /// When every connection held the key a value holds (`KeyrotorConfirmedAt`), if recorded.
 pub fn confirmed_of(value: &SecretString) -> Option<SystemTime> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Stamped {
-        keyrotor_confirmed_at: String,
-    }
-    let d: Stamped = serde_json::from_str(value.expose_secret()).ok()?;
-    humantime::parse_rfc3339_weak(&d.keyrotor_confirmed_at).ok()
+    time_field(value, "KeyrotorConfirmedAt")
 }
 
 /// Reads a key out of a value, if it holds one.

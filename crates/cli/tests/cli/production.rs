@@ -212,6 +212,28 @@ async fn a_consumer_that_still_uses_the_old_key_late_in_the_drain_keeps_it_activ
     env.stop().await;
 }
 
+/// A `rotate --force` now is refused (exit 3) with a reason naming `old` and `setting`, and
+/// IAM, the secret and the connection are as they were, with no PUT sent.
+async fn forced_rotation_is_refused_changing_nothing(env: &Env, old: &str, setting: &str) {
+    let (before, puts) = (env.aws_state().await, env.puts().len());
+    let endpoint = env.endpoint();
+    let again = env.run(&["rotate", "--force", "--output", "json"]).await;
+    assert_eq!(again.code, 3, "{}", again.show());
+    assert_eq!(again.outcome(), "refused", "{}", again.show());
+    let reason = message_of(&again.target().unwrap());
+    assert!(
+        reason.contains(setting) && reason.contains(&masked(old)),
+        "{reason}"
+    );
+    assert_eq!(
+        env.aws_state().await,
+        before,
+        "IAM and the secret are unchanged"
+    );
+    assert_eq!(env.puts().len(), puts, "no PUT reached Azure DevOps");
+    assert_eq!(env.endpoint(), endpoint, "the connection is unchanged");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_the_retired_key_is_inactive_and_a_forced_rotation_waits_for_its_grace() {
     let env = setup().start().await;
@@ -231,23 +253,7 @@ async fn by_default_the_retired_key_is_inactive_and_a_forced_rotation_waits_for_
         "retired is Inactive, not deleted: re-activating it is the way back: {aws:#?}"
     );
     assert_eq!(aws.stage_key("AWSPREVIOUS").as_deref(), Some(old.as_str()));
-    let (before, puts) = (env.aws_state().await, env.puts().len());
-    let endpoint = env.endpoint();
-    let again = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(again.code, 3, "{}", again.show());
-    assert_eq!(again.outcome(), "refused", "{}", again.show());
-    let reason = message_of(&again.target().unwrap());
-    assert!(
-        reason.contains("delete_old_key_after") && reason.contains(&masked(&old)),
-        "{reason}"
-    );
-    assert_eq!(
-        env.aws_state().await,
-        before,
-        "IAM and the secret are unchanged"
-    );
-    assert_eq!(env.puts().len(), puts, "no PUT reached Azure DevOps");
-    assert_eq!(env.endpoint(), endpoint, "the connection is unchanged");
+    forced_rotation_is_refused_changing_nothing(&env, &old, "delete_old_key_after").await;
     env.stop().await;
 }
 
@@ -271,21 +277,6 @@ async fn a_forced_rotation_never_deletes_a_key_in_its_drain() {
         current["KeyrotorConfirmedAt"].is_string(),
         "AWSCURRENT records the confirmation: {current}"
     );
-    let (before, puts) = (env.aws_state().await, env.puts().len());
-    let endpoint = env.endpoint();
-    let again = env.run(&["rotate", "--force", "--output", "json"]).await;
-    assert_eq!(again.code, 3, "{}", again.show());
-    let reason = message_of(&again.target().unwrap());
-    assert!(
-        reason.contains("policy.drain") && reason.contains(&masked(&old)),
-        "{reason}"
-    );
-    assert_eq!(
-        env.aws_state().await,
-        before,
-        "IAM and the secret are unchanged"
-    );
-    assert_eq!(env.puts().len(), puts, "no PUT reached Azure DevOps");
-    assert_eq!(env.endpoint(), endpoint, "the connection is unchanged");
+    forced_rotation_is_refused_changing_nothing(&env, &old, "policy.drain").await;
     env.stop().await;
 }

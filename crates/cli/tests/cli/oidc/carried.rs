@@ -16,23 +16,6 @@ async fn env_without_roles() -> TestEnv {
     crate::setup().edit_connections(without_roles).start().await
 }
 
-/// A customer managed policy allowing `action` on everything; its ARN.
-async fn policy(env: &TestEnv, name: &str, action: &str) -> String {
-    let doc = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action, "Resource": "*"}]});
-    env.iam
-        .create_policy()
-        .policy_name(name)
-        .policy_document(doc.to_string())
-        .send()
-        .await
-        .unwrap()
-        .policy()
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_owned()
-}
-
 /// A role's permissions boundary, straight from moto.
 async fn role_boundary(env: &TestEnv, name: &str) -> Option<String> {
     let got = env.iam.get_role().role_name(name).send().await.unwrap();
@@ -46,8 +29,8 @@ async fn role_boundary(env: &TestEnv, name: &str) -> Option<String> {
 #[tokio::test]
 async fn the_role_gets_the_users_permissions_boundary() {
     let env = env_without_roles().await;
-    let boundary = policy(&env, "pipeline-boundary", "s3:*").await;
-    let admin = policy(&env, "everything", "*").await;
+    let boundary = super::flows::managed_policy(&env, "pipeline-boundary", "s3:*").await;
+    let admin = super::flows::managed_policy(&env, "everything", "*").await;
     env.iam
         .attach_user_policy()
         .user_name(IAM_USER)

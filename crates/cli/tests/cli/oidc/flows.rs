@@ -211,7 +211,7 @@ async fn finish_is_refused_while_the_key_is_used_or_held_elsewhere() {
 }
 
 /// A customer managed policy with this statement; its ARN.
-async fn managed_policy(env: &TestEnv, name: &str, action: &str) -> String {
+pub(super) async fn managed_policy(env: &TestEnv, name: &str, action: &str) -> String {
     let doc = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action, "Resource": "*"}]});
     env.iam
         .create_policy()

@@ -2,7 +2,8 @@
 //!
 //! The AWS side of keyrotor's ports, on the official AWS SDK for Rust: IAM access keys
 //! ([`KeyStore`]), Secrets Manager ([`SecretStore`]), SSM Parameter Store ([`Parameters`]) and
-//! STS signed with a given key ([`CallerIdentity`]).
+//! STS signed with a given key ([`CallerIdentity`]), and Step Functions' `DescribeExecution`
+//! ([`Executions`]: whether the execution that owns a lease still runs).
 //!
 //! The endpoint, region and credentials come from the standard AWS environment
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, profiles, the Lambda role), so tests point the same code
@@ -41,8 +42,9 @@ use keyrotor_core::domain::{
     AccessKeyId, Arn, IamUserName, KeyStatus, SecretName, SecretVersionId,
 };
 use keyrotor_core::ports::{
-    Account, Caller, CallerIdentity, KeyInfo, KeyOwner, KeyStore, NewKey, Parameters, PortError,
-    PortErrorKind, PortResult, SecretStore, SecretVersion, Simulated, Stage,
+    Account, Caller, CallerIdentity, ExecutionStatus, Executions, KeyInfo, KeyOwner, KeyStore,
+    NewKey, Parameters, PortError, PortErrorKind, PortResult, SecretStore, SecretVersion,
+    Simulated, Stage,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -88,6 +90,7 @@ pub struct Aws {
     iam: aws_sdk_iam::Client,
     secrets: aws_sdk_secretsmanager::Client,
     ssm: aws_sdk_ssm::Client,
+    sfn: aws_sdk_sfn::Client,
 }
 
 impl Aws {
@@ -98,6 +101,7 @@ impl Aws {
             iam: aws_sdk_iam::Client::new(config),
             secrets: aws_sdk_secretsmanager::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
+            sfn: aws_sdk_sfn::Client::new(config),
         }
     }
 
@@ -217,6 +221,7 @@ fn action_of(what: &str) -> Option<String> {
         ("Secrets Manager ", "secretsmanager"),
         ("SSM ", "ssm"),
         ("STS ", "sts"),
+        ("Step Functions ", "states"),
     ]
     .into_iter()
     .find(|(p, _)| what.starts_with(p))?;
@@ -741,6 +746,31 @@ impl SecretStore for Aws {
             .await
             .map_err(|e| self.map_err("Secrets Manager UpdateSecretVersionStage", e))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Executions for Aws {
+    async fn status(&self, arn: &str) -> PortResult<ExecutionStatus> {
+        let r = self
+            .sfn
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await;
+        let out = match r {
+            Ok(out) => out,
+            // Step Functions knows no such execution: it cannot be running. Only this code says
+            // so; any other error (AccessDenied, InvalidArn, throttling) concludes nothing.
+            Err(SdkError::ServiceError(se)) if se.err().code() == Some("ExecutionDoesNotExist") => {
+                return Ok(ExecutionStatus::Missing);
+            }
+            Err(e) => return Err(self.map_err("Step Functions DescribeExecution", e)),
+        };
+        Ok(match out.status() {
+            aws_sdk_sfn::types::ExecutionStatus::Running => ExecutionStatus::Running,
+            other => ExecutionStatus::Ended(other.as_str().to_owned()),
+        })
     }
 }
 

@@ -41,6 +41,7 @@ impl Backend for RealBackend {
             secrets: aws.clone(),
             sts: aws.clone(),
             params: aws.clone(),
+            executions: aws.clone(),
             account: aws,
         }
     }

@@ -31,8 +31,8 @@ use keyrotor_core::domain::RunId;
 use keyrotor_core::engine::{self, Observer, RunOptions};
 use keyrotor_core::plan::Snapshot;
 use keyrotor_core::ports::{
-    Account, CallerIdentity, Clock, KeyStore, Notifier, Parameters, PortResult, SecretStore,
-    ServiceConnections, SystemClock,
+    Account, CallerIdentity, Clock, Executions, KeyStore, Notifier, Parameters, PortResult,
+    SecretStore, ServiceConnections, SystemClock,
 };
 use keyrotor_core::protocol::{self, Ports, StepError, StepErrorKind};
 use keyrotor_core::report::exit;
@@ -175,6 +175,8 @@ pub struct AwsPorts {
     pub params: Arc<dyn Parameters>,
     /// The region and credentials in force, read only (`keyrotor check`).
     pub account: Arc<dyn Account>,
+    /// Step Functions (whether an execution that owns a lease still runs).
+    pub executions: Arc<dyn Executions>,
 }
 
 /// Builds the adapters. The binary uses [`RealBackend`]; tests swap parts for fakes.
@@ -307,6 +309,7 @@ async fn prepare(
             .ado(pat)
             .map_err(|e| format!("ado.pat: {}", e.message))?,
         clock: backend.clock(),
+        executions: aws.executions,
     };
     Ok(Prepared {
         config,

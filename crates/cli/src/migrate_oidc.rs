@@ -214,6 +214,7 @@ async fn prepare(args: &MigrateArgs, backend: &dyn Backend) -> Result<Ctx, Failu
         sts: aws.sts,
         ado,
         clock: backend.clock(),
+        executions: aws.executions,
     };
     Ok(Ctx {
         config,

@@ -33,6 +33,21 @@ pub struct StageInfo {
     pub confirmed_at: Option<SystemTime>,
 }
 
+impl StageInfo {
+    /// For an intent record: whether it holds other runs off at `now`, by its lease (not
+    /// expired and its writer not seen dead, or its execution seen running); an intent read
+    /// without its lease counts by its expiry. `false` for anything else.
+    pub fn intent_holds(&self, now: SystemTime) -> bool {
+        match &self.content {
+            Content::Intent { expires_at, .. } => self
+                .owner
+                .as_ref()
+                .map_or(*expires_at > now, |o| o.holds(now)),
+            _ => false,
+        }
+    }
+}
+
 /// The state of one target, as read by `inspect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -499,7 +514,10 @@ fn decide(s: &Snapshot, policy: &Policy, now: SystemTime, run_id: &str, force: b
             run_id: holder,
             expires_at,
         }) => {
-            if holder != run_id && *expires_at > now {
+            // Its writer seen dead (its process gone from this machine, its execution ended):
+            // the intent holds nobody off, and a key created in its window is an orphan.
+            let live = s.pending.as_ref().is_some_and(|st| st.intent_holds(now));
+            if holder != run_id && live {
                 let mut b = Draft::new(
                     Decision::Busy,
                     format!(

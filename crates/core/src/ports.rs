@@ -483,6 +483,27 @@ pub trait ServiceConnections: Send + Sync {
     }
 }
 
+/// How a Step Functions execution stands (`DescribeExecution`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutionStatus {
+    /// `RUNNING`: the execution may still act.
+    Running,
+    /// Any other status (`SUCCEEDED`, `FAILED`, `TIMED_OUT`, `ABORTED`, …), as Step Functions
+    /// names it: the execution acts no more.
+    Ended(String),
+    /// Step Functions knows no such execution (`ExecutionDoesNotExist`).
+    Missing,
+}
+
+/// Step Functions, as far as ownership needs it: whether the execution that holds a lease still
+/// runs (invariant 7 on the Step Functions path).
+#[async_trait]
+pub trait Executions: Send + Sync {
+    /// The status of the execution `arn`. An error (a missing permission, throttling) says
+    /// nothing about the execution: the caller concludes nothing from it.
+    async fn status(&self, arn: &str) -> PortResult<ExecutionStatus>;
+}
+
 /// Where run reports go (Slack).
 #[async_trait]
 pub trait Notifier: Send + Sync {

@@ -2,7 +2,9 @@
 //!
 //! A key: `{"AccessKeyId","SecretAccessKey","UserName","CreateDate"}`. An intent record
 //! (written to AWSPENDING before `CreateAccessKey`, so another run can tell a key being created
-//! from an orphan): `{"KeyrotorIntent":{"RunId","ExpiresAt"}}`. A legacy value (the older design
+//! from an orphan): `{"KeyrotorIntent":{"RunId","ExpiresAt"}}`, with the writing process
+//! (`"Host","Boot","Pid","Started"`) and, on the Step Functions path, its execution
+//! (`"Execution"`), as in a [`Lease`]. A legacy value (the older design
 //! stored the bare secret access key) is adopted: the first rotation writes the JSON.
 //!
 //! The secret stays the user's: [`key_value_over`] writes a new key over the previous value,
@@ -69,6 +71,9 @@ struct IntentJson {
 struct IntentBody {
     run_id: String,
     expires_at: String,
+    /// The Step Functions execution that owns the rotation (its ARN), on that path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    execution: Option<String>,
     /// The owning process (see [`crate::liveness`]): `"Host"`, `"Boot"`, `"Pid"`, `"Started"`.
     #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
     holder: Option<HolderJson>,
@@ -133,9 +138,12 @@ pub fn key_value_over(
 
 /// Which run owns a rotation, and until when (invariant 7, one owner at a time): written into
 /// the new key's version while it is at AWSPENDING as
-/// `"KeyrotorOwner":{"RunId","ExpiresAt","Host","Boot","Pid","Started"}`. Another run resumes
-/// that rotation only once the lease has expired, or at once when the owning process is seen
-/// dead on the contender's own machine ([`crate::liveness`]).
+/// `"KeyrotorOwner":{"RunId","ExpiresAt","Host","Boot","Pid","Started","Execution"}`, and, for
+/// the create window, into the intent record (`"KeyrotorIntent"`, same fields). Another run
+/// resumes that rotation only once the lease has expired, or at once when the owner is seen
+/// dead: its process on the contender's own machine ([`crate::liveness`]), or its Step
+/// Functions execution no longer running ([`crate::ports::Executions`]). A running execution
+/// keeps its lease past the expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// The run that owns the rotation.
@@ -144,26 +152,76 @@ pub struct Lease {
     pub expires_at: SystemTime,
     /// The owning process, when the system could name it.
     pub holder: Option<crate::liveness::Holder>,
-    /// Whether the reader saw the owning process dead on its own machine (set when the lease
-    /// is read from the secret, never written).
-    pub holder_dead: bool,
+    /// The owning Step Functions execution (its ARN), on that path.
+    pub execution: Option<String>,
+    /// What the reader saw of the owner (set when the lease is read, never written).
+    pub seen: Seen,
+}
+
+/// What a reader of a lease saw of its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Seen {
+    /// Nothing could be told (another machine, no execution, an error asking): the lease's
+    /// expiry decides.
+    #[default]
+    Unknown,
+    /// The owner no longer runs: its process is gone from this machine, or its execution ended
+    /// (or does not exist). The lease holds nobody off.
+    Dead,
+    /// The owner's execution is running: the lease holds, even past its expiry.
+    Running,
 }
 
 impl Lease {
-    /// A lease of `run_id` until `expires_at`, held by this process.
-    pub fn mine(run_id: &str, expires_at: SystemTime) -> Self {
+    /// A lease of `run_id` (and of `execution`, on the Step Functions path) until `expires_at`,
+    /// held by this process.
+    pub fn mine(run_id: &str, execution: Option<&str>, expires_at: SystemTime) -> Self {
         Self {
             run_id: run_id.to_owned(),
             expires_at,
             holder: crate::liveness::Holder::this_process(),
-            holder_dead: false,
+            execution: execution.map(str::to_owned),
+            seen: Seen::Unknown,
         }
     }
 
-    /// Whether the lease still holds other runs off at `now`: not expired, and its process not
-    /// seen dead.
+    /// Whether the lease still holds other runs off at `now`: its owner seen running, or not
+    /// expired and its owner not seen dead.
     pub fn holds(&self, now: SystemTime) -> bool {
-        self.expires_at > now && !self.holder_dead
+        match self.seen {
+            Seen::Dead => false,
+            Seen::Running => true,
+            Seen::Unknown => self.expires_at > now,
+        }
+    }
+
+    fn body(&self) -> IntentBody {
+        IntentBody {
+            run_id: self.run_id.clone(),
+            expires_at: humantime::format_rfc3339_seconds(self.expires_at).to_string(),
+            execution: self.execution.clone(),
+            holder: self.holder.as_ref().map(|h| HolderJson {
+                host: h.host.clone(),
+                boot: h.boot.clone(),
+                pid: h.pid,
+                started: h.started,
+            }),
+        }
+    }
+
+    fn from_body(b: IntentBody) -> Option<Self> {
+        Some(Self {
+            expires_at: humantime::parse_rfc3339_weak(&b.expires_at).ok()?,
+            run_id: b.run_id,
+            execution: b.execution,
+            holder: b.holder.map(|h| crate::liveness::Holder {
+                host: h.host,
+                boot: h.boot,
+                pid: h.pid,
+                started: h.started,
+            }),
+            seen: Seen::Unknown,
+        })
     }
 }
 
@@ -208,16 +266,7 @@ pub fn key_value_stamped(
     if text.ends_with('}') {
         text.pop();
         if let Some(o) = owner {
-            let body = IntentBody {
-                run_id: o.run_id.clone(),
-                expires_at: humantime::format_rfc3339_seconds(o.expires_at).to_string(),
-                holder: o.holder.as_ref().map(|h| HolderJson {
-                    host: h.host.clone(),
-                    boot: h.boot.clone(),
-                    pid: h.pid,
-                    started: h.started,
-                }),
-            };
+            let body = o.body();
             text.push_str(",\"KeyrotorOwner\":");
             text.push_str(&serde_json::to_string(&body).unwrap_or_default());
         }
@@ -237,25 +286,43 @@ pub fn key_value_stamped(
     SecretString::from(text)
 }
 
-/// The JSON for an intent record.
+/// The JSON for an intent record of `run_id` until `expires_at`, naming no process.
 pub fn intent_value(run_id: &str, expires_at: SystemTime) -> SecretString {
+    intent_value_of(&Lease {
+        run_id: run_id.into(),
+        expires_at,
+        holder: None,
+        execution: None,
+        seen: Seen::Unknown,
+    })
+}
+
+/// The JSON for an intent record that holds `lease` (its run, expiry, process and execution):
+/// a contender can see its writer dead, as for a rotation's owner.
+pub fn intent_value_of(lease: &Lease) -> SecretString {
     let json = IntentJson {
-        keyrotor_intent: IntentBody {
-            run_id: run_id.into(),
-            expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
-            holder: None,
-        },
+        keyrotor_intent: lease.body(),
     };
     SecretString::from(serde_json::to_string(&json).unwrap_or_default())
 }
 
-/// [`owner_of`], with whether its process is seen dead on this machine (an IO: it reads
-/// `/proc`), for the readers that decide whether to stand aside.
-pub fn owner_seen(value: &SecretString) -> Option<Lease> {
-    owner_of(value).map(|mut l| {
-        l.holder_dead = l.holder.as_ref().is_some_and(|h| h.is_dead_here());
+/// The lease a value names, whether a key's version (`KeyrotorOwner`, see [`owner_of`]) or an
+/// intent record ([`intent_of`]), with whether its process is seen dead on this machine (an
+/// IO: it reads `/proc`), for the readers that decide whether to stand aside. The execution
+/// (if any) is judged by the caller, which has the port for it.
+pub fn lease_seen(value: &SecretString) -> Option<Lease> {
+    owner_of(value).or_else(|| intent_of(value)).map(|mut l| {
+        if l.holder.as_ref().is_some_and(|h| h.is_dead_here()) {
+            l.seen = Seen::Dead;
+        }
         l
     })
+}
+
+/// The lease an intent record holds (its run and expiry, and its writer when recorded).
+pub fn intent_of(value: &SecretString) -> Option<Lease> {
+    let i: IntentJson = serde_json::from_str(value.expose_secret().trim()).ok()?;
+    Lease::from_body(i.keyrotor_intent)
 }
 
 /// The owner a key's version names, if any (see [`Lease`]).
@@ -266,18 +333,7 @@ pub fn owner_of(value: &SecretString) -> Option<Lease> {
         keyrotor_owner: IntentBody,
     }
     let o: Owned = serde_json::from_str(value.expose_secret()).ok()?;
-    let holder = o.keyrotor_owner.holder.map(|h| crate::liveness::Holder {
-        host: h.host,
-        boot: h.boot,
-        pid: h.pid,
-        started: h.started,
-    });
-    Some(Lease {
-        expires_at: humantime::parse_rfc3339_weak(&o.keyrotor_owner.expires_at).ok()?,
-        run_id: o.keyrotor_owner.run_id,
-        holder_dead: false,
-        holder,
-    })
+    Lease::from_body(o.keyrotor_owner)
 }
 
 /// The instant a top-level field of the value's JSON records (RFC 3339), if it holds one.

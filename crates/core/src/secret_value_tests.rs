@@ -6,7 +6,7 @@ use std::time::Duration;
 fn a_key_value_names_its_owner_and_the_owner_never_carries_over() {
     let id = AccessKeyId::parse("AKIAQQQQQQQQQQQQ0NEW").unwrap();
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let lease = Lease::mine("run-a", t);
+    let lease = Lease::mine("run-a", None, t);
     assert!(lease.holder.is_some(), "a lease names this process");
     let v = key_value_owned(
         None,
@@ -53,6 +53,53 @@ fn an_intent_round_trips() {
             expires_at: t
         }
     );
+}
+
+#[test]
+fn an_intent_names_its_process_and_execution_and_a_dead_writer_holds_nobody_off() {
+    // Whole seconds: the record keeps RFC 3339 seconds.
+    let now = SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(now + 300);
+    let arn = "arn:aws:states:eu-west-1:123456789012:execution:keyrotor-rotate:run-1";
+    let mine = Lease::mine("run-1", Some(arn), t);
+    let v = intent_value_of(&mine);
+    assert_eq!(
+        classify(&v),
+        Content::Intent {
+            run_id: "run-1".into(),
+            expires_at: t,
+        },
+        "still an intent to every reader"
+    );
+    let read = lease_seen(&v).unwrap();
+    assert_eq!(read.execution.as_deref(), Some(arn));
+    assert_eq!(read.holder, mine.holder, "this process, alive");
+    assert_eq!(read.seen, Seen::Unknown);
+    assert!(read.holds(SystemTime::now()));
+
+    // The same intent written by a process of this machine that no longer runs.
+    let mut dead = mine.clone();
+    if let Some(h) = dead.holder.as_mut() {
+        h.pid = u32::MAX - 1;
+    }
+    let read = lease_seen(&intent_value_of(&dead)).unwrap();
+    assert_eq!(read.seen, Seen::Dead);
+    assert!(
+        !read.holds(SystemTime::now()),
+        "a dead writer's intent holds nobody off"
+    );
+
+    // A running execution holds past the expiry; an ended one not even before it.
+    let running = Lease {
+        seen: Seen::Running,
+        ..mine.clone()
+    };
+    assert!(running.holds(t + Duration::from_secs(86_400)));
+    let ended = Lease {
+        seen: Seen::Dead,
+        ..mine
+    };
+    assert!(!ended.holds(SystemTime::now()));
 }
 
 #[test]

@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime};
 use keyrotor_core::config::{Config, Target};
 use keyrotor_core::machine::{self, Context, TargetState};
 use keyrotor_core::ports::{
-    CallerIdentity, Clock, KeyStore, Notifier, Parameters, PortError, SecretStore,
+    CallerIdentity, Clock, Executions, KeyStore, Notifier, Parameters, PortError, SecretStore,
     ServiceConnections, SystemClock,
 };
 use keyrotor_core::protocol::{Ports, StepError, StepErrorKind};
@@ -100,6 +100,7 @@ pub struct Deps {
     secrets: Arc<dyn SecretStore>,
     sts: Arc<dyn CallerIdentity>,
     params: Arc<dyn Parameters>,
+    executions: Arc<dyn Executions>,
     clock: Arc<dyn Clock>,
     config_parameter: Option<String>,
     config: Lazy<Config>,
@@ -132,7 +133,8 @@ impl Deps {
             iam: aws.clone(),
             secrets: aws.clone(),
             sts: aws.clone(),
-            params: aws,
+            params: aws.clone(),
+            executions: aws,
             clock: Arc::new(SystemClock),
             config_parameter: std::env::var(CONFIG_PARAMETER_ENV).ok(),
             config: Lazy::new(),
@@ -150,7 +152,7 @@ impl Deps {
     /// ready-made).
     pub fn for_invocation(&self, deadline: Option<SystemTime>) -> Deps {
         let deadline = deadline.map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d));
-        let (iam, secrets, sts, params) = match (&self.sdk, remaining(deadline)) {
+        let (iam, secrets, sts, params, executions) = match (&self.sdk, remaining(deadline)) {
             (Some(sdk), Some(left)) => {
                 // Clients are cheap to build from a config: they share its HTTP connections.
                 let aws = Arc::new(keyrotor_aws::Aws::new(&keyrotor_aws::bounded(
@@ -161,7 +163,8 @@ impl Deps {
                     aws.clone() as Arc<dyn KeyStore>,
                     aws.clone() as Arc<dyn SecretStore>,
                     aws.clone() as Arc<dyn CallerIdentity>,
-                    aws as Arc<dyn Parameters>,
+                    aws.clone() as Arc<dyn Parameters>,
+                    aws as Arc<dyn Executions>,
                 )
             }
             _ => (
@@ -169,6 +172,7 @@ impl Deps {
                 self.secrets.clone(),
                 self.sts.clone(),
                 self.params.clone(),
+                self.executions.clone(),
             ),
         };
         Deps {
@@ -176,6 +180,7 @@ impl Deps {
             secrets,
             sts,
             params,
+            executions,
             clock: self.clock.clone(),
             config_parameter: self.config_parameter.clone(),
             config: if self.fixed {
@@ -212,6 +217,7 @@ impl Deps {
             secrets: ports.secrets,
             sts: ports.sts,
             params,
+            executions: ports.executions,
             clock: ports.clock,
             config_parameter: None,
             config: Lazy::new_with(Some(config)),
@@ -302,6 +308,7 @@ impl Deps {
             sts: self.sts.clone(),
             ado: self.ado(step).await?,
             clock: self.clock.clone(),
+            executions: self.executions.clone(),
         })
     }
 
@@ -363,14 +370,14 @@ pub async fn handle_until(
     let work = async {
         match request {
             Request::Targets(i) => to_value(&targets(i, deps).await?),
-            Request::Inspect(i) => to_value(&step(Step::Inspect, i.state, deps).await?),
-            Request::Cleanup(i) => to_value(&step(Step::Cleanup, i.state, deps).await?),
-            Request::Create(i) => to_value(&step(Step::Create, i.state, deps).await?),
-            Request::Verify(i) => to_value(&step(Step::Verify, i.state, deps).await?),
-            Request::Push(i) => to_value(&step(Step::Push, i.state, deps).await?),
-            Request::Confirm(i) => to_value(&step(Step::Confirm, i.state, deps).await?),
-            Request::Promote(i) => to_value(&step(Step::Promote, i.state, deps).await?),
-            Request::Retire(i) => to_value(&step(Step::Retire, i.state, deps).await?),
+            Request::Inspect(i) => to_value(&step(Step::Inspect, i.into_state(), deps).await?),
+            Request::Cleanup(i) => to_value(&step(Step::Cleanup, i.into_state(), deps).await?),
+            Request::Create(i) => to_value(&step(Step::Create, i.into_state(), deps).await?),
+            Request::Verify(i) => to_value(&step(Step::Verify, i.into_state(), deps).await?),
+            Request::Push(i) => to_value(&step(Step::Push, i.into_state(), deps).await?),
+            Request::Confirm(i) => to_value(&step(Step::Confirm, i.into_state(), deps).await?),
+            Request::Promote(i) => to_value(&step(Step::Promote, i.into_state(), deps).await?),
+            Request::Retire(i) => to_value(&step(Step::Retire, i.into_state(), deps).await?),
             Request::Compensate(i) => to_value(&compensate(i, deps).await?),
             Request::Report(i) => to_value(&report(i, deps).await?),
         }

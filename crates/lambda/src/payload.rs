@@ -5,11 +5,26 @@ use keyrotor_core::machine::TargetState;
 use keyrotor_core::report::NotificationStatus;
 use serde::{Deserialize, Serialize};
 
-/// A step's input: `{"step": "...", "state": {...}}`.
+/// A step's input: `{"step": "...", "state": {...}, "execution": "<ARN>"}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StateInput {
     /// The target's state so far.
     pub state: TargetState,
+    /// The execution running the step (`$$.Execution.Id`, its ARN): recorded in the rotation's
+    /// intent and owner lease, so that a contender asks Step Functions whether it still runs.
+    #[serde(default)]
+    pub execution: Option<String>,
+}
+
+impl StateInput {
+    /// The state, with the execution that runs it (when the payload names one).
+    pub fn into_state(self) -> TargetState {
+        let mut state = self.state;
+        if let Some(arn) = self.execution.filter(|a| !a.is_empty()) {
+            state.progress.execution = Some(arn);
+        }
+        state
+    }
 }
 
 /// What a Catch put into the payload (`ResultPath: "$.error"`).

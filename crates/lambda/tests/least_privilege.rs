@@ -1132,6 +1132,35 @@ async fn the_rotator_reaches_no_other_user_secret_or_parameter() {
             .await,
     );
 
+    // Step Functions: whether the execution that owns a lease still runs, for this stack's
+    // state machine's executions (and its batches' child executions) only.
+    let sfn = aws_sdk_sfn::Client::new(&cfg);
+    let execution =
+        |machine: &str| format!("arn:aws:states:{REGION}:{ACCOUNT}:execution:{machine}");
+    for own in [
+        execution(&format!("{STACK}-rotate:a-run")),
+        execution(&format!(
+            "{STACK}-rotate/RotateTargets:3f1c9a52-0b1e-4c8e-9d7a-2a5b6c7d8e9f"
+        )),
+    ] {
+        let r = sfn.describe_execution().execution_arn(&own).send().await;
+        allowed(&format!("DescribeExecution of {own}"), r);
+    }
+    assert_denied(
+        "DescribeExecution of another state machine's execution",
+        sfn.describe_execution()
+            .execution_arn(execution("billing-etl:a-run"))
+            .send()
+            .await,
+    );
+    assert_denied(
+        "DescribeExecution of another stack's machine that shares the prefix",
+        sfn.describe_execution()
+            .execution_arn(execution(&format!("{STACK}-rotated:a-run")))
+            .send()
+            .await,
+    );
+
     // keyrotor itself, pointed at the other user by its config: the rotator function fails at
     // inspect, names the refusal, and changes nothing.
     let before = w.observe().await;

@@ -81,7 +81,8 @@ _IamB.delete_user_permissions_boundary = _delete_user_boundary
 /// - Secrets Manager: the secret's full ARN; a secret that does not exist is authorized as
 ///   `…:secret:NAME` (no random suffix, so `NAME-??????` does not match it); `CreateSecret` as
 ///   `…:secret:NAME-` and six characters, the ARN it will get;
-/// - SSM: `…:parameter/NAME` (`…:parameterNAME` for names that start with `/`).
+/// - SSM: `…:parameter/NAME` (`…:parameterNAME` for names that start with `/`);
+/// - Step Functions: the execution's ARN (`executionArn`), else the state machine's.
 ///
 /// and a refusal comes back as AWS sends it: `AccessDenied` in IAM's and STS's query-protocol
 /// `<ErrorResponse><Error>` (moto wraps it in EC2's `<Errors>`, which the SDK cannot parse), or
@@ -151,6 +152,14 @@ def _ssm_resource(self):
     except Exception:
         return "*"
 _Ssm._determine_resource = _ssm_resource
+
+from moto.stepfunctions.responses import StepFunctionResponse as _Sfn
+def _sfn_resource(self):
+    try:
+        return self._get_param("executionArn") or self._get_param("stateMachineArn") or "*"
+    except Exception:
+        return "*"
+_Sfn._determine_resource = _sfn_resource
 
 from xml.sax.saxutils import escape as _escape
 from moto.core.exceptions import JsonRESTError as _JsonError, _RESTError

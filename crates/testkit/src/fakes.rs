@@ -26,9 +26,9 @@ use keyrotor_core::domain::{
 };
 use keyrotor_core::invariants::{World, WorldEndpoint, WorldKey};
 use keyrotor_core::ports::{
-    AwsConnection, CallerIdentity, Clock, Endpoint, EndpointHandle, IDS_PER_LISTING, KeyInfo,
-    KeyOwner, KeyStore, NewKey, Notifier, Parameters, PortError, PortErrorKind, PortResult,
-    SecretStore, SecretVersion, ServiceConnections, Stage,
+    AwsConnection, CallerIdentity, Clock, Endpoint, EndpointHandle, ExecutionStatus, Executions,
+    IDS_PER_LISTING, KeyInfo, KeyOwner, KeyStore, NewKey, Notifier, Parameters, PortError,
+    PortErrorKind, PortResult, SecretStore, SecretVersion, ServiceConnections, Stage,
 };
 use keyrotor_core::protocol::Ports;
 use keyrotor_core::report::RunReport;
@@ -125,6 +125,13 @@ pub struct State {
     pub yield_every_call: bool,
     /// Azure DevOps requests, counted as the real client (`keyrotor-ado`) sends them.
     pub ado_reads: AdoCalls,
+    /// Step Functions executions: ARN → status (`RUNNING`, `SUCCEEDED`, …). An ARN not here
+    /// does not exist (`ExecutionDoesNotExist`), as Step Functions answers.
+    pub executions: BTreeMap<String, String>,
+    /// `DescribeExecution` refused (as for a role without `states:DescribeExecution`).
+    pub executions_refused: bool,
+    /// `DescribeExecution` calls answered.
+    pub describe_executions: u32,
     key_counter: u64,
 }
 
@@ -212,6 +219,7 @@ impl Fakes {
             secrets: me.clone(),
             sts: me.clone(),
             ado: me.clone(),
+            executions: me.clone(),
             clock: me,
         }
     }
@@ -930,6 +938,27 @@ impl Notifier for Fakes {
     async fn notify(&self, report: &RunReport) -> PortResult<()> {
         self.state().notifications.push(report.clone());
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Executions for Fakes {
+    async fn status(&self, arn: &str) -> PortResult<ExecutionStatus> {
+        self.call(|s| {
+            if s.executions_refused {
+                return Err(PortError::new(
+                    PortErrorKind::Forbidden,
+                    "Step Functions DescribeExecution: AccessDeniedException: not authorized to perform states:DescribeExecution",
+                ));
+            }
+            s.describe_executions += 1;
+            Ok(match s.executions.get(arn).map(String::as_str) {
+                None => ExecutionStatus::Missing,
+                Some("RUNNING") => ExecutionStatus::Running,
+                Some(other) => ExecutionStatus::Ended(other.to_owned()),
+            })
+        })
+        .await
     }
 }
 

@@ -1725,3 +1725,220 @@ fn shared_reads(sc: &Scenario) -> (Ports, keyrotor_core::shared::SharedReads) {
     let shared = keyrotor_core::shared::SharedReads::new(ports.ado.clone(), ports.clock.clone());
     (ports, shared)
 }
+
+// ---- A dead owner is detected, not waited out (#21, 2): an owner's lease or intent that names
+// a Step Functions execution lasts while that execution runs.
+
+const EXECUTION: &str = "arn:aws:states:eu-west-1:123456789012:execution:keyrotor-rotate:run-a";
+
+/// Puts another run's intent record at AWSPENDING, written just now by `execution`, and the key
+/// that run created right after it (its secret lost with the run): the create window.
+fn an_intent_of(sc: &Scenario, execution: &str) -> String {
+    let (orphan, _) = sc.fakes.add_key("pipeline", Duration::ZERO);
+    let now = keyrotor_core::ports::Clock::now(&sc.fakes);
+    let mut st = sc.fakes.state();
+    let intent = keyrotor_core::secret_value::intent_value_of(&Lease {
+        run_id: "run-a".into(),
+        expires_at: now + sc.policy.intent_lease,
+        holder: None,
+        execution: Some(execution.into()),
+        seen: Seen::Unknown,
+    });
+    st.secrets
+        .get_mut("pipeline-key")
+        .unwrap()
+        .push(keyrotor_testkit::fakes::FakeVersion {
+            id: "intent-of-the-execution-0000000000".into(),
+            value: secrecy::ExposeSecret::expose_secret(&intent).to_owned(),
+            stages: vec!["AWSPENDING".into()],
+        });
+    orphan
+}
+
+use keyrotor_core::secret_value::{Lease, Seen};
+
+#[tokio::test(start_paused = true)]
+async fn an_intent_whose_execution_ended_is_taken_over_at_once_and_a_running_ones_stands() {
+    // Running: the intent holds; nothing changes.
+    let sc = Scenario::new(1);
+    let orphan = an_intent_of(&sc, EXECUTION);
+    sc.fakes
+        .state()
+        .executions
+        .insert(EXECUTION.into(), "RUNNING".into());
+    let before = sc.fakes.state().mutations;
+    let r = forced(&sc).await;
+    assert_eq!(r.outcome, Outcome::Busy, "{r:?}");
+    assert_eq!(sc.fakes.state().mutations, before, "nothing changed");
+    assert!(has_key(&sc, &orphan));
+
+    // Ended: the next run at once (no clock moved) deletes the dead run's key and rotates.
+    for status in ["ABORTED", "FAILED", "SUCCEEDED", "TIMED_OUT"] {
+        let sc = Scenario::new(1);
+        let orphan = an_intent_of(&sc, EXECUTION);
+        sc.fakes
+            .state()
+            .executions
+            .insert(EXECUTION.into(), status.into());
+        let r = forced(&sc).await;
+        assert_eq!(r.outcome, Outcome::Rotated, "{status}: {r:?}");
+        assert!(
+            !has_key(&sc, &orphan),
+            "{status}: the dead run's key is gone"
+        );
+        assert_eq!(sc.fakes.state().limit_exceeded, 0, "{status}: invariant 4");
+        sc.world().after_success().unwrap();
+    }
+
+    // An execution Step Functions does not know is no owner either.
+    let sc = Scenario::new(1);
+    an_intent_of(&sc, EXECUTION);
+    let r = forced(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "ExecutionDoesNotExist: {r:?}");
+    assert!(sc.fakes.state().describe_executions > 0);
+    sc.world().after_success().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_describe_execution_concludes_nothing_and_the_intent_expires_as_before() {
+    let sc = Scenario::new(1);
+    let orphan = an_intent_of(&sc, EXECUTION);
+    sc.fakes.state().executions_refused = true;
+    let before = sc.fakes.state().mutations;
+    let r = forced(&sc).await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Busy,
+        "an error is no proof of death: {r:?}"
+    );
+    assert_eq!(sc.fakes.state().mutations, before, "nothing changed");
+    sc.fakes
+        .advance(sc.policy.intent_lease + Duration::from_secs(1));
+    let r = forced(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "the expiry decides: {r:?}");
+    assert!(!has_key(&sc, &orphan));
+    sc.world().after_success().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotation_a_running_execution_owns_stands_past_its_lease_and_an_ended_one_is_taken_over()
+{
+    let sc = Scenario::new(1);
+    let mut a = run_state(&sc, "run-a");
+    a.progress.execution = Some(EXECUTION.into());
+    sc.fakes
+        .state()
+        .executions
+        .insert(EXECUTION.into(), "RUNNING".into());
+    drive_until(&sc, &mut a, Some(Step::Push)).await;
+    assert_eq!(a.failure, None, "{a:?}");
+    let pending = sc.fakes.state().secrets["pipeline-key"]
+        .iter()
+        .find(|v| v.stages.iter().any(|s| s == "AWSPENDING"))
+        .map(|v| v.value.clone())
+        .unwrap();
+    let lease = keyrotor_core::secret_value::owner_of(&pending.clone().into()).unwrap();
+    assert_eq!(
+        lease.execution.as_deref(),
+        Some(EXECUTION),
+        "the lease names the execution"
+    );
+
+    // Long past the lease, the execution still runs: the lease stands.
+    sc.fakes.advance(sc.policy.owner_lease * 3);
+    let before = sc.fakes.state().mutations;
+    let r = forced(&sc).await;
+    assert_eq!(r.outcome, Outcome::Busy, "{r:?}");
+    assert_eq!(sc.fakes.state().mutations, before, "nothing changed");
+
+    // The execution was aborted: the next run takes the rotation over at once and finishes it.
+    sc.fakes
+        .state()
+        .executions
+        .insert(EXECUTION.into(), "ABORTED".into());
+    let r = forced(&sc).await;
+    assert_eq!(r.outcome, Outcome::Rotated, "{r:?}");
+    let current = sc.fakes.state().secrets["pipeline-key"]
+        .iter()
+        .find(|v| v.stages.iter().any(|s| s == "AWSCURRENT"))
+        .map(|v| v.value.clone())
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&current).unwrap();
+    assert_eq!(
+        j["AccessKeyId"].as_str(),
+        a.progress.new_key.as_ref().map(|k| k.as_str()),
+        "the dead execution's key was rotated in"
+    );
+    sc.world().after_success().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_at_every_port_call_of_an_execution_that_then_ended_is_finished_by_one_clean_run() {
+    // Count the calls of a clean run of an execution.
+    let clean = Scenario::new(2);
+    let mut s = run_state(&clean, "run-a");
+    s.progress.execution = Some(EXECUTION.into());
+    clean
+        .fakes
+        .state()
+        .executions
+        .insert(EXECUTION.into(), "RUNNING".into());
+    drive_until(&clean, &mut s, None).await;
+    assert_eq!(s.outcome, Some(Outcome::Rotated), "{s:?}");
+    let total = clean.fakes.state().calls;
+    let mut kills = 0;
+    for at in 1..=total {
+        for after_effect in [false, true] {
+            let sc = Scenario::new(2);
+            sc.fakes
+                .state()
+                .executions
+                .insert(EXECUTION.into(), "RUNNING".into());
+            let mut s = run_state(&sc, "run-a");
+            s.progress.execution = Some(EXECUTION.into());
+            sc.fakes.state().tripwire = Tripwire {
+                at: Some(at),
+                after_effect,
+                fired: false,
+            };
+            let mut step = None;
+            {
+                let ports = sc.fakes.ports();
+                let cx = context(&sc, &ports, false);
+                while s.next.is_some() && !sc.fakes.state().tripwire.fired {
+                    step = s.next;
+                    if let Err(e) = machine::advance(&cx, &mut s).await {
+                        machine::fail(&mut s, e);
+                    }
+                }
+            }
+            let label = format!("crash at call {at} (after effect: {after_effect}) in {step:?}");
+            if !sc.fakes.state().tripwire.fired {
+                continue;
+            }
+            kills += 1;
+            sc.world()
+                .always()
+                .unwrap_or_else(|v| panic!("{label}: {v}"));
+            // The execution is gone (aborted, or failed after its retries); the clock does not move.
+            {
+                let mut st = sc.fakes.state();
+                st.tripwire = Tripwire::default();
+                st.executions.insert(EXECUTION.into(), "ABORTED".into());
+            }
+            let r = run(&sc).await;
+            assert!(
+                matches!(r.outcome, Outcome::Rotated | Outcome::NothingDue),
+                "{label}: one clean run under the default lease finishes: {r:?}"
+            );
+            sc.world()
+                .after_success()
+                .unwrap_or_else(|v| panic!("{label}: {v} ({r:?})"));
+            let st = sc.fakes.state();
+            assert!(st.violations.is_empty(), "{label}: {:?}", st.violations);
+            assert_eq!(st.limit_exceeded, 0, "{label}: invariant 4");
+        }
+    }
+    assert!(kills > 40, "{kills} kills");
+    println!("execution crashes: {kills} kills, {kills} finished by one clean run");
+}

@@ -38,7 +38,7 @@ const STEPS: [&str; 7] = [
 
 /// The Lambda's dependencies as the functions build them, on the env's moto (through the strict
 /// proxy), emulator and config.
-async fn lambda_deps(env: &Env) -> (Deps, Config) {
+pub(crate) async fn lambda_deps(env: &Env) -> (Deps, Config) {
     let text = std::fs::read_to_string(&env.config).unwrap();
     let config = Config::parse(&env.config, &text).expect("the env's config parses");
     let sdk = env
@@ -54,20 +54,24 @@ async fn lambda_deps(env: &Env) -> (Deps, Config) {
         sts: aws.clone(),
         ado,
         clock: Arc::new(SystemClock),
+        executions: aws.clone(),
     };
     (Deps::with_ports(config.clone(), ports, aws, None), config)
 }
 
 /// One execution of the state machine, one Task at a time.
-struct Execution {
+pub(crate) struct Execution {
     deps: Deps,
-    state: Value,
+    pub(crate) state: Value,
     /// Every payload a handler returned or raised (scanned for secrets at the end).
     outputs: Vec<String>,
+    /// The execution's ARN, passed with every step as the state machine does
+    /// (`$$.Execution.Id`), when the test has one.
+    pub(crate) arn: Option<String>,
 }
 
 impl Execution {
-    async fn new(env: &Env, name: &str) -> Self {
+    pub(crate) async fn new(env: &Env, name: &str) -> Self {
         let (deps, config) = lambda_deps(env).await;
         let state = serde_json::to_value(TargetState::new(
             &config.targets[0],
@@ -79,23 +83,26 @@ impl Execution {
             deps,
             state,
             outputs: Vec::new(),
+            arn: None,
         }
     }
 
-    fn next(&self) -> String {
+    pub(crate) fn next(&self) -> String {
         self.state["next"].as_str().unwrap_or("done").to_owned()
     }
 
     /// Runs the next Task (with the state machine's retries, and its Catch → compensate).
-    async fn task(&mut self) {
+    pub(crate) async fn task(&mut self) {
         let step = self.next();
         if step == "done" {
             return;
         }
         for attempt in 0.. {
-            let out =
-                keyrotor_lambda::handle(json!({"step": step, "state": self.state}), &self.deps)
-                    .await;
+            let mut payload = json!({"step": step, "state": self.state});
+            if let Some(arn) = &self.arn {
+                payload["execution"] = json!(arn);
+            }
+            let out = keyrotor_lambda::handle(payload, &self.deps).await;
             self.outputs.push(match &out {
                 Ok(v) => v.to_string(),
                 Err(d) => serde_json::to_string(d).unwrap(),

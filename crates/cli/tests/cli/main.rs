@@ -22,6 +22,8 @@
 //! - `production`: safe in production, second pass (#21): a person's key after a rotation, a
 //!   killed or stopped owner, a consumer late in the drain, the default grace, a forced rotation
 //!   mid-drain;
+//! - `liveness`: a dead owner detected, not waited out (#21, 2): a run killed inside create's
+//!   window, a rotation owned by a Step Functions execution that runs or no longer runs;
 //! - `oidc`: `migrate-oidc` (plan, apply, rollback, finish, refusals, a crash at every step).
 //!
 //! ```sh
@@ -42,6 +44,7 @@ mod e2e;
 mod faults;
 mod interleave;
 mod kill;
+mod liveness;
 mod oidc;
 mod production;
 mod readonly;

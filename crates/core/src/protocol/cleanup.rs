@@ -38,7 +38,8 @@ pub async fn cleanup(
             .any(|(_, s)| matches!(&s.content, Content::Key { id: i, .. } if i == id));
         let live_intent = stages.iter().any(|(stage, s)| {
             *stage == Stage::Pending
-                && matches!(&s.content, Content::Intent { run_id: r, expires_at } if r != run_id.as_str() && *expires_at > now)
+                && matches!(&s.content, Content::Intent { run_id: r, .. } if r != run_id.as_str())
+                && s.intent_holds(now)
         });
         if live_intent {
             return Err(StepError::new(
@@ -65,10 +66,9 @@ pub async fn cleanup(
             .map_err(at(step, "reading AWSPENDING"))?
         {
             let stale = match &info.content {
-                Content::Intent {
-                    run_id: r,
-                    expires_at,
-                } => r != run_id.as_str() && *expires_at <= now,
+                Content::Intent { run_id: r, .. } => {
+                    r != run_id.as_str() && !info.intent_holds(now)
+                }
                 Content::Key { id, .. } => !keys.iter().any(|k| &k.id == id),
                 Content::Legacy | Content::Foreign => true,
             };

@@ -49,8 +49,11 @@ pub async fn create(
                     progress.pending_version = Some(version);
                     return Ok(());
                 }
-                Content::Intent { run_id, expires_at }
-                    if run_id != progress.run_id.as_str() && expires_at > now =>
+                // Another run's intent holds while it lasts and its writer is not seen dead (its
+                // process gone from this machine, its execution ended): a run killed inside the
+                // create window is taken over at once where that can be seen.
+                Content::Intent { run_id, .. }
+                    if run_id != progress.run_id.as_str() && info.intent_holds(now) =>
                 {
                     return Err(StepError::new(
                         step,
@@ -148,8 +151,11 @@ pub async fn create(
     let version = match own_intent {
         Some((v, _)) => v,
         None => {
-            let intent =
-                secret_value::intent_value(progress.run_id.as_str(), now + policy.intent_lease);
+            let intent = secret_value::intent_value_of(&secret_value::Lease::mine(
+                progress.run_id.as_str(),
+                progress.execution.as_deref(),
+                now + policy.intent_lease,
+            ));
             let token = progress.run_id.token("intent");
             with_retries(3, || {
                 ports
@@ -175,7 +181,11 @@ pub async fn create(
     }
 
     let new = create_key(ports, target, policy, now, &keys).await?;
-    let owner = secret_value::Lease::mine(progress.run_id.as_str(), now + policy.owner_lease);
+    let owner = secret_value::Lease::mine(
+        progress.run_id.as_str(),
+        progress.execution.as_deref(),
+        now + policy.owner_lease,
+    );
     let value = secret_value::key_value_owned(
         base.as_ref(),
         &new.info.id,
@@ -268,7 +278,8 @@ async fn take_over(
         ));
     };
     let created = keys.iter().find(|k| &k.id == id).map_or(now, |k| k.created);
-    let owner = secret_value::Lease::mine(me, now + policy.owner_lease);
+    let owner =
+        secret_value::Lease::mine(me, progress.execution.as_deref(), now + policy.owner_lease);
     let owned = secret_value::key_value_owned(
         Some(&value),
         id,
@@ -331,7 +342,8 @@ async fn release_where(
         run_id: run_id.to_string(),
         expires_at: now,
         holder: None,
-        holder_dead: false,
+        execution: None,
+        seen: secret_value::Seen::Unknown,
     };
     let keys = ports
         .iam

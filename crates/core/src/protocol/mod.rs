@@ -41,8 +41,8 @@ use crate::domain::{
 };
 use crate::plan::{Retirement, Snapshot, StageInfo, Tidy};
 use crate::ports::{
-    CallerIdentity, Clock, Endpoint, EndpointHandle, KeyStore, PortError, PortErrorKind,
-    SecretStore, ServiceConnections, Stage,
+    CallerIdentity, Clock, Endpoint, EndpointHandle, ExecutionStatus, Executions, KeyStore,
+    PortError, PortErrorKind, SecretStore, ServiceConnections, Stage,
 };
 use crate::report::Step;
 use crate::secret_value::{self, Content};
@@ -60,6 +60,8 @@ pub struct Ports {
     pub ado: Arc<dyn ServiceConnections>,
     /// The wall clock.
     pub clock: Arc<dyn Clock>,
+    /// Step Functions, asked whether the execution that owns a lease still runs.
+    pub executions: Arc<dyn Executions>,
 }
 
 /// What a step failure means for the run.
@@ -159,6 +161,12 @@ pub struct Progress {
     /// before this field existed: the steps then resolve the config's names as they used to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointHandle>,
+    /// The Step Functions execution running this rotation (its ARN), on that path: written into
+    /// the intent record and the owner lease, so that a contender can ask whether it still runs
+    /// (`DescribeExecution`) instead of waiting the lease out. The state machine passes it with
+    /// every step (`$$.Execution.Id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 impl Progress {
@@ -176,6 +184,7 @@ impl Progress {
             confirmed_at: None,
             unlisted: Vec::new(),
             endpoints: Vec::new(),
+            execution: None,
         }
     }
 }
@@ -220,22 +229,52 @@ pub(crate) fn labelled(versions: &Option<Vec<crate::ports::SecretVersion>>, stag
         .any(|v| v.stages.iter().any(|l| l == stage.label()))
 }
 
-/// Reads one stage's content, without keeping the secret.
+/// Reads one stage's content, without keeping the secret. At AWSPENDING, the lease it names
+/// (a rotation's owner, or an intent record's writer) is judged: its process, when it ran on
+/// this machine, and its execution, when Step Functions runs it ([`judge_execution`]).
 pub(crate) async fn stage_info(
     ports: &Ports,
     target: &Target,
     stage: Stage,
 ) -> Result<Option<StageInfo>, PortError> {
-    Ok(ports
-        .secrets
-        .read(&target.secret, stage)
-        .await?
-        .map(|(version, value)| StageInfo {
-            version,
-            owner: secret_value::owner_seen(&value),
-            confirmed_at: secret_value::confirmed_of(&value),
-            content: secret_value::classify(&value),
-        }))
+    let Some((version, value)) = ports.secrets.read(&target.secret, stage).await? else {
+        return Ok(None);
+    };
+    let mut owner = secret_value::lease_seen(&value);
+    if stage == Stage::Pending
+        && let Some(lease) = owner.as_mut()
+    {
+        judge_execution(ports, lease).await;
+    }
+    Ok(Some(StageInfo {
+        version,
+        owner,
+        confirmed_at: secret_value::confirmed_of(&value),
+        content: secret_value::classify(&value),
+    }))
+}
+
+/// Invariant 7 (one owner at a time) on the Step Functions path: a lease an execution holds
+/// lasts while that execution runs (`DescribeExecution`): `RUNNING` holds it even past its
+/// expiry (a long Wait); any other status, or an execution Step Functions does not know, is a
+/// dead owner, taken over at once. An error asking (a missing permission, throttling)
+/// concludes nothing: the lease's expiry decides, as without an execution.
+pub(crate) async fn judge_execution(ports: &Ports, lease: &mut secret_value::Lease) {
+    let Some(arn) = lease.execution.as_deref() else {
+        return;
+    };
+    if lease.seen != secret_value::Seen::Unknown {
+        return;
+    }
+    match ports.executions.status(arn).await {
+        Ok(ExecutionStatus::Running) => lease.seen = secret_value::Seen::Running,
+        Ok(ExecutionStatus::Ended(_) | ExecutionStatus::Missing) => {
+            lease.seen = secret_value::Seen::Dead;
+        }
+        Err(e) => {
+            tracing::warn!(execution = %arn, error = %e.message, "could not tell whether the execution that owns a lease still runs; its expiry decides");
+        }
+    }
 }
 
 /// Finds every configured endpoint; one shared into several projects counts once. Errors
@@ -454,7 +493,7 @@ async fn renew_if_due(
         return Ok(());
     };
     let expires_at = now + policy.owner_lease;
-    let lease = secret_value::Lease::mine(me, expires_at);
+    let lease = secret_value::Lease::mine(me, progress.execution.as_deref(), expires_at);
     let renewed = secret_value::key_value_owned(
         Some(value),
         &k.id,
